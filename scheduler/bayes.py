@@ -1,0 +1,377 @@
+"""The PyMC model of stage latency and job accuracy, compiled once with nutpie.
+
+Latency (log-normal, per stage observation):
+    log t = a0 + svc[s] + node[n] + sn[s, n] + beta[s] * log(pixels / REF) + tunable * gam[g]
+            + b_load * -log(1 - load) + eps,           eps ~ N(0, sig)
+    svc, node, sn and beta are partially pooled (non-centred, learned scales) around prior
+    means that come from the registry (tunable YOLO or light service) and the node
+    (GPU, CPU cores); gam (grade) is centred on the measured n/s/m ratios (DESIGN.md s.5).
+Accuracy (relative F1 vs the golden config, on the logit scale):
+    logit F1 = th[g] + kappa * log(h / h_src) + lam * log(fps / fps_src) + rho * log(q / 100) + e
+    th centred on the published COCO mAP ratio of each grade to x.
+
+The model has a fixed capacity of service and node *slots* so it compiles once; names map
+to slots on first sight, unused slots simply follow the prior. Data go in through pm.Data
+containers and `compiled.with_data(...)`. A `BayesModel` must be used by one thread at a
+time (the planner's refresher thread); decisions read an immutable `Snapshot` of draws.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from scheduler import knobs
+from scheduler.interface import NodeInfo, Observation
+from services.video_conf import GRADES
+
+log = logging.getLogger(__name__)
+
+MAX_SERVICES = 8
+MAX_NODES = 16
+N_GRADES = len(GRADES)
+LOAD_CAP = 0.95
+F1_CLIP = (0.02, 0.99)
+SIG_FLOOR = 0.02    # log-seconds
+SIG_A_FLOOR = 0.05  # logit
+
+
+def _logit(p: np.ndarray | float) -> np.ndarray:
+    p = np.asarray(p, float)
+    return np.log(p / (1 - p))
+
+
+# Prior constants, shared by the PyMC model and the numpy cold-start draws.
+PRIORS = {
+    "a0": (math.log(knobs.CPU_TIMINGS_S["n"][2]), 0.3),  # YOLO-n at REF_PIXELS on the reference CPU
+    "svc_sd": 0.5, "node_sd": 0.5, "sn_sd": 0.2, "beta_sd": 0.1,
+    "beta0": (knobs.pixel_exponent(), 0.1),
+    "gam": (np.log(knobs.grade_latency_ratio()[1:]), 0.25),
+    "b_load": (1.0, 0.3),
+    "sig": 0.3,
+    "th": (_logit(np.clip([knobs.COCO_MAP[g] / knobs.COCO_MAP["x"] for g in GRADES], *F1_CLIP)), 0.6),
+    "kappa": (1.0, 0.5), "lam": (0.5, 0.3), "rho": (0.5, 0.5),
+    "sig_a": 0.5,
+}
+LIGHT_SERVICE_S = 0.005  # prior for a non-DNN stage at reference pixels
+
+
+def service_prior(service: str) -> float:
+    """Prior mean of the service offset, relative to YOLO-n on the reference CPU."""
+    return 0.0 if knobs.is_tunable(service) else math.log(LIGHT_SERVICE_S / knobs.CPU_TIMINGS_S["n"][2])
+
+
+def node_prior(node: NodeInfo) -> float:
+    """Prior mean of the node offset: the reference is a 2-core CPU; a GPU ~14x faster."""
+    if node.gpu:
+        return math.log(0.07)
+    return -0.6 * math.log(max(node.cpu_count, 1) / 2.0)
+
+
+def load_term(load: np.ndarray | float) -> np.ndarray:
+    return -np.log1p(-np.clip(np.asarray(load, float), 0.0, LOAD_CAP))
+
+
+class Slots:
+    """Stable name -> slot index with a fixed capacity; overflow shares the last slot."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._index: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, name: str) -> int:
+        with self._lock:
+            if name not in self._index:
+                if len(self._index) >= self.capacity - 1:
+                    log.warning("slot capacity %d reached; %r shares the last slot", self.capacity, name)
+                    return self.capacity - 1
+                self._index[name] = len(self._index)
+            return self._index[name]
+
+
+class Layout:
+    """Where each latency / accuracy coefficient sits in the flat parameter vectors.
+
+    Latency theta: svc[S], node[N], sn[S*N], beta[S], gam[G-1] (grades s..x vs n), b_load.
+    Accuracy theta: th[G], kappa, lam, rho.
+    """
+
+    def __init__(self, S: int, N: int) -> None:
+        self.S, self.N = S, N
+        sizes = {"svc": S, "node": N, "sn": S * N, "beta": S, "gam": N_GRADES - 1, "b_load": 1}
+        self.lat: dict[str, slice] = {}
+        i = 0
+        for k, n in sizes.items():
+            self.lat[k] = slice(i, i + n)
+            i += n
+        self.P = i
+        self.acc = {"th": slice(0, N_GRADES), "kappa": slice(N_GRADES, N_GRADES + 1),
+                    "lam": slice(N_GRADES + 1, N_GRADES + 2), "rho": slice(N_GRADES + 2, N_GRADES + 3)}
+        self.PA = N_GRADES + 3
+
+    def lat_prior(self, svc_mu: np.ndarray, node_mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and covariance of the latency coefficients (beta0 integrated out)."""
+        P, L = PRIORS, self.lat
+        mean, cov = np.zeros(self.P), np.zeros((self.P, self.P))
+
+        def block(sl: slice, m, c) -> None:
+            mean[sl] = m
+            cov[sl, sl] = c
+
+        block(L["svc"], svc_mu + P["a0"][0], np.diag(np.full(self.S, P["a0"][1] ** 2 + P["svc_sd"] ** 2)))
+        block(L["node"], node_mu, np.diag(np.full(self.N, P["node_sd"] ** 2)))
+        block(L["sn"], 0.0, np.diag(np.full(self.S * self.N, P["sn_sd"] ** 2)))
+        # beta[s] = beta0 + N(0, beta_sd): partial pooling of the pixel slope across services.
+        block(L["beta"], P["beta0"][0], np.eye(self.S) * P["beta_sd"] ** 2 + P["beta0"][1] ** 2)
+        block(L["gam"], P["gam"][0], np.diag(np.full(N_GRADES - 1, P["gam"][1] ** 2)))
+        block(L["b_load"], P["b_load"][0], np.array([[P["b_load"][1] ** 2]]))
+        return mean, cov
+
+    def acc_prior(self) -> tuple[np.ndarray, np.ndarray]:
+        P = PRIORS
+        mean = np.concatenate([P["th"][0], [P["kappa"][0], P["lam"][0], P["rho"][0]]])
+        sd = np.concatenate([np.full(N_GRADES, P["th"][1]), [P["kappa"][1], P["lam"][1], P["rho"][1]]])
+        return mean, np.diag(sd**2)
+
+    def lat_rows(self, svc, node, grade, tun, logpix, load) -> np.ndarray:
+        X = np.zeros((len(svc), self.P))
+        r = np.arange(len(svc))
+        L = self.lat
+        X[r, L["svc"].start + svc] = 1
+        X[r, L["node"].start + node] = 1
+        X[r, L["sn"].start + svc * self.N + node] = 1
+        X[r, L["beta"].start + svc] = logpix
+        g = np.asarray(grade)
+        has = g > 0
+        X[r[has], L["gam"].start + g[has] - 1] = np.asarray(tun)[has]
+        X[r, L["b_load"].start] = load
+        return X
+
+    def acc_rows(self, grade, logh, logfps, logq) -> np.ndarray:
+        X = np.zeros((len(grade), self.PA))
+        r = np.arange(len(grade))
+        X[r, np.asarray(grade)] = 1
+        X[:, N_GRADES], X[:, N_GRADES + 1], X[:, N_GRADES + 2] = logh, logfps, logq
+        return X
+
+    def unpack(self, theta: np.ndarray, sig: np.ndarray, theta_a: np.ndarray, sig_a: np.ndarray) -> dict[str, np.ndarray]:
+        n = len(theta)
+        L, A = self.lat, self.acc
+        return {
+            "svc": theta[:, L["svc"]], "node": theta[:, L["node"]],
+            "sn": theta[:, L["sn"]].reshape(n, self.S, self.N), "beta": theta[:, L["beta"]],
+            "gam": np.concatenate([np.zeros((n, 1)), theta[:, L["gam"]]], axis=1),
+            "b_load": theta[:, L["b_load"]][:, 0], "sig": np.asarray(sig),
+            "th": theta_a[:, A["th"]], "kappa": theta_a[:, A["kappa"]][:, 0],
+            "lam": theta_a[:, A["lam"]][:, 0], "rho": theta_a[:, A["rho"]][:, 0], "sig_a": np.asarray(sig_a),
+        }
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Posterior (or prior) draws, leading axis = draw. Immutable once published."""
+
+    draws: dict[str, np.ndarray]
+    source: str  # "prior" | "posterior"
+    version: int = 0
+    n_lat: int = 0
+    n_acc: int = 0
+    refresh_s: float = 0.0
+    created: float = field(default_factory=time.time)
+    # Prior means the draws were made with; a slot whose prior changed since is shifted.
+    svc_mu: np.ndarray | None = None
+    node_mu: np.ndarray | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.draws["sig"])
+
+
+def prior_snapshot(layout: Layout, svc_mu: np.ndarray, node_mu: np.ndarray, n: int = 256, seed: int = 0) -> Snapshot:
+    """Draws from the priors in numpy (cold start, before any compile or data)."""
+    rng = np.random.default_rng(seed)
+    m, c = layout.lat_prior(svc_mu, node_mu)
+    ma, ca = layout.acc_prior()
+    theta = rng.multivariate_normal(m, c, n, method="cholesky")
+    theta_a = rng.multivariate_normal(ma, ca, n, method="cholesky")
+    sig = SIG_FLOOR + np.abs(rng.normal(0, PRIORS["sig"], n))
+    sig_a = SIG_A_FLOOR + np.abs(rng.normal(0, PRIORS["sig_a"], n))
+    return Snapshot(draws=layout.unpack(theta, sig, theta_a, sig_a), source="prior",
+                    svc_mu=svc_mu.copy(), node_mu=node_mu.copy())
+
+
+# ---- data -----------------------------------------------------------------------------------
+def _cells(keys: list[tuple], y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    groups: dict[tuple, list[float]] = {}
+    for k, v in zip(keys, y):
+        groups.setdefault(k, []).append(float(v))
+    cells = list(groups)
+    n = np.array([len(groups[c]) for c in cells], float)
+    mean = np.array([np.mean(groups[c]) for c in cells])
+    ss = np.array([np.sum((np.asarray(groups[c]) - m) ** 2) for c, m in zip(cells, mean)])
+    return np.array(cells, float), n, mean, ss
+
+
+def _whiten(X: np.ndarray, n: np.ndarray, ybar: np.ndarray, ss: np.ndarray,
+            mu0: np.ndarray, cov0: np.ndarray, sig0: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """Gaussian posterior of the coefficients at a plug-in noise scale: (mean, chol(cov), sig).
+
+    Used only to precondition the sampler (theta = m + L z); the model itself still samples
+    the noise scale and the exact posterior.
+    """
+    lam0 = np.linalg.inv(cov0)
+    sig = sig0
+    for _ in range(3):
+        prec = lam0 + (X.T * n) @ X / sig**2
+        cov = np.linalg.inv(prec)
+        cov = (cov + cov.T) / 2
+        mean = cov @ (lam0 @ mu0 + X.T @ (n * ybar) / sig**2)
+        if n.sum() < 5:
+            break
+        resid = ss.sum() + (n * (ybar - X @ mean) ** 2).sum()
+        sig = float(np.clip(math.sqrt(resid / n.sum()), sig0 / 4, 2.0))
+    return mean, np.linalg.cholesky(cov + 1e-12 * np.eye(len(cov))), sig
+
+
+@dataclass
+class ModelData:
+    """Arrays for the pm.Data containers (names match the model).
+
+    Observations are reduced to sufficient statistics per cell (identical covariates):
+    count, mean and sum of squared deviations of the response; the Normal likelihood of
+    the raw data equals the cell form up to a constant, so the sampler's cost does not grow
+    with the number of frames.
+    """
+
+    arrays: dict[str, np.ndarray]
+    n_lat: int = 0
+    n_acc: int = 0
+    svc_mu: np.ndarray | None = None
+    node_mu: np.ndarray | None = None
+
+
+def build_data(
+    obs: list[tuple[Observation, str, float, float]], layout: Layout,
+    svc_slot: Slots, node_slot: Slots, svc_mu: np.ndarray, node_mu: np.ndarray,
+) -> ModelData:
+    """obs: (observation, service name, source height, source fps) per observation."""
+    lat = [(o, s) for o, s, _, _ in obs if o.service_s > 0]
+    acc = [(o, s, h, f) for o, s, h, f in obs if o.accuracy is not None]
+    lkeys = [(
+        svc_slot(s), node_slot(o.node), GRADES.index(o.grade) if o.grade in GRADES else 0,
+        1.0 if knobs.is_tunable(s) else 0.0,
+        round(math.log(max(o.width * o.height, 1) / knobs.REF_PIXELS), 3),
+        round(float(load_term(o.node_load or 0.0)), 2),
+    ) for o, s in lat]
+    lc, ln, lmean, lss = _cells(lkeys, np.log([o.service_s for o, _ in lat]) if lat else np.zeros(0))
+    lc = lc.reshape(-1, 6)
+    akeys = [(
+        GRADES.index(o.grade) if o.grade in GRADES else N_GRADES - 1,
+        round(math.log(min(o.height / max(h, 1), 1.0)), 3),
+        round(math.log(min(max(o.fps, 0.1) / max(f, 1), 1.0)) if o.fps else 0.0, 3),
+        round(math.log(o.quality / 100.0), 3),
+    ) for o, _, h, f in acc]
+    ac, an, amean, ass = _cells(akeys, _logit(np.clip([o.accuracy for o, *_ in acc], *F1_CLIP)) if acc else np.zeros(0))
+    ac = ac.reshape(-1, 4)
+    X = layout.lat_rows(lc[:, 0].astype(int), lc[:, 1].astype(int), lc[:, 2].astype(int), lc[:, 3], lc[:, 4], lc[:, 5])
+    XA = layout.acc_rows(ac[:, 0].astype(int), ac[:, 1], ac[:, 2], ac[:, 3])
+    mu0, cov0 = layout.lat_prior(svc_mu, node_mu)
+    mua0, cova0 = layout.acc_prior()
+    m, L, _ = _whiten(X, ln, lmean, lss, mu0, cov0, 0.2)
+    ma, La, _ = _whiten(XA, an, amean, ass, mua0, cova0, 0.3)
+    return ModelData({
+        "l_X": X, "l_n": ln, "l_mean": lmean, "l_ss": lss,
+        "l_mu0": mu0, "l_prec0": np.linalg.inv(cov0), "l_m": m, "l_L": L,
+        "a_X": XA, "a_n": an, "a_mean": amean, "a_ss": ass,
+        "a_mu0": mua0, "a_prec0": np.linalg.inv(cova0), "a_m": ma, "a_L": La,
+    }, n_lat=len(lat), n_acc=len(acc), svc_mu=svc_mu.copy(), node_mu=node_mu.copy())
+
+
+def empty_data(layout: Layout, svc_mu: np.ndarray, node_mu: np.ndarray) -> ModelData:
+    return build_data([], layout, Slots(1), Slots(1), svc_mu, node_mu)
+
+
+# ---- model ----------------------------------------------------------------------------------
+def build_pymc_model(data: ModelData):
+    """theta = m + L z (whitened, exact): Gaussian priors and cell likelihoods as potentials."""
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    a = data.arrays
+
+    def cells_logp(n, mean, ss, mu, sigma):
+        return (-n * pt.log(sigma) - (ss + n * (mean - mu) ** 2) / (2 * sigma**2)).sum()
+
+    with pm.Model() as model:
+        D = {k: pm.Data(k, v) for k, v in a.items()}
+        z = pm.Flat("z", shape=a["l_m"].shape)
+        theta = pm.Deterministic("theta", D["l_m"] + D["l_L"] @ z)
+        d = theta - D["l_mu0"]
+        pm.Potential("lat_prior", -0.5 * d @ (D["l_prec0"] @ d))
+        # Noise floors keep a cell of identical measurements from collapsing the scale.
+        sig = pm.Deterministic("sig", SIG_FLOOR + pm.HalfNormal("sig_raw", PRIORS["sig"]))
+        pm.Potential("lat", cells_logp(D["l_n"], D["l_mean"], D["l_ss"], D["l_X"] @ theta, sig))
+
+        za = pm.Flat("za", shape=a["a_m"].shape)
+        theta_a = pm.Deterministic("theta_a", D["a_m"] + D["a_L"] @ za)
+        da = theta_a - D["a_mu0"]
+        pm.Potential("acc_prior", -0.5 * da @ (D["a_prec0"] @ da))
+        sig_a = pm.Deterministic("sig_a", SIG_A_FLOOR + pm.HalfNormal("sig_a_raw", PRIORS["sig_a"]))
+        pm.Potential("acc", cells_logp(D["a_n"], D["a_mean"], D["a_ss"], D["a_X"] @ theta_a, sig_a))
+    return model
+
+
+STORED = ("theta", "sig", "theta_a", "sig_a")
+
+
+class BayesModel:
+    """One compiled nutpie model. Not thread-safe: use from one thread at a time."""
+
+    def __init__(self, max_services: int = MAX_SERVICES, max_nodes: int = MAX_NODES) -> None:
+        self.layout = Layout(max_services, max_nodes)
+        self._compiled = None
+        self.compile_s: float | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def compiled(self) -> bool:
+        return self._compiled is not None
+
+    def compile(self) -> None:
+        import nutpie
+
+        with self._lock:
+            if self._compiled is not None:
+                return
+            t0 = time.perf_counter()
+            data = empty_data(self.layout, np.zeros(self.layout.S), np.zeros(self.layout.N))
+            self._compiled = nutpie.compile_pymc_model(build_pymc_model(data), var_names=list(STORED))
+            self.compile_s = time.perf_counter() - t0
+            log.info("nutpie model compiled in %.1f s", self.compile_s)
+
+    def sample(self, data: ModelData, draws: int = 200, tune: int = 200, chains: int = 2,
+               seed: int = 0, keep: int = 256) -> Snapshot:
+        import nutpie
+
+        self.compile()
+        with self._lock:
+            t0 = time.perf_counter()
+            compiled = self._compiled.with_data(**data.arrays)
+            trace = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, cores=chains,
+                                  seed=seed, progress_bar=False)
+            post = trace.posterior
+            raw = {}
+            for k in STORED:
+                v = np.asarray(post[k].values)
+                raw[k] = v.reshape((-1,) + v.shape[2:])
+            total = len(raw["sig"])
+            pick = np.linspace(0, total - 1, min(keep, total)).astype(int)
+            raw = {k: v[pick] for k, v in raw.items()}
+            draws_ = self.layout.unpack(raw["theta"], raw["sig"], raw["theta_a"], raw["sig_a"])
+            return Snapshot(draws=draws_, source="posterior", n_lat=data.n_lat, n_acc=data.n_acc,
+                            refresh_s=time.perf_counter() - t0, svc_mu=data.svc_mu, node_mu=data.node_mu)

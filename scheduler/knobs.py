@@ -1,0 +1,262 @@
+"""The knob space a planner searches, and the device-independent cost and utility of a plan.
+
+Candidates are held as parallel numpy arrays so a planner can score thousands at once.
+Compute cost is DNN GFLOPs per second of *video* (fps x per-frame GFLOPs), so skipping
+frames, shrinking frames and a smaller grade all count; it does not depend on the node.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from scheduler.interface import NodeInfo, Plan, PlanningError, PlanningInput, StageMapping
+from services.dag import DagSpec
+from services.video_conf import GRADES, RESOLUTION_HEIGHTS, VideoConf, target_size
+
+log = logging.getLogger(__name__)
+
+RES_LABELS: tuple[str, ...] = tuple(RESOLUTION_HEIGHTS)  # 360p .. 1080p, cheapest first
+FPS_LEVELS: tuple[float, ...] = (1, 2, 5, 10, 15, 20, 30)
+QUALITY_LEVELS: tuple[int, ...] = (60, 75, 90)
+GOLDEN_QUALITY = 90
+
+# Published YOLO11 figures (Ultralytics docs, 640x640): COCO mAP50-95 and GFLOPs per grade.
+COCO_MAP: dict[str, float] = {"n": 39.5, "s": 47.0, "m": 51.5, "l": 53.4, "x": 54.7}
+GFLOPS_640: dict[str, float] = {"n": 6.5, "s": 21.5, "m": 68.0, "l": 86.9, "x": 194.9}
+# DESIGN.md section 5: YOLO11 on 2 CPU cores, seconds per frame at imgsz 320/480/640.
+CPU_TIMINGS_S: dict[str, tuple[float, float, float]] = {
+    "n": (0.018, 0.031, 0.052), "s": (0.040, 0.076, 0.130), "m": (0.101, 0.201, 0.364),
+}
+REF_PIXELS = 640 * 384  # a 640-wide 16:9 frame letterboxed to a multiple of 32
+# Services whose grade the planner may choose, if the registry cannot be imported.
+_TUNABLE_FALLBACK = frozenset({"yolo_detection", "person_detection", "car_detection"})
+NON_DNN_GFLOPS = 0.05  # counting, tracking, rendering: small fixed work per frame
+MAX_MAPPINGS = 96
+
+
+def grade_latency_ratio() -> np.ndarray:
+    """Latency of each grade relative to n at 640 px: measured for n/s/m, FLOPs-scaled for l/x."""
+    n, s, m = (CPU_TIMINGS_S[g][2] for g in "nsm")
+    r = [1.0, s / n, m / n]
+    r.append(r[2] * GFLOPS_640["l"] / GFLOPS_640["m"])
+    r.append(r[2] * GFLOPS_640["x"] / GFLOPS_640["m"])
+    return np.array(r)
+
+
+def pixel_exponent() -> float:
+    """Least-squares slope of log latency on log pixels over the measured table (~0.8)."""
+    px = np.log(np.array([320 * 192, 480 * 288, 640 * 384], float))
+    slopes = [np.polyfit(px, np.log(CPU_TIMINGS_S[g]), 1)[0] for g in "nsm"]
+    return float(np.mean(slopes))
+
+
+@lru_cache(maxsize=256)
+def is_tunable(service: str) -> bool:
+    try:
+        from services.registry import get_service
+
+        return bool(get_service(service).tunable_grade)
+    except ImportError:  # registry's built-ins not importable: fall back to the known names
+        return service in _TUNABLE_FALLBACK
+
+
+def frame_bytes(width: np.ndarray | int, height: np.ndarray | int, quality: np.ndarray | int) -> np.ndarray:
+    """Rough JPEG size: bytes per pixel grows with quality (~0.1 B/px at q85)."""
+    q = np.asarray(quality, float) / 100.0
+    return np.asarray(width, float) * np.asarray(height, float) * (0.03 + 0.12 * q**3)
+
+
+def stage_gflops(tunable: bool, pixels: np.ndarray, grade_idx: np.ndarray) -> np.ndarray:
+    if not tunable:
+        return np.full(np.shape(pixels), NON_DNN_GFLOPS)
+    g = np.array([GFLOPS_640[x] for x in GRADES])[grade_idx]
+    return g * np.asarray(pixels, float) / (640 * 640)
+
+
+def resolution_options(src_w: int, src_h: int) -> list[tuple[str, int, int]]:
+    """(label, width, height) per resolution class, capped at the source, duplicates dropped."""
+    out: list[tuple[str, int, int]] = []
+    seen: set[tuple[int, int]] = set()
+    for label in RES_LABELS:
+        w, h = target_size(label, src_w, src_h)
+        if (w, h) not in seen:
+            seen.add((w, h))
+            out.append((label, w, h))
+    return out
+
+
+def fps_options(src_fps: float) -> list[float]:
+    src = max(1.0, float(src_fps))
+    levels = sorted({f for f in FPS_LEVELS if f < src} | {src})
+    return levels
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Every plan a planner may choose for one job, as parallel arrays (C candidates, K stages)."""
+
+    stages: tuple[str, ...]          # topological order
+    services: tuple[str, ...]
+    tunable: np.ndarray              # [K] bool
+    nodes: tuple[str, ...]           # live nodes, index space of `mapping`
+    res: tuple[tuple[str, int, int], ...]
+    res_idx: np.ndarray              # [C]
+    fps: np.ndarray                  # [C]
+    grade_idx: np.ndarray            # [C] one grade for every tunable stage
+    quality: np.ndarray              # [C]
+    mapping: np.ndarray              # [C, K] node index per stage
+    src_fps: float
+    src_height: int
+    source_node: int                 # index in nodes, -1 = unknown / not live
+    n_map: int                       # candidates are grid rows x mappings: c = row * n_map + map
+
+    @property
+    def grid_idx(self) -> np.ndarray:
+        return np.arange(len(self.fps)) // self.n_map
+
+    def __len__(self) -> int:
+        return len(self.fps)
+
+    @property
+    def width(self) -> np.ndarray:
+        return np.array([r[1] for r in self.res])[self.res_idx]
+
+    @property
+    def height(self) -> np.ndarray:
+        return np.array([r[2] for r in self.res])[self.res_idx]
+
+    def compute(self, idx: np.ndarray | None = None) -> np.ndarray:
+        """GFLOPs per second of video for candidates idx (all if None)."""
+        sel = slice(None) if idx is None else idx
+        w, h = self.width[sel], self.height[sel]
+        total = np.zeros(np.shape(w))
+        for k in range(len(self.stages)):
+            total = total + stage_gflops(bool(self.tunable[k]), w * h, self.grade_idx[sel])
+        return total * self.fps[sel]
+
+    def golden_compute(self) -> float:
+        w, h = self.res[-1][1], self.res[-1][2]
+        per_frame = sum(float(stage_gflops(bool(t), np.array(w * h), np.array(len(GRADES) - 1))) for t in self.tunable)
+        return per_frame * self.src_fps
+
+    def find(self, res: str, fps: float, grade_idx: int, quality: int, mapping: tuple[int, ...]) -> int | None:
+        ri = [r[0] for r in self.res].index(res) if res in [r[0] for r in self.res] else -1
+        hit = (
+            (self.res_idx == ri) & np.isclose(self.fps, fps) & (self.grade_idx == grade_idx)
+            & (self.quality == quality) & np.all(self.mapping == np.asarray(mapping), axis=1)
+        )
+        where = np.flatnonzero(hit)
+        return int(where[0]) if len(where) else None
+
+    def index_of_plan(self, plan: Plan | None) -> int | None:
+        if plan is None:
+            return None
+        try:
+            mapping = tuple(self.nodes.index(plan.flow_mapping[s].node) for s in self.stages)
+        except (KeyError, ValueError):
+            return None
+        grade = next((plan.flow_mapping[s].grade for s in self.stages if plan.flow_mapping[s].grade), "x")
+        gi = GRADES.index(grade) if grade in GRADES else len(GRADES) - 1
+        fps = plan.video_conf.fps or self.src_fps
+        return self.find(plan.video_conf.resolution, fps, gi, plan.video_conf.quality, mapping)
+
+
+def _mappings(options: list[list[int]]) -> list[tuple[int, ...]]:
+    """Every stage->node assignment, or (when too many) co-located ones plus one-stage moves."""
+    total = int(np.prod([len(o) for o in options]))
+    if total <= MAX_MAPPINGS:
+        return list(itertools.product(*options))
+    common = sorted(set.intersection(*(set(o) for o in options)))
+    base = [tuple([n] * len(options)) for n in common] or [tuple(o[0] for o in options)]
+    out = list(base)
+    for b in base:
+        for k, opts in enumerate(options):
+            for n in opts:
+                m = list(b)
+                m[k] = n
+                out.append(tuple(m))
+    return list(dict.fromkeys(out))[: MAX_MAPPINGS * 4]
+
+
+def build_candidates(inp: PlanningInput, dag: DagSpec | None = None) -> Candidates:
+    dag = dag or inp.dag
+    order = dag.topological_order()
+    services = tuple(dag.stage(s).service for s in order)
+    live = [n for n in inp.nodes if n.alive]
+    names = tuple(n.name for n in live)
+    options = []
+    for stage, service in zip(order, services):
+        opts = [i for i, n in enumerate(live) if n.can_run(service)]
+        if not opts:
+            raise PlanningError(f"no live node can run stage {stage!r} (service {service!r})")
+        options.append(opts)
+    mappings = np.array(_mappings(options), dtype=np.int64)
+    tunable = np.array([is_tunable(s) for s in services])
+    res = tuple(resolution_options(inp.source.width, inp.source.height))
+    fpss = fps_options(inp.source.fps)
+    grades = range(len(GRADES)) if tunable.any() else [len(GRADES) - 1]
+    grid = np.array(list(itertools.product(range(len(res)), fpss, grades, QUALITY_LEVELS)), float)
+    n_conf, n_map = len(grid), len(mappings)
+    src_node = names.index(inp.source.node) if inp.source.node in names else -1
+    return Candidates(
+        stages=tuple(order), services=services, tunable=tunable, nodes=names, res=res,
+        res_idx=np.repeat(grid[:, 0].astype(np.int64), n_map),
+        fps=np.repeat(grid[:, 1], n_map),
+        grade_idx=np.repeat(grid[:, 2].astype(np.int64), n_map),
+        quality=np.repeat(grid[:, 3].astype(np.int64), n_map),
+        mapping=np.tile(mappings, (n_conf, 1)),
+        src_fps=float(max(1.0, inp.source.fps)), src_height=int(res[-1][2]), source_node=src_node,
+        n_map=n_map,
+    )
+
+
+def candidates_key(inp: PlanningInput) -> tuple:
+    """What the candidate set depends on (cache key)."""
+    live = tuple((n.name, tuple(n.services)) for n in inp.nodes if n.alive)
+    s = inp.source
+    return (inp.dag.model_dump_json(), live, s.width, s.height, s.fps, s.node)
+
+
+def to_plan(c: Candidates, i: int, nodes: list[NodeInfo], planner: str, reason: str) -> Plan:
+    by_name = {n.name: n for n in nodes}
+    grade = GRADES[int(c.grade_idx[i])]
+    fps = float(c.fps[i])
+    conf = VideoConf(
+        resolution=c.res[int(c.res_idx[i])][0],  # type: ignore[arg-type]
+        fps=0 if fps >= c.src_fps else fps,
+        quality=int(c.quality[i]),
+    )
+    mapping = {}
+    for k, stage in enumerate(c.stages):
+        node = by_name[c.nodes[int(c.mapping[i, k])]]
+        tunable = bool(c.tunable[k])
+        mapping[stage] = StageMapping(
+            model_id=GRADES.index(grade) if tunable else 0, node=node.name, node_ip=node.ip,
+            node_role=node.role, grade=grade if tunable else None,
+        )
+    return Plan(video_conf=conf, flow_mapping=mapping, planner=planner, reason=reason)
+
+
+def describe(c: Candidates, i: int) -> str:
+    grade = f" grade {GRADES[int(c.grade_idx[i])]}" if c.tunable.any() else ""
+    where = list(dict.fromkeys(c.nodes[int(n)] for n in c.mapping[i]))
+    fps = float(c.fps[i])
+    return f"{c.res[int(c.res_idx[i])][0]}@{fps:g}fps{grade} q{int(c.quality[i])} on {'+'.join(where)}"
+
+
+# ---- utility -----------------------------------------------------------------------------
+ACCURACY_TARGET = 0.95   # relative F1 the planner aims for when the user sets none
+ABOVE_TARGET_SLOPE = 0.02
+COST_WEIGHT = 0.05
+
+
+def utility(f1: np.ndarray, cost_share: np.ndarray, delay_ok: np.ndarray, target: float = ACCURACY_TARGET) -> np.ndarray:
+    """Per-window utility: F1 counts fully up to the target and little beyond it; compute costs
+    a little; a window that misses the delay SLO is worth nothing (its frames arrive late)."""
+    f1 = np.asarray(f1, float)
+    u = np.minimum(f1, target) + ABOVE_TARGET_SLOPE * np.maximum(f1 - target, 0) - COST_WEIGHT * np.asarray(cost_share)
+    return np.where(delay_ok, u, 0.0)

@@ -1,0 +1,151 @@
+"""The aggregator's logic: per job, put frames back in sequence order, wait a bounded time
+for a missing frame and then declare it lost, store each frame once however often it is
+delivered, and turn stage timings into planner observations.
+
+Pure logic: the consumer loop (tasks/results.py) feeds it, the tracker stores what it emits.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.codec import Envelope
+from services.records import FrameRecord, StageRecord
+
+
+def _jsonable(value: Any) -> Any:
+    """Outputs go to a JSON column; bytes (images) are dropped, the viewer gets them instead."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items() if not isinstance(v, (bytes, bytearray, memoryview))}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def record_from_envelope(env: Envelope, received_at: float) -> FrameRecord:
+    stages = [
+        StageRecord(
+            stage=t.stage,
+            node=t.node,
+            worker=t.worker,
+            queue_s=max(t.started - t.enqueued, 0.0),
+            service_s=max(t.finished - t.started, 0.0),
+        )
+        for t in env.timings
+    ]
+    return FrameRecord(
+        job_uid=env.job,
+        seq=env.seq,
+        plan_id=env.plan,
+        capture_ts=env.capture_ts,
+        width=env.width,
+        height=env.height,
+        latency_s=max(received_at - env.sent_at, 0.0),
+        outputs={stage: _jsonable(out) for stage, out in env.outputs.items()},
+        stages=stages,
+        frame_bytes=env.frame_bytes,
+    )
+
+
+def rendered_jpeg(env: Envelope) -> bytes | None:
+    """The picture for viewers: the last stage that produced an image, else the source frame."""
+    for timing in reversed(env.timings):
+        image = env.outputs.get(timing.stage, {}).get("image")
+        if isinstance(image, (bytes, bytearray)):
+            return bytes(image)
+    return env.image
+
+
+@dataclass
+class Emitted:
+    records: list[FrameRecord] = field(default_factory=list)  # in sequence order, lost ones included
+    duplicates: int = 0
+
+
+class _JobOrder:
+    def __init__(self, next_seq: int) -> None:
+        self.next_seq = next_seq
+        self.pending: dict[int, FrameRecord] = {}
+        self.gap_since: float | None = None  # when we started waiting for next_seq
+        self.duplicates = 0
+        self.lost = 0
+        self.emitted = 0
+
+
+class ReorderBuffer:
+    """Thread-safe per-job reordering with bounded wait and de-duplication."""
+
+    def __init__(self, wait_s: float = 2.0, max_pending: int = 1024) -> None:
+        self.wait_s = wait_s
+        self.max_pending = max_pending
+        self._jobs: dict[str, _JobOrder] = {}
+        self._lock = threading.Lock()
+
+    def start_job(self, job_uid: str, next_seq: int = 0) -> None:
+        """Resume point after a restart: everything below next_seq is already stored."""
+        with self._lock:
+            self._jobs[job_uid] = _JobOrder(next_seq)
+
+    def forget(self, job_uid: str) -> None:
+        with self._lock:
+            self._jobs.pop(job_uid, None)
+
+    def stats(self, job_uid: str) -> dict:
+        with self._lock:
+            j = self._jobs.get(job_uid)
+            if j is None:
+                return {}
+            return {"frames_out": j.emitted, "frames_lost": j.lost, "duplicates": j.duplicates,
+                    "reorder_pending": len(j.pending)}
+
+    def push(self, record: FrameRecord, now: float | None = None) -> Emitted:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            job = self._jobs.setdefault(record.job_uid, _JobOrder(0))
+            if record.seq < job.next_seq or record.seq in job.pending:
+                job.duplicates += 1
+                return Emitted(duplicates=1)
+            job.pending[record.seq] = record
+            out = self._drain(job, now)
+            if len(job.pending) > self.max_pending:  # far behind: stop waiting for the gap
+                out.extend(self._skip_gap(job))
+                out.extend(self._drain(job, now))
+            return Emitted(records=out)
+
+    def expire(self, now: float | None = None) -> list[FrameRecord]:
+        """Declare lost every gap that waited longer than wait_s; call periodically."""
+        now = time.monotonic() if now is None else now
+        out: list[FrameRecord] = []
+        with self._lock:
+            for job in self._jobs.values():
+                while job.pending and job.gap_since is not None and now - job.gap_since >= self.wait_s:
+                    out.extend(self._skip_gap(job))
+                    out.extend(self._drain(job, now))
+        return out
+
+    def _drain(self, job: _JobOrder, now: float) -> list[FrameRecord]:
+        out = []
+        while job.next_seq in job.pending:
+            out.append(job.pending.pop(job.next_seq))
+            job.next_seq += 1
+            job.emitted += 1
+        job.gap_since = (job.gap_since or now) if job.pending else None
+        if out and job.pending:
+            job.gap_since = now  # a new gap starts waiting from now
+        return out
+
+    def _skip_gap(self, job: _JobOrder) -> list[FrameRecord]:
+        first_present = min(job.pending)
+        lost = []
+        for seq in range(job.next_seq, first_present):
+            any_rec = job.pending[first_present]
+            lost.append(FrameRecord(job_uid=any_rec.job_uid, seq=seq, plan_id=-1, capture_ts=-1.0, width=0,
+                                    height=0, latency_s=0.0, outputs={}, stages=[], lost=True))
+        job.lost += len(lost)
+        job.next_seq = first_present
+        job.gap_since = None
+        return lost

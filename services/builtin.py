@@ -1,0 +1,2 @@
+"""The services that ship with vdag; importing a module registers its services."""
+from services import counting, detection, faces, render  # noqa: F401

@@ -1,0 +1,87 @@
+"""The frame envelope: a msgpack map around JPEG bytes. Never pickle, never eval.
+
+Every hop decodes with `decode_envelope`, which checks the shape strictly, so a corrupt
+or foreign message is rejected with a clear reason instead of reaching a DNN service.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ENVELOPE_VERSION = 1
+MAX_ENVELOPE_BYTES = 32 * 1024 * 1024
+
+
+class BadEnvelope(ValueError):
+    pass
+
+
+class Hop(BaseModel):
+    """One remaining stage of the route: what runs, with which inputs, where."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stage: str
+    service: str
+    node: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    inputs: dict[str, str] = Field(default_factory=dict)
+
+
+class StageTiming(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    stage: str
+    node: str
+    worker: str
+    enqueued: float  # wall time the frame was put on this stage's queue
+    started: float
+    finished: float
+
+
+class Envelope(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    v: int = ENVELOPE_VERSION
+    job: str = Field(..., min_length=1, max_length=128)
+    seq: int = Field(..., ge=0)
+    plan: int = Field(..., ge=0)
+    capture_ts: float = Field(..., description="source timestamp, seconds from stream start")
+    sent_at: float = Field(..., description="wall time the generator enqueued the frame")
+    width: int = Field(..., gt=0)
+    height: int = Field(..., gt=0)
+    image: bytes | None = None
+    clip: list[bytes] = Field(default_factory=list)
+    route: list[Hop] = Field(default_factory=list)
+    timings: list[StageTiming] = Field(default_factory=list)
+    outputs: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    enqueued_at: float = 0.0  # wall time of the last enqueue, for queue-wait measurement
+    frame_bytes: int = 0  # size of the JPEG the generator sent, for transfer-time learning
+    origin: str = "cloud"  # node whose generator sent the frame; acks go back there
+    profile: bool = False  # also run the golden config on this frame, for accuracy
+
+
+def encode_envelope(env: Envelope) -> bytes:
+    return msgpack.packb(env.model_dump(), use_bin_type=True)
+
+
+def decode_envelope(data: Any) -> Envelope:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise BadEnvelope(f"expected bytes, got {type(data).__name__}")
+    if len(data) > MAX_ENVELOPE_BYTES:
+        raise BadEnvelope(f"envelope of {len(data)} bytes exceeds {MAX_ENVELOPE_BYTES}")
+    try:
+        raw = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise BadEnvelope(f"not msgpack: {exc}") from None
+    if not isinstance(raw, dict):
+        raise BadEnvelope("envelope is not a map")
+    if raw.get("v") != ENVELOPE_VERSION:
+        raise BadEnvelope(f"unsupported envelope version {raw.get('v')!r}")
+    try:
+        return Envelope.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise BadEnvelope(f"bad field {'.'.join(map(str, first['loc']))}: {first['msg']}") from None

@@ -1,0 +1,204 @@
+"""The generator: reads a source, applies the current plan, enqueues one message per frame.
+
+It never buffers without bound. A window counts frames in flight (enqueued, not yet
+acknowledged by the aggregator); when it is full the frame is dropped and counted
+(live sources) or the generator waits (offline `backpressure="block"`).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+from services.codec import Envelope, Hop
+from services.sources import SourceError, VideoSource
+from services.video_conf import FrameSkipper, VideoConf, encode_jpeg, resize_to
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ActivePlan:
+    """What the generator needs of a plan: its id, the video knobs and the stage route."""
+
+    plan_id: int
+    video_conf: VideoConf
+    route: tuple[Hop, ...]
+    profile_every: int = 0  # mark every Nth frame for golden-config profiling; 0 = never
+
+
+class InFlightWindow:
+    """Frames sent but not yet acknowledged. Entries older than `expire_s` count as lost
+    and free their slot, so a dead worker cannot wedge the generator forever."""
+
+    def __init__(self, size: int, expire_s: float = 30.0) -> None:
+        self.size = size
+        self.expire_s = expire_s
+        self._sent: dict[int, float] = {}
+        self._cond = threading.Condition()
+        self.expired = 0
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._sent)
+
+    def _expire_locked(self, now: float) -> None:
+        stale = [seq for seq, t in self._sent.items() if now - t > self.expire_s]
+        for seq in stale:
+            del self._sent[seq]
+        self.expired += len(stale)
+
+    def try_add(self, seq: int) -> bool:
+        with self._cond:
+            now = time.monotonic()
+            if len(self._sent) >= self.size:
+                self._expire_locked(now)
+            if len(self._sent) >= self.size:
+                return False
+            self._sent[seq] = now
+            return True
+
+    def wait_for_room(self, stop: threading.Event, timeout: float = 0.5) -> bool:
+        with self._cond:
+            if len(self._sent) < self.size:
+                return True
+            self._cond.wait(timeout)
+            self._expire_locked(time.monotonic())
+            return len(self._sent) < self.size and not stop.is_set()
+
+    def release(self, seq: int) -> None:
+        with self._cond:
+            if self._sent.pop(seq, None) is not None:
+                self._cond.notify()
+
+    def release_through(self, seq: int) -> None:
+        """Everything up to seq is settled (stored or declared lost)."""
+        with self._cond:
+            for s in [s for s in self._sent if s <= seq]:
+                del self._sent[s]
+            self._cond.notify_all()
+
+
+@dataclass
+class GeneratorStats:
+    read: int = 0  # source frames read
+    skipped: int = 0  # not kept by the fps / nskip knob
+    sent: int = 0
+    dropped: int = 0  # kept, but the window was full
+    peak_in_flight: int = 0
+    started_at: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict:
+        elapsed = max(time.time() - self.started_at, 1e-6)
+        return {
+            "frames_read": self.read,
+            "frames_skipped": self.skipped,
+            "frames_sent": self.sent,
+            "frames_dropped": self.dropped,
+            "peak_in_flight": self.peak_in_flight,
+            "fps_in": round(self.sent / elapsed, 2),
+        }
+
+
+Dispatch = Callable[[Envelope], None]
+
+
+class FrameGenerator:
+    """Runs one job's source loop. `run()` returns at end of file or when `stop` is set;
+    it raises SourceError when the source cannot be read (the job then fails)."""
+
+    def __init__(
+        self,
+        job_uid: str,
+        source: VideoSource,
+        current_plan: Callable[[], ActivePlan],
+        dispatch: Dispatch,
+        window: InFlightWindow,
+        stop: threading.Event,
+        *,
+        origin_node: str = "cloud",
+        pace: float = 1.0,
+        backpressure: Literal["drop", "block"] = "drop",
+        first_seq: int = 0,
+        start_ts: float = 0.0,
+    ) -> None:
+        self.job_uid = job_uid
+        self.source = source
+        self.current_plan = current_plan
+        self.dispatch = dispatch
+        self.window = window
+        self.stop = stop
+        self.origin_node = origin_node
+        self.pace = pace  # 1.0 = real time for files, 0 = as fast as possible
+        self.backpressure = backpressure
+        self.seq = first_seq
+        self.start_ts = start_ts
+        self.stats = GeneratorStats()
+        self._skipper = FrameSkipper()
+
+    def run(self) -> None:
+        wall0 = time.monotonic()
+        try:
+            for frame in self.source.frames(self.start_ts):
+                if self.stop.is_set():
+                    return
+                self.stats.read += 1
+                if self.pace > 0 and not self.source.info.live:
+                    ahead = (frame.ts - self.start_ts) / self.pace - (time.monotonic() - wall0)
+                    if ahead > 0 and self.stop.wait(ahead):
+                        return
+                plan = self.current_plan()
+                if not self._skipper.keep(plan.video_conf, frame.ts):
+                    self.stats.skipped += 1
+                    continue
+                if not self._admit():
+                    if self.stop.is_set():
+                        return
+                    self.stats.dropped += 1
+                    continue
+                self._send(frame.image, frame.ts, plan)
+        finally:
+            self.source.close()
+
+    def _admit(self) -> bool:
+        if self.window.try_add(self.seq):
+            return True
+        if self.backpressure == "drop":
+            return False
+        while not self.stop.is_set():
+            if self.window.wait_for_room(self.stop) and self.window.try_add(self.seq):
+                return True
+        return False
+
+    def _send(self, image, ts: float, plan: ActivePlan) -> None:
+        resized = resize_to(image, plan.video_conf.resolution)
+        jpeg = encode_jpeg(resized, plan.video_conf.quality)
+        now = time.time()
+        env = Envelope(
+            job=self.job_uid,
+            seq=self.seq,
+            plan=plan.plan_id,
+            capture_ts=ts,
+            sent_at=now,
+            enqueued_at=now,
+            width=resized.shape[1],
+            height=resized.shape[0],
+            image=jpeg,
+            frame_bytes=len(jpeg),
+            route=list(plan.route),
+            origin=self.origin_node,
+            profile=bool(plan.profile_every) and self.seq % plan.profile_every == 0,
+        )
+        try:
+            self.dispatch(env)
+        except Exception:
+            self.window.release(self.seq)
+            raise
+        self.seq += 1
+        self.stats.sent += 1
+        self.stats.peak_in_flight = max(self.stats.peak_in_flight, len(self.window))
+
+
+__all__ = ["ActivePlan", "FrameGenerator", "GeneratorStats", "InFlightWindow", "SourceError"]

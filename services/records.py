@@ -1,0 +1,29 @@
+"""What the aggregator hands to storage: one record per frame, JSON-able, no bytes."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    stage: str
+    node: str
+    worker: str
+    queue_s: float  # waiting on the node queue (includes transfer from the previous node)
+    service_s: float  # inside the stage (decode + DNN service)
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    job_uid: str
+    seq: int
+    plan_id: int
+    capture_ts: float
+    width: int
+    height: int
+    latency_s: float  # enqueue by the generator -> result at the aggregator
+    outputs: dict[str, dict[str, Any]]  # stage -> JSON-able outputs (bytes removed)
+    stages: list[StageRecord] = field(default_factory=list)
+    frame_bytes: int = 0
+    lost: bool = False  # never arrived within the reorder wait; outputs empty

@@ -1,0 +1,56 @@
+"""The one place that reads the environment. Everything else receives a Settings."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ENV_PREFIX = "VDAG_"
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    broker_url: str = Field("memory://", description="Celery broker: amqp://... in cluster mode, memory:// embedded")
+    database_url: str = Field("sqlite:///var/vdag.db", description="SQLAlchemy URL of the job store")
+    node: str = Field("cloud", description="name of this node; its Celery queue is vdag.node.<node>")
+    side: str = Field("cloud", pattern="^(cloud|edge)$")
+    mode: str = Field("embedded", pattern="^(embedded|pseudo|cluster)$")
+    cloud_ip: str = "127.0.0.1"
+    api_port: int = Field(5000, ge=1, le=65535)
+    video_port: int = Field(5100, ge=1, le=65535)
+    data_dir: Path = Field(Path("var"), description="SQLite file, logs, bundled synthetic video")
+    allowed_video_dirs: tuple[Path, ...] = Field(
+        (Path("/usr/share/doc/opencv-doc/examples/data"), Path("var/videos"), Path("/tmp")),
+        description="a job's file source must lie under one of these directories",
+    )
+    allowed_url_schemes: tuple[str, ...] = ("rtsp", "rtsps", "http", "https")
+    api_token: str | None = Field(None, description="bearer token for mutating and /node routes; None = open")
+    max_in_flight: int = Field(8, ge=1, le=1024, description="frames of one job in flight before the generator drops")
+    reorder_wait_s: float = Field(2.0, gt=0, description="how long the aggregator waits for a missing frame")
+    prefetch: int = Field(4, ge=1, le=256)
+    device: str = Field("auto", description="auto | cpu | cuda:N")
+    person_weights: str | None = Field(None, description="path of a trained person detector (.pt)")
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(v for v in (s.strip() for s in value.split(",")) if v)
+
+
+def settings_from_env(environ: os._Environ | dict | None = None, **overrides) -> Settings:
+    """Build Settings from VDAG_* variables; keyword overrides win (CLI flags)."""
+    env = os.environ if environ is None else environ
+    values: dict = {}
+    for name, field in Settings.model_fields.items():
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is None:
+            continue
+        if name == "allowed_video_dirs":
+            values[name] = tuple(Path(p) for p in _split(raw))
+        elif name == "allowed_url_schemes":
+            values[name] = _split(raw)
+        else:
+            values[name] = raw
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(**values)

@@ -1,0 +1,64 @@
+"""Starting workers: a real `celery worker` process for a node, or an in-process worker
+thread for the embedded default (kombu's memory transport lives inside one process)."""
+from __future__ import annotations
+
+import logging
+import threading
+
+from celery import Celery
+from celery.worker import WorkController
+
+from tasks.queues import node_queue_name
+
+log = logging.getLogger(__name__)
+
+
+def worker_argv(node: str, concurrency: int, pool: str = "prefork", loglevel: str = "INFO") -> list[str]:
+    return [
+        "worker", "-Q", node_queue_name(node), "-n", f"{node}@%h", "-P", pool,
+        f"--concurrency={concurrency}", f"--loglevel={loglevel}",
+        "--without-gossip", "--without-mingle",
+    ]
+
+
+def run_worker(app: Celery, node: str, concurrency: int, pool: str = "prefork", loglevel: str = "INFO") -> None:
+    """Blocks: the `vdag worker` command."""
+    app.worker_main(worker_argv(node, concurrency, pool, loglevel))
+
+
+class _ReadyWorkController(WorkController):
+    def __init__(self, *args, **kwargs) -> None:
+        self.started = threading.Event()
+        super().__init__(*args, **kwargs)
+
+    def on_consumer_ready(self, consumer) -> None:
+        self.started.set()
+
+
+class InProcessWorker:
+    """A worker on a thread of this process (threads pool), for the embedded default."""
+
+    def __init__(self, app: Celery, node: str, concurrency: int = 2) -> None:
+        self.app = app
+        self.node = node
+        self.controller = _ReadyWorkController(
+            app=app, hostname=f"{node}@embedded", pool="threads" if concurrency > 1 else "solo",
+            concurrency=concurrency, queues=[node_queue_name(node)], loglevel="WARNING",
+            without_heartbeat=True, without_mingle=True, without_gossip=True, ready_callback=None,
+        )
+        self.thread = threading.Thread(target=self.controller.start, name=f"vdag-worker-{node}", daemon=True)
+
+    def start(self, timeout: float = 30.0) -> "InProcessWorker":
+        # Pool threads look tasks up through Celery's current app, which is thread-local
+        # with the process default as fallback: make ours the default.
+        self.app.set_default()
+        self.thread.start()
+        if not self.controller.started.wait(timeout):
+            raise RuntimeError(f"in-process worker for {self.node} did not start in {timeout}s")
+        log.info("in-process worker for node %s started", self.node)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.controller.stop(in_sighandler=False)
+        self.thread.join(timeout)
+        log.info("in-process worker for node %s stopped", self.node)

@@ -1,0 +1,37 @@
+"""Per-process worker state. Models load after fork (CUDA does not survive fork) and are
+cached per (weights, device) for the life of the process."""
+from __future__ import annotations
+
+import os
+import threading
+
+from celery.signals import worker_process_init
+
+from services.registry import ServiceContext
+from services.settings import Settings
+
+_lock = threading.Lock()
+_context: ServiceContext | None = None
+_context_pid: int | None = None
+
+
+def service_context(settings: Settings) -> ServiceContext:
+    global _context, _context_pid
+    with _lock:
+        if _context is None or _context_pid != os.getpid():
+            from services.models import ModelCache, pick_device, trained_person_weights
+
+            _context = ServiceContext(
+                device=pick_device(settings.device),
+                models=ModelCache(),
+                person_weights=settings.person_weights or trained_person_weights(),
+            )
+            _context_pid = os.getpid()
+        return _context
+
+
+@worker_process_init.connect
+def _forget_parent_models(**_: object) -> None:
+    global _context
+    with _lock:
+        _context = None

@@ -1,0 +1,276 @@
+"""The seed-003 API, driven with the seed README's own JSON examples (seeds/003)."""
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+from dbsupport import module_db_url, module_store, store  # noqa: F401  (fixtures)
+
+from services.records import FrameRecord, StageRecord
+from services.settings import Settings
+from tracker.app import create_app
+from tracker.context import NoJobControl
+from tracker.jobs import JobState
+
+# --- the seed's examples, verbatim ------------------------------------------------------------
+SEED_ALL_STATUS = {
+    "data": {
+        "192.168.56.102:7000": {"video": {"0": {"type": "traffic flow"}, "1": {"type": "people indoor"}}},
+        "192.168.56.102:8000": {"video": {"0": {"type": "traffic flow"}, "1": {"type": "people indoor"}}},
+    },
+    "status": 0,
+}
+SEED_SUBMIT_QUERY = {
+    "node_addr": "192.168.56.102:7000",
+    "video_id": 1,
+    "pipeline": ["face_detection", "face_alignment"],
+    "user_constraint": {"delay": 0.8, "accuracy": 0.9},
+}
+SEED_JOB_CONSTRAINT = {"job_uid": "GLOBAL_ID_1.SUB_ID", "user_constraint": {"delay": 0.3, "accuracy": 10}}
+SEED_DAG = {
+    "generator": "SingleFrameGenerator",
+    "flow": ["SingleFrameGenerator", "face_detection", "face_alignment"],
+    "input": {
+        "face_detection": {"image": "SingleFrameGenerator.image"},
+        "face_alignment": {
+            "image": "SingleFrameGenerator.image",
+            "bbox": "face_detection.bbox",
+            "prob": "face_detection.prob",
+        },
+    },
+}
+SEED_NODE_SUBMIT = {"unique_job_id": "GLOBAL_ID_1.SUB_ID_1", "node_addr": "192.168.56.102:7000", "video_id": 1,
+                    "dag": SEED_DAG}
+SEED_PLAN = {
+    "flow_mapping": {
+        "face_detection": {"model_id": 0, "node_ip": "192.168.56.102", "node_role": "host"},
+        "face_alignment": {"model_id": 0, "node_ip": "192.168.56.102", "node_role": "cloud"},
+    },
+    "video_conf": {"encoder": "H264", "fps": 24, "nskip": 0, "ntracking": 5, "resolution": "360p"},
+}
+SEED_APPENDED = [{"#no_helmet": 1, "n_loop": 11}, {"#no_helmet": 1, "n_loop": 12}, {"#no_helmet": 1, "n_loop": 13}]
+SEED_SCHEDULER_CONSTRAINT = {"delay": [-1, 50], "acc_level": 5}
+
+
+@pytest.fixture
+def control():
+    return NoJobControl()
+
+
+@pytest.fixture
+def client(module_db_url, store, control, tmp_path):
+    settings = Settings(database_url=module_db_url, allowed_video_dirs=(tmp_path,), cloud_ip="114.212.81.11")
+    return create_app(settings, store=store, control=control).test_client()
+
+
+def register_seed_nodes(client) -> None:
+    videos = [{"id": 0, "url": "synthetic://64x48@10/20", "type": "traffic flow"},
+              {"id": 1, "url": "rtsp://192.168.56.102/people", "type": "people indoor", "width": 1280, "height": 720,
+               "fps": 25}]
+    for name, port in (("edge-7000", 7000), ("edge-8000", 8000)):
+        r = client.post("/node/register", json={"name": name, "role": "edge", "ip": "192.168.56.102", "port": port,
+                                                "video_sources": videos, "resources": {"cpu_count": 4}})
+        assert r.status_code == 200 and r.get_json() == {"status": 0, "msg": "registered", "node": name}
+
+
+def seed_error(resp, status: int) -> str:
+    assert resp.status_code == status, resp.get_json()
+    body = resp.get_json()
+    assert body["status"] == 1 and isinstance(body["msg"], str) and set(body) == {"status", "msg"}, body
+    return body["msg"]
+
+
+def test_get_all_status_matches_the_seed(client):
+    register_seed_nodes(client)
+    assert client.get("/user/get_all_status").get_json() == SEED_ALL_STATUS
+
+
+def test_submit_query(client, store, control):
+    register_seed_nodes(client)
+    r = client.post("/query/submit_query", json=SEED_SUBMIT_QUERY)
+    body = r.get_json()
+    assert r.status_code == 200 and body["status"] == 0 and body["query_id"] == body["job_uid"]
+    job = store.get_job(body["job_uid"])
+    assert job.state is JobState.UNSCHED and job.node == "edge-7000"
+    assert job.source == "rtsp://192.168.56.102/people" and job.source_info == {"width": 1280, "height": 720, "fps": 25}
+    assert job.seed_node_addr == "192.168.56.102:7000" and job.video_id == "1"
+    assert (job.constraint.delay, job.constraint.accuracy) == (0.8, 0.9)
+    assert job.dag.to_seed() == SEED_DAG  # the pipeline wires the seed's DAG
+    assert control.calls == [("submitted", job.uid)]
+
+
+def test_submit_job_with_the_seed_dag(client, store):
+    register_seed_nodes(client)
+    r = client.post("/user/submit_job", json={"dag": SEED_DAG, "node_addr": "192.168.56.102:8000", "video_id": 0,
+                                              "user_constraint": SEED_SCHEDULER_CONSTRAINT})
+    assert r.status_code == 200 and r.get_json()["status"] == 0
+    job = store.get_job(r.get_json()["job_uid"])
+    assert job.dag.to_seed() == SEED_DAG and job.node == "edge-8000"
+    assert job.source_info == {"width": 64, "height": 48, "fps": 10.0} or job.source_info is None
+    assert (job.constraint.delay, job.constraint.accuracy) == (50.0, 1.0)  # [low, high] and acc_level 0..5
+
+
+def test_node_submit_job_and_constraint_with_seed_uids(client, store, control):
+    register_seed_nodes(client)
+    r = client.post("/node/submit_job", json=SEED_NODE_SUBMIT)
+    assert r.get_json() == {"status": 0, "msg": "submitted to the scheduler", "job_uid": "GLOBAL_ID_1.SUB_ID_1"}
+    seed_error(client.post("/node/submit_job", json=SEED_NODE_SUBMIT), 409)
+    client.post("/node/submit_job", json={**SEED_NODE_SUBMIT, "unique_job_id": "GLOBAL_ID_1.SUB_ID"})
+    r = client.post("/user/submit_job_user_constraint", json=SEED_JOB_CONSTRAINT)
+    assert r.status_code == 200 and r.get_json()["status"] == 0
+    c = store.get_job("GLOBAL_ID_1.SUB_ID").constraint
+    assert (c.delay, c.accuracy) == (0.3, 0.1)  # accuracy 10 read as a percentage
+    assert ("constraint", "GLOBAL_ID_1.SUB_ID") in control.calls
+    store.transition("GLOBAL_ID_1.SUB_ID", JobState.CANCELLED, "user")
+    seed_error(client.post("/user/submit_job_user_constraint", json=SEED_JOB_CONSTRAINT), 409)
+    seed_error(client.post("/user/submit_job_user_constraint", json={**SEED_JOB_CONSTRAINT, "job_uid": "nope"}), 404)
+
+
+def test_update_plan_then_sync_job_result_matches_the_seed(client, store, control):
+    register_seed_nodes(client)
+    uid = client.post("/node/submit_job", json=SEED_NODE_SUBMIT).get_json()["job_uid"]
+    empty = client.get(f"/user/sync_job_result/{uid}").get_json()
+    assert empty == {"status": 0, "result": {"appended_result": [], "latest_result": {}}}
+
+    r = client.post("/node/update_plan", json={"job_uid": uid, **SEED_PLAN})
+    assert r.status_code == 200 and r.get_json()["status"] == 0
+    assert ("plan", uid) in control.calls
+    plan_id, plan = store.current_plan(uid)
+    assert plan.flow_mapping["face_detection"].node == "edge-7000"  # ip + role -> a registered node
+    assert plan.flow_mapping["face_alignment"].node_role == "cloud"
+    assert plan.video_conf.fps == 24 and plan.video_conf.ntracking == 5
+
+    stages = [StageRecord("face_detection", "edge-7000", "w", 0.1, 0.2),
+              StageRecord("face_alignment", "edge-7000", "w", 0.05, 0.15)]
+    frames = [FrameRecord(uid, seq, plan_id, seq / 10, 640, 360, 0.5,
+                          {"face_detection": {"bbox": [[1, 2, 3, 4]], "prob": [0.9]},
+                           "face_alignment": {"count_result": {"#no_helmet": 1}}}, stages)
+              for seq in range(0, 14)]
+    frames.append(FrameRecord(uid, 14, plan_id, 1.4, 0, 0, 0.0, {}, lost=True))
+    store.save_frames(uid, frames)
+
+    body = client.get(f"/user/sync_job_result/{uid}").get_json()
+    assert body["status"] == 0 and set(body["result"]) == {"appended_result", "latest_result"}
+    appended = body["result"]["appended_result"]
+    assert len(appended) == 10 and appended[-3:] == SEED_APPENDED  # the last 10 frames, lost ones left out
+    latest = body["result"]["latest_result"]
+    assert latest["plan"] == SEED_PLAN
+    assert latest["plan_result"]["delay"] == pytest.approx({"face_detection": 0.3, "face_alignment": 0.2})
+
+
+def test_counts_of_several_stages_are_merged(client, store):
+    from tracker.seed_api import appended_entry
+
+    outputs = {"count": {"counts": {"person": 3}, "total": 3}, "cars": {"count_result": {"up": 6, "total": 8}},
+               "det": {"detections": []}}
+    assert appended_entry(outputs, ["det", "count", "cars"], 4) == {"person": 3, "up": 6, "total": 8, "n_loop": 4}
+
+
+def test_get_plan_requests_scheduling(client, store, control):
+    register_seed_nodes(client)
+    uid = client.post("/node/submit_job", json=SEED_NODE_SUBMIT).get_json()["job_uid"]
+    r = client.post("/node/get_plan", json={"job_uid": uid, "dag": SEED_DAG, "last_plan_result": {"delay": {}},
+                                            "user_constraint": {"delay": 0.4, "accuracy": 0.5}})
+    assert r.get_json() == {"status": 0, "msg": "scheduling requested", "plan": None}
+    assert ("constraint", uid) in control.calls and store.get_job(uid).constraint.delay == 0.4
+    client.post("/node/update_plan", json={"job_uid": uid, **SEED_PLAN})
+    assert client.post("/node/get_plan", json={"job_uid": uid}).get_json()["plan"] == SEED_PLAN
+
+
+def test_update_plan_errors(client, store):
+    register_seed_nodes(client)
+    uid = client.post("/node/submit_job", json=SEED_NODE_SUBMIT).get_json()["job_uid"]
+    partial = copy.deepcopy(SEED_PLAN)
+    del partial["flow_mapping"]["face_alignment"]
+    assert "flow_mapping" in seed_error(client.post("/node/update_plan", json={"job_uid": uid, **partial}), 422)
+    unknown_ip = copy.deepcopy(SEED_PLAN)
+    unknown_ip["flow_mapping"]["face_detection"]["node_ip"] = "10.9.9.9"
+    msg = seed_error(client.post("/node/update_plan", json={"job_uid": uid, **unknown_ip}), 422)
+    assert "face_detection" in msg
+    bad_conf = {**SEED_PLAN, "video_conf": {**SEED_PLAN["video_conf"], "resolution": "8K"}}
+    assert "resolution" in seed_error(client.post("/node/update_plan", json={"job_uid": uid, **bad_conf}), 400)
+    seed_error(client.post("/node/update_plan", json={"job_uid": "ghost", **SEED_PLAN}), 404)
+    assert store.current_plan(uid) is None
+    # the seed scheduler's per-stage video_conf form is accepted too
+    per_stage = {"face_detection": {"resolution": "480p", "fps": 30, "encoder": "H264"},
+                 "face_alignment": {"resolution": "480p", "fps": 30, "encoder": "H264"}}
+    r = client.post("/node/update_plan", json={"job_uid": uid, "flow_mapping": SEED_PLAN["flow_mapping"],
+                                               "video_conf": per_stage})
+    assert r.status_code == 200 and store.current_plan(uid)[1].video_conf.resolution == "480p"
+    store.transition(uid, JobState.CANCELLED, "user")
+    seed_error(client.post("/node/update_plan", json={"job_uid": uid, **SEED_PLAN}), 409)
+
+
+@pytest.mark.parametrize("path,body,status,word", [
+    ("/query/submit_query", {**SEED_SUBMIT_QUERY, "node_addr": "10.0.0.1:1"}, 404, "node_addr"),
+    ("/query/submit_query", {**SEED_SUBMIT_QUERY, "video_id": 7}, 404, "video_id"),
+    ("/query/submit_query", {**SEED_SUBMIT_QUERY, "pipeline": ["face_detection", "no_such"]}, 422, "no_such"),
+    ("/query/submit_query", {**SEED_SUBMIT_QUERY, "pipeline": ["__import__('os').system('touch /tmp/vdag-pwned')"]},
+     422, "pipeline"),
+    ("/query/submit_query", {**SEED_SUBMIT_QUERY, "user_constraint": {"delay": "soon"}}, 400, "user_constraint"),
+    ("/query/submit_query", {**SEED_SUBMIT_QUERY, "user_constraint": {"delay": 0}}, 400, "delay"),
+    ("/query/submit_query", {"node_addr": "192.168.56.102:7000"}, 400, "pipeline"),
+    ("/user/submit_job", {"dag": {**SEED_DAG, "flow": ["SingleFrameGenerator", "face_alignment"]},
+                          "node_addr": "192.168.56.102:7000", "video_id": 1}, 422, "face_alignment"),
+    ("/user/submit_job", {"dag": {**SEED_DAG, "input": {"face_detection": {"image": "nowhere.image"}}},
+                          "node_addr": "192.168.56.102:7000", "video_id": 1}, 422, "nowhere"),
+    ("/node/submit_job", {**SEED_NODE_SUBMIT, "unique_job_id": "bad id with spaces"}, 400, "unique_job_id"),
+    ("/node/heartbeat", {"name": "ghost"}, 404, "register"),
+    ("/node/register", {"name": "n", "ip": "1.2.3.4"}, 400, "address"),
+    ("/node/register", {"name": "n", "ip": "1.2.3.4", "port": 1, "role": "boss"}, 400, "role"),
+])
+def test_seed_errors(client, store, path, body, status, word):
+    register_seed_nodes(client)
+    before = store.list_jobs()[1]
+    assert word in seed_error(client.post(path, json=body), status)
+    assert store.list_jobs()[1] == before
+    assert not os.path.exists("/tmp/vdag-pwned")
+
+
+def test_seed_error_shapes(client):
+    seed_error(client.get("/user/sync_job_result/nope"), 404)
+    seed_error(client.get("/user/sync_job_result/%00"), 404)
+    seed_error(client.post("/user/submit_job", data=b"{not json", content_type="application/json"), 400)
+    seed_error(client.post("/query/submit_query", data=b"[]", content_type="application/json"), 400)
+    seed_error(client.post("/node/update_plan", data=b"x" * (2 << 20), content_type="application/json"), 413)
+    seed_error(client.get("/node/update_plan"), 405)
+
+
+def test_heartbeat_and_stale_nodes(client, store):
+    register_seed_nodes(client)
+    assert client.post("/node/heartbeat", json={"name": "edge-7000", "resources": {"cpu_ratio": 0.5}}).get_json() == \
+        {"status": 0, "msg": "ok"}
+    assert store.get_node("edge-7000").cpu_ratio == 0.5
+    import time
+
+    time.sleep(0.05)
+    client.post("/node/heartbeat", json={"name": "edge-8000"})
+    store.mark_stale_nodes(0.03)
+    assert list(client.get("/user/get_all_status").get_json()["data"]) == ["192.168.56.102:8000"]
+
+
+# -- generated bodies ------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=12,
+)
+_SEED_POSTS = ["/user/submit_job", "/query/submit_query", "/user/submit_job_user_constraint", "/node/submit_job",
+               "/node/get_plan", "/node/update_plan", "/node/register", "/node/heartbeat"]
+_KNOWN_KEYS = ["dag", "node_addr", "video_id", "pipeline", "user_constraint", "job_uid", "video_conf", "flow_mapping",
+               "unique_job_id", "name", "ip", "port", "role", "video_sources", "resources", "delay", "accuracy"]
+
+
+@pytest.mark.integration
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(_SEED_POSTS),
+       body=st.dictionaries(st.sampled_from(_KNOWN_KEYS), _json, max_size=6) | _json)
+def test_seed_routes_never_fail_with_5xx(client, path, body):
+    r = client.post(path, json=body)
+    assert r.status_code < 500, (path, body, r.get_json())
+    assert r.get_json()["status"] in (0, 1)

@@ -1,0 +1,47 @@
+"""The Flask app factory: a short list of init calls over one TrackerContext."""
+from __future__ import annotations
+
+import logging
+
+from flask_openapi3 import Info, OpenAPI
+
+from services.settings import Settings
+from tracker import api, errors, security, seed_api
+from tracker.context import JobControl, NoJobControl, TrackerContext
+from tracker.store import Store
+from tracker.viewer.hub import ViewerHub
+from tracker.viewer.routes import bp as viewer_bp
+
+log = logging.getLogger(__name__)
+
+SECURITY_SCHEMES = {"bearer": {"type": "http", "scheme": "bearer"}}
+
+
+def create_app(
+    settings: Settings,
+    store: Store | None = None,
+    control: JobControl | None = None,
+    hub: ViewerHub | None = None,
+) -> OpenAPI:
+    """Without a store, one is opened on settings.database_url and migrated to head."""
+    app = OpenAPI(
+        __name__,
+        info=Info(title="vdag job tracker", version="1", description="Adaptive video-analytics DAG jobs"),
+        security_schemes=SECURITY_SCHEMES,
+        doc_prefix=api.API_PREFIX,  # /api/v1/openapi.json, docs at /api/v1/swagger
+        doc_url="/openapi.json",
+        validation_error_model=errors.ErrorBody,
+    )
+    app.extensions["vdag"] = TrackerContext(
+        settings=settings,
+        store=store if store is not None else Store(settings.database_url),
+        hub=hub if hub is not None else ViewerHub(),
+        control=control if control is not None else NoJobControl(),
+    )
+    errors.init_app(app)
+    app.json.sort_keys = False
+    security.init_app(app, settings)
+    api.init_app(app)
+    seed_api.init_app(app)
+    app.register_blueprint(viewer_bp)
+    return app

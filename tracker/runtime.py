@@ -1,0 +1,421 @@
+"""Runs jobs on this node: generators, the aggregator, the scheduler loop, node upkeep.
+
+The one place where the data plane (tasks/, services/), the planner (scheduler/) and the
+store meet. Request handlers reach it only through the JobControl methods.
+Start order is written out in `start`, and `stop` undoes it in reverse.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from celery import Celery
+
+from scheduler.interface import NodeInfo, Observation, Plan, PlanningInput, SourceInfo, UserConstraint
+from services.aggregator import ReorderBuffer, record_from_envelope, rendered_jpeg
+from services.codec import Envelope, Hop
+from services.dag import DagSpec
+from services.generator import ActivePlan, FrameGenerator, InFlightWindow
+from services.records import FrameRecord
+from services.settings import Settings
+from services.sources import SourceError, open_source
+from tasks.consumers import AckListener, AckPublisher, ResultConsumer
+from tasks.stage import dispatch_frame
+from tracker.jobs import JobState
+
+log = logging.getLogger(__name__)
+
+STATS_EVERY_S = 1.0
+FLUSH_EVERY_S = 0.1
+
+
+def build_route(dag: DagSpec, plan: Plan) -> tuple[Hop, ...]:
+    """The stages in topological order, each on its planned node, with the planned grade."""
+    hops = []
+    for name in dag.topological_order():
+        stage = dag.stage(name)
+        mapping = plan.flow_mapping[name]
+        params = dict(stage.params)
+        if mapping.grade and "weights" not in params:
+            from services.registry import get_service
+
+            if get_service(stage.service).tunable_grade:
+                params["grade"] = mapping.grade
+        hops.append(Hop(stage=name, service=stage.service, node=mapping.node, params=params, inputs=stage.inputs))
+    return tuple(hops)
+
+
+@dataclass
+class _JobStats:
+    """Rolling per-job counters the aggregator keeps between stats flushes."""
+
+    frames_out: int = 0
+    lost: int = 0
+    slo_violations: int = 0
+    latency_sum: float = 0.0
+    stage_latency: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    last_out: list[float] = field(default_factory=list)  # wall times of recent outputs, for fps_out
+    last_viewer_seq: int = -1
+
+
+class JobRunner:
+    """One job's generator thread."""
+
+    def __init__(self, runtime: "Runtime", job_uid: str, dag: DagSpec, source: str, active: ActivePlan,
+                 first_seq: int, start_ts: float, pace: float, backpressure: str) -> None:
+        self.runtime = runtime
+        self.job_uid = job_uid
+        self.dag = dag
+        self.source = source
+        self._active = active
+        self._lock = threading.Lock()
+        self.stop_event = threading.Event()
+        self.window = InFlightWindow(runtime.settings.max_in_flight,
+                                     expire_s=max(30.0, 4 * runtime.settings.reorder_wait_s))
+        self.generator: FrameGenerator | None = None
+        self.first_seq, self.start_ts, self.pace, self.backpressure = first_seq, start_ts, pace, backpressure
+        self.thread = threading.Thread(target=self._run, name=f"vdag-gen-{job_uid}", daemon=True)
+
+    @property
+    def active(self) -> ActivePlan:
+        with self._lock:
+            return self._active
+
+    def set_plan(self, active: ActivePlan) -> None:
+        with self._lock:
+            self._active = active
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.stop_event.set()
+        if self.thread is not threading.current_thread():
+            self.thread.join(timeout)
+
+    def _run(self) -> None:
+        rt = self.runtime
+        try:
+            source = open_source(self.source)
+            self.generator = FrameGenerator(
+                self.job_uid, source, lambda: self.active, lambda env: dispatch_frame(rt.celery, env),
+                self.window, self.stop_event, origin_node=rt.settings.node, pace=self.pace,
+                backpressure=self.backpressure, first_seq=self.first_seq, start_ts=self.start_ts,
+            )
+            self.generator.run()
+        except SourceError as exc:
+            rt.finish_job(self.job_uid, JobState.FAILED, f"video source failed: {exc}")
+            return
+        except Exception as exc:
+            log.exception("generator of job %s crashed", self.job_uid)
+            rt.finish_job(self.job_uid, JobState.FAILED, f"generator error: {type(exc).__name__}: {exc}")
+            return
+        if self.stop_event.is_set():
+            return
+        # End of file: let the frames in flight arrive (bounded), then close the job.
+        deadline = time.monotonic() + rt.settings.reorder_wait_s + 30.0
+        while len(self.window) and time.monotonic() < deadline and not self.stop_event.is_set():
+            self.stop_event.wait(0.05)
+        rt.finish_job(self.job_uid, JobState.DONE, "end of video")
+
+
+class Runtime:
+    """JobControl for the API, and the owner of every background thread of a tracker."""
+
+    def __init__(self, settings: Settings, store, hub, celery: Celery, planner=None,
+                 pace: float = 1.0, backpressure: str = "drop") -> None:
+        self.settings = settings
+        self.store = store
+        self.hub = hub
+        self.celery = celery
+        self.planner = planner
+        self.pace = pace
+        self.backpressure = backpressure
+        self.reorder = ReorderBuffer(wait_s=settings.reorder_wait_s)
+        self.acks = AckPublisher(celery)
+        self.runners: dict[str, JobRunner] = {}
+        self._runners_lock = threading.Lock()
+        self._stats: dict[str, _JobStats] = defaultdict(_JobStats)
+        self._stats_lock = threading.Lock()
+        self._pending: list[tuple[FrameRecord, str]] = []  # emitted, not yet stored: (record, origin)
+        self._plans: dict[int, Plan] = {}
+        self._last_flush = self._last_stats = 0.0
+        self.result_consumer: ResultConsumer | None = None
+        self.ack_listener: AckListener | None = None
+        self.scheduler = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> "Runtime":
+        self.start_result_consumer()
+        self.start_ack_listener()
+        self.start_scheduler()
+        self.resume_jobs()
+        return self
+
+    def start_result_consumer(self) -> None:
+        self.result_consumer = ResultConsumer(self.celery, self.on_frame, self.on_tick)
+        self.result_consumer.start()
+        self.result_consumer.ready.wait(10)
+        log.info("aggregator consuming results")
+
+    def start_ack_listener(self) -> None:
+        self.ack_listener = AckListener(self.celery, self.settings.node, self.on_ack)
+        self.ack_listener.start()
+        self.ack_listener.ready.wait(10)
+
+    def start_scheduler(self) -> None:
+        from tracker.scheduling import make_scheduler_loop
+
+        self.scheduler = make_scheduler_loop(self, self.planner)
+        self.scheduler.start()
+        log.info("scheduler loop started")
+
+    def resume_jobs(self) -> None:
+        items, _ = self.store.list_jobs(state=JobState.EXEC.value, limit=10_000, offset=0)
+        for job in items:
+            log.info("resuming job %s", job["uid"])
+            self.start_generator(job["uid"])
+
+    def stop(self) -> None:
+        with self._runners_lock:
+            runners = list(self.runners.values())
+        for runner in runners:
+            runner.stop()
+        log.info("generators stopped")
+        if self.scheduler:
+            self.scheduler.stop()
+            log.info("scheduler stopped")
+        if self.ack_listener:
+            self.ack_listener.stop()
+        if self.result_consumer:
+            self.result_consumer.stop()
+            self._flush(force=True)
+            log.info("aggregator stopped")
+
+    # -- JobControl --------------------------------------------------------------------------
+    def job_submitted(self, job_uid: str) -> None:
+        job = self.store.get_job(job_uid)
+        if job.get("fixed_plan"):
+            self.save_plan(job_uid, Plan.model_validate(job["fixed_plan"]))
+        elif self.scheduler:
+            self.scheduler.wake(job_uid)
+
+    def job_stopped(self, job_uid: str) -> None:
+        with self._runners_lock:
+            runner = self.runners.pop(job_uid, None)
+        if runner:
+            runner.stop()
+        self.hub.close_job(job_uid)
+
+    def constraint_changed(self, job_uid: str) -> None:
+        if self.scheduler:
+            self.scheduler.wake(job_uid)
+
+    def plan_pushed(self, job_uid: str) -> None:
+        current = self.store.current_plan(job_uid)
+        if current:
+            self._apply_plan(job_uid, *current)
+
+    # -- plans and generators -------------------------------------------------------------
+    def save_plan(self, job_uid: str, plan: Plan) -> int:
+        plan_id = self.store.add_plan(job_uid, plan)
+        self._apply_plan(job_uid, plan_id, plan)
+        return plan_id
+
+    def _active_plan(self, dag: DagSpec, plan_id: int, plan: Plan) -> ActivePlan:
+        self._plans[plan_id] = plan
+        return ActivePlan(plan_id=plan_id, video_conf=plan.video_conf, route=build_route(dag, plan))
+
+    def _apply_plan(self, job_uid: str, plan_id: int, plan: Plan) -> None:
+        job = self.store.get_job(job_uid)
+        if job["state"] == JobState.UNSCHED.value:
+            self.store.transition(job_uid, JobState.EXEC, f"planned by {plan.planner}")
+            self.start_generator(job_uid)
+            return
+        with self._runners_lock:
+            runner = self.runners.get(job_uid)
+        if runner:
+            runner.set_plan(self._active_plan(runner.dag, plan_id, plan))
+
+    def start_generator(self, job_uid: str) -> None:
+        job = self.store.get_job(job_uid)
+        if job.get("node") not in (None, self.settings.node):
+            return  # another node reads this job's source
+        current = self.store.current_plan(job_uid)
+        if current is None:
+            return
+        dag = DagSpec.model_validate(job["dag"])
+        last = self.store.last_result_position(job_uid)  # (seq, capture_ts) or None
+        first_seq = last[0] + 1 if last else 0
+        start_ts = last[1] if last and last[1] >= 0 else 0.0
+        self.reorder.start_job(job_uid, first_seq)
+        runner = JobRunner(self, job_uid, dag, job["source"], self._active_plan(dag, *current),
+                           first_seq, start_ts, self.pace, self.backpressure)
+        with self._runners_lock:
+            old = self.runners.pop(job_uid, None)
+            self.runners[job_uid] = runner
+        if old:
+            old.stop()
+        runner.start()
+
+    def finish_job(self, job_uid: str, state: JobState, reason: str) -> None:
+        self._flush(force=True)
+        self.publish_stats(job_uid)
+        try:
+            self.store.transition(job_uid, state, reason)
+        except Exception as exc:  # cancelled meanwhile, or deleted
+            log.info("job %s not moved to %s: %s", job_uid, state.value, exc)
+        with self._runners_lock:
+            self.runners.pop(job_uid, None)
+        self.hub.close_job(job_uid)
+        log.info("job %s %s: %s", job_uid, state.value, reason)
+
+    # -- aggregator -------------------------------------------------------------------------
+    def on_frame(self, env: Envelope) -> None:
+        now = time.monotonic()
+        record = record_from_envelope(env, time.time())
+        emitted = self.reorder.push(record, now)
+        with self._stats_lock:
+            st = self._stats[env.job]
+            if env.seq > st.last_viewer_seq:
+                st.last_viewer_seq = env.seq
+                jpeg = rendered_jpeg(env)
+                if jpeg:
+                    self.hub.publish(env.job, env.seq, jpeg)
+        self._queue_records(emitted.records, env.origin)
+
+    def on_ack(self, job_uid: str, seq: int) -> None:
+        with self._runners_lock:
+            runner = self.runners.get(job_uid)
+        if runner:
+            runner.window.release(seq)
+
+    def on_tick(self) -> None:
+        now = time.monotonic()
+        expired = self.reorder.expire(now)
+        if expired:
+            self._queue_records(expired, None)
+        self._flush()
+        if now - self._last_stats >= STATS_EVERY_S:
+            self._last_stats = now
+            for job_uid in list(self._stats):
+                self.publish_stats(job_uid)
+
+    def _queue_records(self, records: list[FrameRecord], origin: str | None) -> None:
+        if not records:
+            return
+        with self._stats_lock:
+            self._pending.extend((r, origin) for r in records)
+        self._flush()
+
+    def _flush(self, force: bool = False) -> None:
+        now = time.monotonic()
+        with self._stats_lock:
+            if not self._pending or (not force and now - self._last_flush < FLUSH_EVERY_S and len(self._pending) < 32):
+                return
+            batch, self._pending = self._pending, []
+            self._last_flush = now
+        by_job: dict[str, list[FrameRecord]] = defaultdict(list)
+        for record, _ in batch:
+            by_job[record.job_uid].append(record)
+        for job_uid, records in by_job.items():
+            try:
+                self.store.save_frames(job_uid, records)
+                self.store.add_observations(job_uid, self._observations(job_uid, records))
+            except Exception:
+                log.exception("could not store %d frames of job %s", len(records), job_uid)
+            self._count(job_uid, records)
+        for record, origin in batch:
+            self.acks.ack(origin or self.settings.node, record.job_uid, record.seq)
+
+    def _observations(self, job_uid: str, records: list[FrameRecord]) -> list[Observation]:
+        out = []
+        for r in records:
+            plan = self._plans.get(r.plan_id)
+            if r.lost or plan is None:
+                continue
+            for s in r.stages:
+                mapping = plan.flow_mapping.get(s.stage)
+                out.append(Observation(
+                    stage=s.stage, node=s.node, grade=mapping.grade if mapping else None,
+                    width=r.width, height=r.height, fps=plan.video_conf.fps, quality=plan.video_conf.quality,
+                    frame_bytes=r.frame_bytes, service_s=s.service_s, queue_s=s.queue_s, ts=time.time(),
+                ))
+        return out
+
+    def _count(self, job_uid: str, records: list[FrameRecord]) -> None:
+        delay = self._constraint(job_uid).delay
+        now = time.time()
+        with self._stats_lock:
+            st = self._stats[job_uid]
+            for r in records:
+                if r.lost:
+                    st.lost += 1
+                    continue
+                st.frames_out += 1
+                st.latency_sum += r.latency_s
+                st.slo_violations += r.latency_s > delay
+                st.last_out.append(now)
+                for s in r.stages:
+                    lat = st.stage_latency[s.stage]
+                    lat.append(s.service_s)
+                    del lat[:-200]
+            del st.last_out[:-200]
+
+    _constraints: dict[str, tuple[float, UserConstraint]] = {}
+
+    def _constraint(self, job_uid: str) -> UserConstraint:
+        cached = self._constraints.get(job_uid)
+        if cached and time.monotonic() - cached[0] < 2.0:
+            return cached[1]
+        try:
+            c = UserConstraint.model_validate(self.store.get_job(job_uid)["constraint"])
+        except Exception:
+            c = UserConstraint()
+        self._constraints[job_uid] = (time.monotonic(), c)
+        return c
+
+    def publish_stats(self, job_uid: str) -> None:
+        with self._stats_lock:
+            st = self._stats.get(job_uid)
+            if st is None:
+                return
+            window = [t for t in st.last_out if t > time.time() - 5.0]
+            stats = {
+                "frames_out": st.frames_out,
+                "frames_lost": st.lost,
+                "slo_violations": st.slo_violations,
+                "fps_out": round(len(window) / 5.0, 2),
+                "mean_latency_s": round(st.latency_sum / st.frames_out, 4) if st.frames_out else None,
+                "stage_latency_s": {k: round(sum(v) / len(v), 4) for k, v in st.stage_latency.items() if v},
+            }
+        with self._runners_lock:
+            runner = self.runners.get(job_uid)
+        if runner and runner.generator:
+            stats.update(runner.generator.stats.as_dict())
+            stats["in_flight"] = len(runner.window)
+            stats["window_expired"] = runner.window.expired
+        stats.update({k: v for k, v in self.reorder.stats(job_uid).items() if k == "duplicates"})
+        try:
+            self.store.update_stats(job_uid, stats)
+        except Exception:
+            log.debug("stats for %s not stored", job_uid, exc_info=True)
+
+    # -- planning inputs ---------------------------------------------------------------------
+    def planning_input(self, job: dict) -> PlanningInput:
+        nodes = [NodeInfo.model_validate(n) if isinstance(n, dict) else n for n in self.store.list_nodes()]
+        current = self.store.current_plan(job["uid"])
+        src = job.get("source_info") or {}
+        return PlanningInput(
+            job_uid=job["uid"],
+            dag=DagSpec.model_validate(job["dag"]),
+            nodes=nodes,
+            source=SourceInfo(**{k: src[k] for k in ("width", "height", "fps") if k in src}),
+            constraint=UserConstraint.model_validate(job.get("constraint") or {}),
+            observations=self.store.recent_observations(job["uid"], limit=500),
+            last_plan=current[1] if current else None,
+            now=time.time(),
+        )
