@@ -52,6 +52,8 @@ PRIORS = {
     "beta0": (knobs.pixel_exponent(), 0.1),
     "gam": (np.log(knobs.grade_latency_ratio()[1:]), 0.25),
     "b_load": (1.0, 0.3),
+    "gam_gpu": (-0.3, 0.3),   # mean: fraction of the CPU grade effect; sd: absolute
+    "beta_gpu": (-0.2, 0.2),
     "sig": 0.3,
     "th": (_logit(np.clip([knobs.COCO_MAP[g] / knobs.COCO_MAP["x"] for g in GRADES], *F1_CLIP)), 0.6),
     "kappa": (1.0, 0.5), "lam": (0.5, 0.3), "rho": (0.5, 0.5),
@@ -103,7 +105,8 @@ class Layout:
 
     def __init__(self, S: int, N: int) -> None:
         self.S, self.N = S, N
-        sizes = {"svc": S, "node": N, "sn": S * N, "beta": S, "gam": N_GRADES - 1, "b_load": 1}
+        sizes = {"svc": S, "node": N, "sn": S * N, "beta": S, "gam": N_GRADES - 1, "b_load": 1,
+                 "gam_gpu": N_GRADES - 1, "beta_gpu": 1}
         self.lat: dict[str, slice] = {}
         i = 0
         for k, n in sizes.items():
@@ -130,6 +133,9 @@ class Layout:
         block(L["beta"], P["beta0"][0], np.eye(self.S) * P["beta_sd"] ** 2 + P["beta0"][1] ** 2)
         block(L["gam"], P["gam"][0], np.diag(np.full(N_GRADES - 1, P["gam"][1] ** 2)))
         block(L["b_load"], P["b_load"][0], np.array([[P["b_load"][1] ** 2]]))
+        # On a GPU, pixels and grade cost relatively less (an under-occupied device).
+        block(L["gam_gpu"], P["gam_gpu"][0] * P["gam"][0], np.diag(np.full(N_GRADES - 1, P["gam_gpu"][1] ** 2)))
+        block(L["beta_gpu"], P["beta_gpu"][0], np.array([[P["beta_gpu"][1] ** 2]]))
         return mean, cov
 
     def acc_prior(self) -> tuple[np.ndarray, np.ndarray]:
@@ -138,7 +144,7 @@ class Layout:
         sd = np.concatenate([np.full(N_GRADES, P["th"][1]), [P["kappa"][1], P["lam"][1], P["rho"][1]]])
         return mean, np.diag(sd**2)
 
-    def lat_rows(self, svc, node, grade, tun, logpix, load) -> np.ndarray:
+    def lat_rows(self, svc, node, grade, tun, logpix, load, gpu) -> np.ndarray:
         X = np.zeros((len(svc), self.P))
         r = np.arange(len(svc))
         L = self.lat
@@ -150,6 +156,9 @@ class Layout:
         has = g > 0
         X[r[has], L["gam"].start + g[has] - 1] = np.asarray(tun)[has]
         X[r, L["b_load"].start] = load
+        gpu = np.asarray(gpu, float)
+        X[r[has], L["gam_gpu"].start + g[has] - 1] = (np.asarray(tun) * gpu)[has]
+        X[r, L["beta_gpu"].start] = logpix * gpu
         return X
 
     def acc_rows(self, grade, logh, logfps, logq) -> np.ndarray:
@@ -167,6 +176,8 @@ class Layout:
             "sn": theta[:, L["sn"]].reshape(n, self.S, self.N), "beta": theta[:, L["beta"]],
             "gam": np.concatenate([np.zeros((n, 1)), theta[:, L["gam"]]], axis=1),
             "b_load": theta[:, L["b_load"]][:, 0], "sig": np.asarray(sig),
+            "gam_gpu": np.concatenate([np.zeros((n, 1)), theta[:, L["gam_gpu"]]], axis=1),
+            "beta_gpu": theta[:, L["beta_gpu"]][:, 0],
             "th": theta_a[:, A["th"]], "kappa": theta_a[:, A["kappa"]][:, 0],
             "lam": theta_a[:, A["lam"]][:, 0], "rho": theta_a[:, A["rho"]][:, 0], "sig_a": np.asarray(sig_a),
         }
@@ -258,6 +269,7 @@ class ModelData:
 def build_data(
     obs: list[tuple[Observation, str, float, float]], layout: Layout,
     svc_slot: Slots, node_slot: Slots, svc_mu: np.ndarray, node_mu: np.ndarray,
+    node_gpu: np.ndarray | None = None,
 ) -> ModelData:
     """obs: (observation, service name, source height, source fps) per observation."""
     lat = [(o, s) for o, s, _, _ in obs if o.service_s > 0]
@@ -278,7 +290,9 @@ def build_data(
     ) for o, _, h, f in acc]
     ac, an, amean, ass = _cells(akeys, _logit(np.clip([o.accuracy for o, *_ in acc], *F1_CLIP)) if acc else np.zeros(0))
     ac = ac.reshape(-1, 4)
-    X = layout.lat_rows(lc[:, 0].astype(int), lc[:, 1].astype(int), lc[:, 2].astype(int), lc[:, 3], lc[:, 4], lc[:, 5])
+    node_gpu = np.zeros(layout.N) if node_gpu is None else node_gpu
+    X = layout.lat_rows(lc[:, 0].astype(int), lc[:, 1].astype(int), lc[:, 2].astype(int), lc[:, 3], lc[:, 4], lc[:, 5],
+                        node_gpu[lc[:, 1].astype(int)])
     XA = layout.acc_rows(ac[:, 0].astype(int), ac[:, 1], ac[:, 2], ac[:, 3])
     mu0, cov0 = layout.lat_prior(svc_mu, node_mu)
     mua0, cova0 = layout.acc_prior()

@@ -60,6 +60,7 @@ class Envelope(BaseModel):
     enqueued_at: float = 0.0  # wall time of the last enqueue, for queue-wait measurement
     frame_bytes: int = 0  # size of the JPEG the generator sent, for transfer-time learning
     origin: str = "cloud"  # node whose generator sent the frame; acks go back there
+    results_queue: str = "vdag.results"  # where the last stage publishes the finished frame
     profile: bool = False  # also run the golden config on this frame, for accuracy
 
 

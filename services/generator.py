@@ -119,6 +119,7 @@ class FrameGenerator:
         stop: threading.Event,
         *,
         origin_node: str = "cloud",
+        results_queue: str = "vdag.results",
         pace: float = 1.0,
         backpressure: Literal["drop", "block"] = "drop",
         first_seq: int = 0,
@@ -131,6 +132,7 @@ class FrameGenerator:
         self.window = window
         self.stop = stop
         self.origin_node = origin_node
+        self.results_queue = results_queue
         self.pace = pace  # 1.0 = real time for files, 0 = as fast as possible
         self.backpressure = backpressure
         self.seq = first_seq
@@ -189,6 +191,7 @@ class FrameGenerator:
             frame_bytes=len(jpeg),
             route=list(plan.route),
             origin=self.origin_node,
+            results_queue=self.results_queue,
             profile=bool(plan.profile_every) and self.seq % plan.profile_every == 0,
         )
         try:

@@ -18,8 +18,8 @@ class Settings(BaseModel):
     side: str = Field("cloud", pattern="^(cloud|edge)$")
     mode: str = Field("embedded", pattern="^(embedded|pseudo|cluster)$")
     cloud_ip: str = "127.0.0.1"
-    api_port: int = Field(5000, ge=1, le=65535)
-    video_port: int = Field(5100, ge=1, le=65535)
+    api_port: int = Field(5000, ge=0, le=65535, description="0 = any free port")
+    video_port: int = Field(5100, ge=0, le=65535)
     data_dir: Path = Field(Path("var"), description="SQLite file, logs, bundled synthetic video")
     allowed_video_dirs: tuple[Path, ...] = Field(
         (Path("/usr/share/doc/opencv-doc/examples/data"), Path("var/videos"), Path("/tmp")),
@@ -27,6 +27,8 @@ class Settings(BaseModel):
     )
     allowed_url_schemes: tuple[str, ...] = ("rtsp", "rtsps", "http", "https")
     api_token: str | None = Field(None, description="bearer token for mutating and /node routes; None = open")
+    results_queue: str = Field("vdag.results", pattern=r"^[\w.\-]{1,200}$",
+                               description="queue the last stage publishes to; one per cloud tracker")
     max_in_flight: int = Field(8, ge=1, le=1024, description="frames of one job in flight before the generator drops")
     reorder_wait_s: float = Field(2.0, gt=0, description="how long the aggregator waits for a missing frame")
     prefetch: int = Field(4, ge=1, le=256)

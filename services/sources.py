@@ -131,3 +131,13 @@ def open_source(spec: str | int) -> VideoSource:
         return SyntheticSource(spec)
     live = "://" in spec
     return OpenCVSource(spec, live=live)
+
+
+def probe_source(spec: str | int) -> dict:
+    """{width, height, fps, frame_count, live} of a source, opened and closed again."""
+    source = open_source(spec)
+    try:
+        i = source.info
+        return {"width": i.width, "height": i.height, "fps": i.fps, "frame_count": i.frame_count, "live": i.live}
+    finally:
+        source.close()

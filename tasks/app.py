@@ -38,9 +38,10 @@ def make_celery(settings: Settings) -> Celery:
     if settings.broker_url.startswith("memory://"):
         # kombu's memory transport polls; its 1 s default gave 29 frames/s (DESIGN.md 5).
         app.conf.broker_transport_options = {"polling_interval": 0.001}
-    from tasks.stage import register_stage_task
+    # The stage task is a shared task: it reads this app's settings at run time.
+    app.vdag_settings = settings
+    import tasks.stage  # noqa: F401  (registers the shared task with every app)
 
-    register_stage_task(app, settings)
     return app
 
 

@@ -68,8 +68,9 @@ class _QueueLoop(threading.Thread):
 class ResultConsumer(_QueueLoop):
     """Feeds finished frames to `on_frame`; calls `on_tick` at least every 0.2 s."""
 
-    def __init__(self, app: Celery, on_frame: Callable[[Envelope], None], on_tick: Callable[[], None]) -> None:
-        super().__init__(app, "vdag-results", results_queue())
+    def __init__(self, app: Celery, queue_name: str, on_frame: Callable[[Envelope], None],
+                 on_tick: Callable[[], None]) -> None:
+        super().__init__(app, "vdag-results", results_queue(queue_name))
         self.on_frame = on_frame
         self.on_tick = on_tick
         self.rejected = 0

@@ -17,8 +17,8 @@ def node_queue(node: str) -> Queue:
     return Queue(name, _direct, routing_key=name, durable=True)
 
 
-def results_queue() -> Queue:
-    return Queue(RESULTS_QUEUE, _direct, routing_key=RESULTS_QUEUE, durable=True)
+def results_queue(name: str = RESULTS_QUEUE) -> Queue:
+    return Queue(name, _direct, routing_key=name, durable=True)
 
 
 def ack_queue(node: str) -> Queue:

@@ -10,7 +10,7 @@ import os
 import time
 from typing import Any
 
-from celery import Celery
+from celery import Celery, shared_task
 from celery.exceptions import Reject
 
 from services.codec import BadEnvelope, Envelope, StageTiming, decode_envelope, encode_envelope
@@ -22,6 +22,7 @@ from tasks.queues import EXCHANGE, STAGE_TASK, node_queue, results_queue
 
 log = logging.getLogger(__name__)
 _GENERATORS = {GENERATOR_STAGE, *GENERATOR_NAMES}
+_HOST = os.uname().nodename
 
 
 class StageFailed(RuntimeError):
@@ -69,31 +70,30 @@ def _strip_for_results(env: Envelope) -> Envelope:
     return env
 
 
-def register_stage_task(app: Celery, settings: Settings) -> None:
-    worker_id = f"{settings.node}/{os.uname().nodename}/{{pid}}"
+@shared_task(name=STAGE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
+             ignore_result=True, max_retries=0)
+def run_stage(self, payload: Any) -> None:
+    """Celery entry point: decode strictly, run one hop, pass the frame on."""
+    settings: Settings = self.app.vdag_settings
+    try:
+        env = decode_envelope(payload)
+    except BadEnvelope as exc:
+        log.warning("rejected a message on %s: %s", self.request.delivery_info, exc)
+        raise Reject(str(exc), requeue=False) from None
+    if not env.route:
+        log.warning("rejected frame %s/%s with an empty route", env.job, env.seq)
+        raise Reject("empty route", requeue=False)
+    from tasks.worker_state import service_context
 
-    @app.task(name=STAGE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
-              ignore_result=True, max_retries=0)
-    def run_stage(self, payload: Any) -> None:
-        try:
-            env = decode_envelope(payload)
-        except BadEnvelope as exc:
-            log.warning("rejected a message on %s: %s", self.request.delivery_info, exc)
-            raise Reject(str(exc), requeue=False) from None
-        if not env.route:
-            log.warning("rejected frame %s/%s with an empty route", env.job, env.seq)
-            raise Reject("empty route", requeue=False)
-        from tasks.worker_state import service_context
-
-        worker = worker_id.format(pid=os.getpid())
-        try:
-            env = execute_hop(env, service_context(settings), settings.node, worker)
-        except Exception as exc:  # a failing stage must not stall the job: report the frame
-            stage = env.route[0].stage
-            log.exception("stage %s failed on frame %s/%s", stage, env.job, env.seq)
-            env.outputs[stage] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
-            env.route = []
-        forward(app, env)
+    worker = f"{settings.node}/{_HOST}/{os.getpid()}"
+    try:
+        env = execute_hop(env, service_context(settings), settings.node, worker)
+    except Exception as exc:  # a failing stage must not stall the job: report the frame
+        stage = env.route[0].stage
+        log.exception("stage %s failed on frame %s/%s", stage, env.job, env.seq)
+        env.outputs[stage] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+        env.route = []
+    forward(self.app, env)
 
 
 def forward(app: Celery, env: Envelope) -> None:
@@ -106,7 +106,7 @@ def forward(app: Celery, env: Envelope) -> None:
 
 
 def publish_result(app: Celery, env: Envelope) -> None:
-    queue = results_queue()
+    queue = results_queue(env.results_queue)
     with app.producer_or_acquire() as producer:
         producer.publish(encode_envelope(env), exchange=EXCHANGE, routing_key=queue.routing_key,
                          declare=[queue], serializer=None, content_type="application/x-msgpack",

@@ -3,6 +3,7 @@ thread for the embedded default (kombu's memory transport lives inside one proce
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 from celery import Celery
@@ -23,6 +24,8 @@ def worker_argv(node: str, concurrency: int, pool: str = "prefork", loglevel: st
 
 def run_worker(app: Celery, node: str, concurrency: int, pool: str = "prefork", loglevel: str = "INFO") -> None:
     """Blocks: the `vdag worker` command."""
+    if pool == "prefork":
+        os.environ.setdefault("VDAG_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // concurrency)))
     app.worker_main(worker_argv(node, concurrency, pool, loglevel))
 
 

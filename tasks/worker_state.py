@@ -27,6 +27,11 @@ def service_context(settings: Settings) -> ServiceContext:
                 person_weights=settings.person_weights or trained_person_weights(),
             )
             _context_pid = os.getpid()
+            threads = os.environ.get("VDAG_TORCH_THREADS")
+            if threads:  # several worker processes on one host: don't oversubscribe the cores
+                import torch
+
+                torch.set_num_threads(int(threads))
         return _context
 
 

@@ -14,17 +14,17 @@ from dataclasses import dataclass, field
 
 from celery import Celery
 
-from scheduler.interface import NodeInfo, Observation, Plan, PlanningInput, SourceInfo, UserConstraint
+from scheduler.interface import Observation, Plan, PlanningInput, SourceInfo, UserConstraint
 from services.aggregator import ReorderBuffer, record_from_envelope, rendered_jpeg
 from services.codec import Envelope, Hop
 from services.dag import DagSpec
 from services.generator import ActivePlan, FrameGenerator, InFlightWindow
 from services.records import FrameRecord
 from services.settings import Settings
-from services.sources import SourceError, open_source
+from services.sources import SourceError, open_source, probe_source
 from tasks.consumers import AckListener, AckPublisher, ResultConsumer
 from tasks.stage import dispatch_frame
-from tracker.jobs import JobState
+from tracker.jobs import Job, JobState
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,8 @@ class JobRunner:
             source = open_source(self.source)
             self.generator = FrameGenerator(
                 self.job_uid, source, lambda: self.active, lambda env: dispatch_frame(rt.celery, env),
-                self.window, self.stop_event, origin_node=rt.settings.node, pace=self.pace,
+                self.window, self.stop_event, origin_node=rt.settings.node,
+                results_queue=rt.settings.results_queue, pace=self.pace,
                 backpressure=self.backpressure, first_seq=self.first_seq, start_ts=self.start_ts,
             )
             self.generator.run()
@@ -126,12 +127,13 @@ class Runtime:
     """JobControl for the API, and the owner of every background thread of a tracker."""
 
     def __init__(self, settings: Settings, store, hub, celery: Celery, planner=None,
-                 pace: float = 1.0, backpressure: str = "drop") -> None:
+                 pace: float = 1.0, backpressure: str = "drop", scheduler_interval_s: float | None = 2.0) -> None:
         self.settings = settings
         self.store = store
         self.hub = hub
         self.celery = celery
-        self.planner = planner
+        self.planner = planner  # a factory of planners; None = the Bayesian planner
+        self.scheduler_interval_s = scheduler_interval_s  # None: no scheduler, fixed plans only
         self.pace = pace
         self.backpressure = backpressure
         self.reorder = ReorderBuffer(wait_s=settings.reorder_wait_s)
@@ -151,12 +153,13 @@ class Runtime:
     def start(self) -> "Runtime":
         self.start_result_consumer()
         self.start_ack_listener()
-        self.start_scheduler()
+        if self.scheduler_interval_s is not None:
+            self.start_scheduler()
         self.resume_jobs()
         return self
 
     def start_result_consumer(self) -> None:
-        self.result_consumer = ResultConsumer(self.celery, self.on_frame, self.on_tick)
+        self.result_consumer = ResultConsumer(self.celery, self.settings.results_queue, self.on_frame, self.on_tick)
         self.result_consumer.start()
         self.result_consumer.ready.wait(10)
         log.info("aggregator consuming results")
@@ -169,15 +172,15 @@ class Runtime:
     def start_scheduler(self) -> None:
         from tracker.scheduling import make_scheduler_loop
 
-        self.scheduler = make_scheduler_loop(self, self.planner)
+        self.scheduler = make_scheduler_loop(self, self.planner, self.scheduler_interval_s)
         self.scheduler.start()
         log.info("scheduler loop started")
 
     def resume_jobs(self) -> None:
-        items, _ = self.store.list_jobs(state=JobState.EXEC.value, limit=10_000, offset=0)
+        items, _ = self.store.list_jobs(state=JobState.EXEC, limit=10_000, offset=0)
         for job in items:
-            log.info("resuming job %s", job["uid"])
-            self.start_generator(job["uid"])
+            log.info("resuming job %s", job.uid)
+            self.start_generator(job.uid)
 
     def stop(self) -> None:
         with self._runners_lock:
@@ -198,8 +201,14 @@ class Runtime:
     # -- JobControl --------------------------------------------------------------------------
     def job_submitted(self, job_uid: str) -> None:
         job = self.store.get_job(job_uid)
-        if job.get("fixed_plan"):
-            self.save_plan(job_uid, Plan.model_validate(job["fixed_plan"]))
+        if job.source_info is None:
+            try:
+                self.store.set_source_info(job_uid, probe_source(job.source))
+            except SourceError as exc:
+                self.store.transition(job_uid, JobState.FAILED, f"video source failed: {exc}")
+                return
+        if job.fixed_plan is not None:
+            self.save_plan(job_uid, job.fixed_plan)
         elif self.scheduler:
             self.scheduler.wake(job_uid)
 
@@ -231,7 +240,7 @@ class Runtime:
 
     def _apply_plan(self, job_uid: str, plan_id: int, plan: Plan) -> None:
         job = self.store.get_job(job_uid)
-        if job["state"] == JobState.UNSCHED.value:
+        if job.state == JobState.UNSCHED:
             self.store.transition(job_uid, JobState.EXEC, f"planned by {plan.planner}")
             self.start_generator(job_uid)
             return
@@ -242,17 +251,17 @@ class Runtime:
 
     def start_generator(self, job_uid: str) -> None:
         job = self.store.get_job(job_uid)
-        if job.get("node") not in (None, self.settings.node):
+        if job.node != self.settings.node:
             return  # another node reads this job's source
         current = self.store.current_plan(job_uid)
         if current is None:
             return
-        dag = DagSpec.model_validate(job["dag"])
+        dag = job.dag
         last = self.store.last_result_position(job_uid)  # (seq, capture_ts) or None
         first_seq = last[0] + 1 if last else 0
         start_ts = last[1] if last and last[1] >= 0 else 0.0
         self.reorder.start_job(job_uid, first_seq)
-        runner = JobRunner(self, job_uid, dag, job["source"], self._active_plan(dag, *current),
+        runner = JobRunner(self, job_uid, dag, job.source, self._active_plan(dag, *current),
                            first_seq, start_ts, self.pace, self.backpressure)
         with self._runners_lock:
             old = self.runners.pop(job_uid, None)
@@ -372,7 +381,7 @@ class Runtime:
         if cached and time.monotonic() - cached[0] < 2.0:
             return cached[1]
         try:
-            c = UserConstraint.model_validate(self.store.get_job(job_uid)["constraint"])
+            c = self.store.get_job(job_uid).constraint
         except Exception:
             c = UserConstraint()
         self._constraints[job_uid] = (time.monotonic(), c)
@@ -405,17 +414,17 @@ class Runtime:
             log.debug("stats for %s not stored", job_uid, exc_info=True)
 
     # -- planning inputs ---------------------------------------------------------------------
-    def planning_input(self, job: dict) -> PlanningInput:
-        nodes = [NodeInfo.model_validate(n) if isinstance(n, dict) else n for n in self.store.list_nodes()]
-        current = self.store.current_plan(job["uid"])
-        src = job.get("source_info") or {}
+    def planning_input(self, job: Job) -> PlanningInput:
+        nodes = [n.info() for n in self.store.list_nodes()]
+        current = self.store.current_plan(job.uid)
+        src = job.source_info or {}
         return PlanningInput(
-            job_uid=job["uid"],
-            dag=DagSpec.model_validate(job["dag"]),
+            job_uid=job.uid,
+            dag=job.dag,
             nodes=nodes,
             source=SourceInfo(**{k: src[k] for k in ("width", "height", "fps") if k in src}),
-            constraint=UserConstraint.model_validate(job.get("constraint") or {}),
-            observations=self.store.recent_observations(job["uid"], limit=500),
+            constraint=job.constraint,
+            observations=self.store.recent_observations(job.uid, limit=500),
             last_plan=current[1] if current else None,
             now=time.time(),
         )

@@ -1,0 +1,356 @@
+"""A discrete-round simulator of jobs on nodes (no Celery, no Flask, no DB).
+
+The simulated truth is deliberately *not* the planner's model: a steeper pixel exponent,
+node speeds that differ from what the node advertises, load slowing CPU nodes, an accuracy
+surface that is a product of grade, resolution, frame-rate and JPEG factors (not logit-
+linear), noisy per-frame latencies and noisy F1 on profiled frames.
+
+Each round (a planning window of `round_s` seconds): every job gets a plan from its planner
+(given the last rounds' observations), the simulator computes the true expected delay and
+F1 of that plan under the current node loads (background + every job's work), samples frame
+latencies and one profiled F1, and scores the window. The oracle is the best fixed plan in
+hindsight for the window (same candidate space, true expectations, other jobs' load fixed).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from scheduler import knobs
+from scheduler.delay import DEFAULT_BW, node_arrays, plan_delay, transfer_s
+from scheduler.interface import NodeInfo, Observation, Plan, Planner, PlanningInput, SourceInfo, UserConstraint
+from services.dag import DagSpec, dag_from_pipeline
+from services.video_conf import GRADES
+
+log = logging.getLogger(__name__)
+
+TRUE_PIX_EXP = 0.9
+TRUE_GRADE_RATIO = knobs.grade_latency_ratio() * np.array([1.0, 1.05, 1.0, 1.1, 1.15])
+TRUE_LOAD_EXP = 0.8
+TRUE_NOISE = 0.15
+LIGHT_S = 0.003
+OVERLOAD_FRAMES = 8  # the generator caps frames in flight; beyond, delay ~ this many frames' work
+# Truth accuracy: F1 of a config vs golden = grade x resolution x frame-rate x JPEG factors.
+TRUE_GRADE_F1 = np.array([0.80, 0.90, 0.96, 0.985, 1.0])
+
+
+@dataclass
+class SimNode:
+    name: str
+    role: str = "edge"
+    gpu: bool = False
+    cpu_count: int = 2
+    n_process: int = 1
+    speed: float = 1.0          # true service-time multiplier vs the reference 2-core CPU
+    bg_load: float = 0.1
+    alive: bool = True
+    services: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SimJob:
+    uid: str
+    dag: DagSpec
+    source: SourceInfo
+    constraint: UserConstraint
+    motion: float = 1.0         # how fast content changes: frame skipping hurts more
+    plan: Plan | None = None
+    obs: list[list[Observation]] = field(default_factory=list)  # per round
+
+
+@dataclass
+class RoundStat:
+    round: int
+    job: str
+    config: str
+    delay_s: float
+    delay_expected_s: float
+    constraint_s: float
+    violated: bool
+    f1: float
+    cost_share: float
+    utility: float
+    oracle_utility: float
+    decision_ms: float
+
+
+def true_f1(height: np.ndarray, src_h: float, fps: np.ndarray, src_fps: float, grade_idx: np.ndarray,
+            quality: np.ndarray, motion: float, tunable: bool = True) -> np.ndarray:
+    g = TRUE_GRADE_F1[grade_idx] if tunable else 1.0
+    r = 1 - 0.28 * (1 - np.minimum(np.asarray(height, float) / src_h, 1.0)) ** 1.3
+    skip = np.maximum(src_fps / np.asarray(fps, float) - 1, 0)
+    f = np.exp(-0.012 * motion * skip)
+    q = 1 - 0.12 * ((100 - np.asarray(quality, float)) / 90) ** 2
+    return np.clip(g * r * f * q, 0, 1)
+
+
+class Simulator:
+    def __init__(self, nodes: list[SimNode], jobs: list[SimJob], *, round_s: float = 2.0, seed: int = 0,
+                 bandwidth: dict[tuple[str, str], float] | None = None, history_rounds: int = 5) -> None:
+        self.nodes = {n.name: n for n in nodes}
+        self.jobs = jobs
+        self.round_s = round_s
+        self.rng = np.random.default_rng(seed)
+        self.bandwidth = bandwidth or {}
+        self.history_rounds = history_rounds
+        self.round = 0
+        self.stats: list[RoundStat] = []
+        self._cands: dict[tuple, knobs.Candidates] = {}
+
+    # ---- views ------------------------------------------------------------------------------
+    def bw(self, a: str, b: str) -> float:
+        return self.bandwidth.get((a, b), self.bandwidth.get((b, a), DEFAULT_BW))
+
+    def node_infos(self, load: dict[str, float]) -> list[NodeInfo]:
+        out = []
+        for n in self.nodes.values():
+            out.append(NodeInfo(
+                name=n.name, role=n.role, alive=n.alive, services=list(n.services), cpu_count=n.cpu_count,
+                cpu_ratio=float(min(load.get(n.name, n.bg_load), 1.0)), gpu=n.gpu, n_process=n.n_process,
+                bandwidth_bps={m: self.bw(n.name, m) for m in self.nodes if m != n.name},
+            ))
+        return out
+
+    def planning_input(self, job: SimJob, load: dict[str, float]) -> PlanningInput:
+        obs = [o for rnd in job.obs[-self.history_rounds:] for o in rnd]
+        return PlanningInput(job_uid=job.uid, dag=job.dag, nodes=self.node_infos(load), source=job.source,
+                             constraint=job.constraint, observations=obs, last_plan=job.plan,
+                             now=self.round * self.round_s)
+
+    # ---- truth --------------------------------------------------------------------------------
+    def _true_mean_times(self, c: knobs.Candidates, idx: np.ndarray, load: np.ndarray) -> np.ndarray:
+        """True mean service time per stage [M, K] under node loads (in c.nodes order)."""
+        speed = np.array([self.nodes[n].speed for n in c.nodes])
+        gpu = np.array([self.nodes[n].gpu for n in c.nodes])
+        pix = (c.width[idx] * c.height[idx]).astype(float) / knobs.REF_PIXELS
+        out = np.zeros((len(idx), len(c.stages)))
+        for k in range(len(c.stages)):
+            j = c.mapping[idx, k]
+            slow = np.where(gpu[j], 1.0 / (1 - 0.5 * load[j]), (1.0 / (1 - np.minimum(load[j], 0.95))) ** TRUE_LOAD_EXP)
+            if c.tunable[k]:
+                # A GPU scales less than linearly with pixels and grade (it is under-occupied).
+                exp = np.where(gpu[j], 0.6, TRUE_PIX_EXP)
+                gr = TRUE_GRADE_RATIO[c.grade_idx[idx]] ** np.where(gpu[j], 0.7, 1.0)
+                t = knobs.CPU_TIMINGS_S["n"][2] * pix**exp * gr * speed[j] + np.where(gpu[j], 0.004, 0.0)
+            else:
+                t = LIGHT_S * speed[j] ** 0.5 * np.ones(len(idx))
+            out[:, k] = t * slow
+        return out
+
+    def _evaluate(self, job: SimJob, c: knobs.Candidates, idx: np.ndarray, bg: np.ndarray):
+        """True expected delay and F1 for candidates idx, given background load per node."""
+        infos = {n.name: n for n in self.node_infos({})}
+        nodes = [infos[n] for n in c.nodes]
+        _, cap, qdepth, bw = node_arrays(c, nodes)
+        mt = self._true_mean_times(c, idx, bg)[:, :, None]
+        nbytes = knobs.frame_bytes(c.width[idx], c.height[idx], c.quality[idx])
+        tr = transfer_s(c, idx, nbytes, bw)
+        delay, _ = plan_delay(c, idx, mt, mt, bg, cap, qdepth, tr, overload_frames=OVERLOAD_FRAMES)
+        tun = bool(c.tunable.any())
+        f1 = true_f1(c.height[idx], c.src_height, c.fps[idx], c.src_fps, c.grade_idx[idx], c.quality[idx], job.motion, tun)
+        return delay[:, 0], f1, tr, mt[:, :, 0]
+
+    def _candidates(self, job: SimJob, inp: PlanningInput) -> knobs.Candidates:
+        key = knobs.candidates_key(inp)
+        if key not in self._cands:
+            self._cands[key] = knobs.build_candidates(inp)
+        return self._cands[key]
+
+    def _job_work(self, job: SimJob, c: knobs.Candidates, i: int, bg: np.ndarray) -> np.ndarray:
+        """Utilisation a job adds to each node (in c.nodes order)."""
+        mt = self._true_mean_times(c, np.array([i]), bg)[0]
+        util = np.zeros(len(c.nodes))
+        for k in range(len(c.stages)):
+            j = c.mapping[i, k]
+            util[j] += c.fps[i] * mt[k] / max(self.nodes[c.nodes[j]].n_process, 1)
+        return util
+
+    # ---- one round ------------------------------------------------------------------------------
+    def step(self, planners: dict[str, Planner], events: Callable[["Simulator", int], None] | None = None) -> list[RoundStat]:
+        if events:
+            events(self, self.round)
+        names = [n for n, v in self.nodes.items() if v.alive]
+        bg = {n: self.nodes[n].bg_load for n in names}
+        # Loads the planners see: background + every job's work under its current plan.
+        util = dict(bg)
+        placed: dict[str, tuple[knobs.Candidates, int]] = {}
+        for job in self.jobs:
+            inp = self.planning_input(job, bg)
+            c = self._candidates(job, inp)
+            i = c.index_of_plan(job.plan)
+            if i is not None:
+                placed[job.uid] = (c, i)
+                w = self._job_work(job, c, i, np.array([bg[n] for n in c.nodes]))
+                for j, n in enumerate(c.nodes):
+                    util[n] = util[n] + w[j]
+        out = []
+        for job in self.jobs:
+            inp = self.planning_input(job, util)
+            t0 = time.perf_counter()
+            try:
+                plan = planners[job.uid].plan(inp)
+            except Exception as exc:  # the loop keeps the last plan; so does the simulator
+                log.warning("planner failed for %s: %s", job.uid, exc)
+                plan = job.plan
+            dt_ms = (time.perf_counter() - t0) * 1000
+            c = self._candidates(job, inp)
+            i = c.index_of_plan(plan)
+            if i is None:  # e.g. a stage still mapped to a dead node: the window's frames are lost
+                stat = RoundStat(self.round, job.uid, "invalid plan", math.inf, math.inf, job.constraint.delay,
+                                 True, 0.0, 1.0, 0.0, self._oracle(job, c, bg), dt_ms)
+                job.plan = plan
+                job.obs.append([])
+                out.append(stat)
+                continue
+            # True background for this job = background + other jobs' work.
+            others = dict(bg)
+            for uid, (oc, oi) in placed.items():
+                if uid == job.uid:
+                    continue
+                w = self._job_work(job, oc, oi, np.array([bg[n] for n in oc.nodes]))
+                for j, n in enumerate(oc.nodes):
+                    if n in others:
+                        others[n] += w[j]
+            load = np.clip(np.array([others[n] for n in c.nodes]), 0, 0.99)
+            stat = self._score(job, c, i, load, plan, dt_ms)
+            job.plan = plan
+            placed[job.uid] = (c, i)
+            out.append(stat)
+        self.stats.extend(out)
+        self.round += 1
+        return out
+
+    def _oracle(self, job: SimJob, c: knobs.Candidates, bg: dict[str, float]) -> float:
+        load = np.clip(np.array([bg[n] for n in c.nodes]), 0, 0.99)
+        d_all, f_all, _, _ = self._evaluate(job, c, np.arange(len(c)), load)
+        target = job.constraint.accuracy or knobs.ACCURACY_TARGET
+        return float(knobs.utility(f_all, c.compute() / c.golden_compute(), d_all <= job.constraint.delay, target).max())
+
+    def _score(self, job: SimJob, c: knobs.Candidates, i: int, load: np.ndarray, plan: Plan, dt_ms: float) -> RoundStat:
+        D = job.constraint.delay
+        idx = np.array([i])
+        exp_delay, f1, tr, mt = self._evaluate(job, c, idx, load)
+        # Sample frames of the window: service noise per stage, queueing from the expectation.
+        n_frames = int(max(1, min(30, c.fps[i] * self.round_s)))
+        noise = np.exp(self.rng.normal(-TRUE_NOISE**2 / 2, TRUE_NOISE, (n_frames, len(c.stages))))
+        svc = mt[0][None, :] * noise
+        queue_total = max(exp_delay[0] - mt[0].sum() - tr[0], 0.0)
+        frame_delay = svc.sum(axis=1) + queue_total * self.rng.exponential(1.0, n_frames) + tr[0]
+        window_delay = float(frame_delay.mean())
+        obs = []
+        ts = self.round * self.round_s
+        grade = GRADES[int(c.grade_idx[i])]
+        nbytes = int(knobs.frame_bytes(c.width[i], c.height[i], c.quality[i]))
+        for f in range(n_frames):
+            for k, stage in enumerate(c.stages):
+                node = c.nodes[int(c.mapping[i, k])]
+                obs.append(Observation(
+                    stage=stage, node=node, grade=grade if c.tunable[k] else None, width=int(c.width[i]),
+                    height=int(c.height[i]), fps=float(c.fps[i]), quality=int(c.quality[i]), frame_bytes=nbytes,
+                    service_s=float(svc[f, k]), queue_s=float(queue_total / len(c.stages)),
+                    transfer_s=float(tr[0] / len(c.stages)), ts=ts, node_load=float(load[c.mapping[i, k]]),
+                ))
+        measured = float(np.clip(f1[0] + self.rng.normal(0, 0.03), 0, 1))
+        obs[0] = obs[0].model_copy(update={"accuracy": measured})
+        job.obs.append(obs)
+        golden = c.golden_compute()
+        cost = float(c.compute(idx)[0] / golden)
+        target = job.constraint.accuracy or knobs.ACCURACY_TARGET
+        u = float(knobs.utility(f1, [cost], exp_delay <= D, target)[0])
+        # Oracle: best fixed plan for this window under the same load.
+        all_idx = np.arange(len(c))
+        d_all, f_all, _, _ = self._evaluate(job, c, all_idx, load)
+        u_all = knobs.utility(f_all, c.compute() / golden, d_all <= D, target)
+        return RoundStat(
+            round=self.round, job=job.uid, config=knobs.describe(c, i), delay_s=window_delay,
+            delay_expected_s=float(exp_delay[0]), constraint_s=D, violated=window_delay > D, f1=float(f1[0]),
+            cost_share=cost, utility=u, oracle_utility=float(u_all.max()), decision_ms=dt_ms,
+        )
+
+
+# ---- scenarios ----------------------------------------------------------------------------------
+def default_cluster() -> tuple[list[SimNode], dict[tuple[str, str], float]]:
+    nodes = [
+        SimNode("edge-1", role="edge", cpu_count=2, n_process=1, speed=1.1, bg_load=0.1),
+        SimNode("edge-2", role="edge", cpu_count=4, n_process=2, speed=0.8, bg_load=0.15),
+        SimNode("cloud-gpu", role="cloud", gpu=True, cpu_count=16, n_process=2, speed=0.05, bg_load=0.2),
+    ]
+    bw = {("edge-1", "edge-2"): 12.5e6, ("edge-1", "cloud-gpu"): 2.5e6, ("edge-2", "cloud-gpu"): 2.5e6}
+    return nodes, bw
+
+
+def make_job(uid: str, delay: float = 0.5, motion: float = 1.0, source_node: str = "edge-1",
+             pipeline: tuple[str, ...] = ("person_detection", "object_count")) -> SimJob:
+    return SimJob(uid=uid, dag=dag_from_pipeline(list(pipeline)),
+                  source=SourceInfo(width=1920, height=1080, fps=30, node=source_node),
+                  constraint=UserConstraint(delay=delay), motion=motion)
+
+
+def set_load(node: str, load: float) -> Callable[[Simulator], None]:
+    def apply(sim: Simulator) -> None:
+        sim.nodes[node].bg_load = load
+    return apply
+
+
+def kill(node: str) -> Callable[[Simulator], None]:
+    def apply(sim: Simulator) -> None:
+        sim.nodes[node].alive = False
+    return apply
+
+
+def set_delay(delay: float) -> Callable[[Simulator], None]:
+    def apply(sim: Simulator) -> None:
+        for j in sim.jobs:
+            j.constraint = UserConstraint(delay=delay, accuracy=j.constraint.accuracy)
+    return apply
+
+
+@dataclass
+class Scenario:
+    name: str
+    rounds: int
+    delay: float
+    events: dict[int, list[Callable[[Simulator], None]]] = field(default_factory=dict)
+    n_jobs: int = 2
+
+    def shifts(self) -> list[int]:
+        return sorted(self.events)
+
+    def build(self, seed: int = 0) -> Simulator:
+        nodes, bw = default_cluster()
+        jobs = [make_job(f"job-{i}", self.delay, motion=1.0 + 0.5 * i) for i in range(self.n_jobs)]
+        return Simulator(nodes, jobs, bandwidth=bw, seed=seed)
+
+    def events_fn(self) -> Callable[[Simulator, int], None]:
+        def fn(sim: Simulator, r: int) -> None:
+            for e in self.events.get(r, []):
+                e(sim)
+        return fn
+
+
+def scenarios(rounds: int = 60) -> list[Scenario]:
+    a, b = rounds // 3, 2 * rounds // 3
+    return [
+        Scenario("steady", rounds, 0.5),
+        Scenario("load_shift", rounds, 0.5, {a: [set_load("cloud-gpu", 0.75), set_load("edge-2", 0.6)],
+                                             b: [set_load("cloud-gpu", 0.2), set_load("edge-2", 0.15)]}),
+        Scenario("node_loss", rounds, 0.5, {a: [kill("cloud-gpu")]}),
+        Scenario("constraint_change", rounds, 1.0, {a: [set_delay(0.3)], b: [set_delay(0.8)]}),
+    ]
+
+
+def run(scn: Scenario, planner_for: Callable[[str], Planner], seed: int = 0,
+        on_round: Callable[[Simulator], None] | None = None) -> Simulator:
+    sim = scn.build(seed)
+    planners = {j.uid: planner_for(j.uid) for j in sim.jobs}
+    ev = scn.events_fn()
+    for _ in range(scn.rounds):
+        sim.step(planners, ev)
+        if on_round:
+            on_round(sim)
+    return sim

@@ -1,0 +1,46 @@
+"""Wires the scheduler loop (scheduler/, which knows nothing of the DB) to the store."""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Callable
+
+from scheduler.interface import Plan, Planner, PlanningInput
+from tracker.jobs import JobNotFound
+from tracker.store import JobEnded
+
+if TYPE_CHECKING:
+    from tracker.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class StoreJobSource:
+    """The scheduler's view of this tracker's jobs: active jobs without a fixed plan."""
+
+    def __init__(self, runtime: "Runtime") -> None:
+        self.runtime = runtime
+
+    def running_jobs(self) -> list[PlanningInput]:
+        jobs = [j for j in self.runtime.store.active_jobs() if j.fixed_plan is None and j.source_info]
+        return [self.runtime.planning_input(j) for j in jobs]
+
+    def save_plan(self, job_uid: str, plan: Plan) -> None:
+        current = self.runtime.store.current_plan(job_uid)
+        if current and current[1].video_conf == plan.video_conf and current[1].flow_mapping == plan.flow_mapping:
+            return  # same decision: keep the plan id, so frames keep their plan
+        try:
+            self.runtime.save_plan(job_uid, plan)
+        except (JobEnded, JobNotFound) as exc:
+            log.info("plan for %s not saved: %s", job_uid, exc)
+
+
+def default_planner_factory() -> Callable[[], Planner]:
+    from scheduler.factory import make_planner
+
+    return lambda: make_planner("bayes")
+
+
+def make_scheduler_loop(runtime: "Runtime", planner_factory: Callable[[], Planner] | None, interval_s: float = 2.0):
+    from scheduler.loop import SchedulerLoop
+
+    return SchedulerLoop(planner_factory or default_planner_factory(), StoreJobSource(runtime), interval_s=interval_s)

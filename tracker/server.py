@@ -1,0 +1,112 @@
+"""A tracker process assembled from its parts, started and stopped in a written-out order.
+
+Used by `vdag up` (embedded: SQLite + in-process broker and worker), `vdag tracker`
+(cloud/edge) and the integration tests, so all of them run the same code path.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from werkzeug.serving import make_server
+
+from services.settings import Settings
+from tasks.app import make_celery
+from tasks.worker import InProcessWorker
+from tracker.app import create_app
+from tracker.nodes import register_local_node
+from tracker.runtime import Runtime
+from tracker.store import Store
+from tracker.viewer.hub import ViewerHub
+
+log = logging.getLogger(__name__)
+
+
+class HttpServer:
+    def __init__(self, app, host: str, port: int, name: str) -> None:
+        self.server = make_server(host, port, app, threaded=True)
+        self.port = self.server.server_port
+        self.thread = threading.Thread(target=self.server.serve_forever, name=name, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.thread.join(5)
+
+
+class TrackerServer:
+    def __init__(self, settings: Settings, *, in_process_workers: int = 0, planner_factory=None,
+                 pace: float = 1.0, backpressure: str = "drop", host: str = "127.0.0.1",
+                 serve_http: bool = True, scheduler_interval_s: float | None = 2.0) -> None:
+        self.settings = settings
+        self.in_process_workers = in_process_workers
+        self.planner_factory = planner_factory
+        self.pace, self.backpressure = pace, backpressure
+        self.host = host
+        self.serve_http = serve_http
+        self.scheduler_interval_s = scheduler_interval_s
+        self.store: Store | None = None
+        self.celery = None
+        self.worker: InProcessWorker | None = None
+        self.hub = ViewerHub()
+        self.runtime: Runtime | None = None
+        self.app = None
+        self.servers: list[HttpServer] = []
+
+    def start(self) -> "TrackerServer":
+        self.start_store()
+        self.start_celery()
+        self.start_runtime()
+        self.start_app()
+        log.info("tracker %s (%s, %s) up", self.settings.node, self.settings.side, self.settings.mode)
+        return self
+
+    def start_store(self) -> None:
+        if self.settings.database_url.startswith("sqlite:///"):
+            Path(self.settings.database_url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        self.store = Store(self.settings.database_url)
+        register_local_node(self.store, self.settings)
+
+    def start_celery(self) -> None:
+        self.celery = make_celery(self.settings)
+        if self.in_process_workers:
+            self.worker = InProcessWorker(self.celery, self.settings.node, self.in_process_workers).start()
+
+    def start_runtime(self) -> None:
+        self.runtime = Runtime(self.settings, self.store, self.hub, self.celery, planner=self.planner_factory,
+                               pace=self.pace, backpressure=self.backpressure,
+                               scheduler_interval_s=self.scheduler_interval_s)
+        self.runtime.start()
+
+    def start_app(self) -> None:
+        self.app = create_app(self.settings, store=self.store, control=self.runtime, hub=self.hub)
+        if not self.serve_http:
+            return
+        api = HttpServer(self.app, self.host, self.settings.api_port, "vdag-http-api")
+        self.servers.append(api)
+        if self.settings.video_port != self.settings.api_port:
+            self.servers.append(HttpServer(self.app, self.host, self.settings.video_port, "vdag-http-video"))
+        for server in self.servers:
+            server.start()
+        log.info("API on http://%s:%d, video on port %d", self.host, api.port, self.settings.video_port)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.servers[0].port}" if self.servers else ""
+
+    def stop(self) -> None:
+        for server in reversed(self.servers):
+            server.stop()
+        log.info("http servers stopped")
+        self.hub.close()
+        if self.runtime:
+            self.runtime.stop()
+            log.info("runtime stopped")
+        if self.worker:
+            self.worker.stop()
+        if self.store:
+            self.store.close()
+            log.info("store closed")
