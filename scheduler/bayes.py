@@ -91,6 +91,7 @@ class Slots:
             if name not in self._index:
                 if len(self._index) >= self.capacity - 1:
                     log.warning("slot capacity %d reached; %r shares the last slot", self.capacity, name)
+                    self._index[name] = self.capacity - 1
                     return self.capacity - 1
                 self._index[name] = len(self._index)
             return self._index[name]

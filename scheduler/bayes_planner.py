@@ -48,7 +48,7 @@ class BayesPlanner:
         background: bool = True,
         refresh_interval_s: float = 5.0,
         delay_prob: float = 0.95,
-        n_draws: int = 128,
+        n_draws: int = 64,
         shortlist: int = 48,
         explore_margin: float = 0.01,
         explore_prob: float = 0.1,

@@ -182,11 +182,28 @@ def _mappings(options: list[list[int]]) -> list[tuple[int, ...]]:
     return list(dict.fromkeys(out))[: MAX_MAPPINGS * 4]
 
 
+MAX_NODES_PER_JOB = 4
+
+
+def _candidate_nodes(inp: PlanningInput) -> list[NodeInfo]:
+    """Live nodes a job may use; on a large cluster, the source node plus the fastest on paper."""
+    live = [n for n in inp.nodes if n.alive]
+    if len(live) <= MAX_NODES_PER_JOB:
+        return live
+
+    def speed(n: NodeInfo) -> float:
+        return -1e3 if n.gpu else -float(n.cpu_count)
+
+    keep = {n.name for n in sorted(live, key=lambda n: (speed(n), n.name))[: MAX_NODES_PER_JOB - 1]}
+    keep.add(inp.source.node or "")
+    return [n for n in live if n.name in keep]
+
+
 def build_candidates(inp: PlanningInput, dag: DagSpec | None = None) -> Candidates:
     dag = dag or inp.dag
     order = dag.topological_order()
     services = tuple(dag.stage(s).service for s in order)
-    live = [n for n in inp.nodes if n.alive]
+    live = _candidate_nodes(inp)
     names = tuple(n.name for n in live)
     options = []
     for stage, service in zip(order, services):

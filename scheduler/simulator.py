@@ -218,6 +218,15 @@ class Simulator:
                         others[n] += w[j]
             load = np.clip(np.array([others[n] for n in c.nodes]), 0, 0.99)
             stat = self._score(job, c, i, load, plan, dt_ms)
+            # The scheduler knows the plans it just made: later jobs this round see their load.
+            if job.uid in placed:
+                pc, pi = placed[job.uid]
+                w = self._job_work(job, pc, pi, np.array([bg[n] for n in pc.nodes]))
+                for j, n in enumerate(pc.nodes):
+                    util[n] -= w[j]
+            w = self._job_work(job, c, i, np.array([bg[n] for n in c.nodes]))
+            for j, n in enumerate(c.nodes):
+                util[n] += w[j]
             job.plan = plan
             placed[job.uid] = (c, i)
             out.append(stat)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
@@ -124,6 +125,7 @@ class FrameGenerator:
         backpressure: Literal["drop", "block"] = "drop",
         first_seq: int = 0,
         start_ts: float = 0.0,
+        clip_len: int = 0,
     ) -> None:
         self.job_uid = job_uid
         self.source = source
@@ -139,6 +141,8 @@ class FrameGenerator:
         self.start_ts = start_ts
         self.stats = GeneratorStats()
         self._skipper = FrameSkipper()
+        # ClipGenerator: each message also carries the previous kept frames, oldest first.
+        self._clip: deque[bytes] = deque(maxlen=clip_len) if clip_len else deque(maxlen=0)
 
     def run(self) -> None:
         wall0 = time.monotonic()
@@ -177,6 +181,8 @@ class FrameGenerator:
     def _send(self, image, ts: float, plan: ActivePlan) -> None:
         resized = resize_to(image, plan.video_conf.resolution)
         jpeg = encode_jpeg(resized, plan.video_conf.quality)
+        if self._clip.maxlen:
+            self._clip.append(jpeg)
         now = time.time()
         env = Envelope(
             job=self.job_uid,
@@ -189,6 +195,7 @@ class FrameGenerator:
             height=resized.shape[0],
             image=jpeg,
             frame_bytes=len(jpeg),
+            clip=list(self._clip),
             route=list(plan.route),
             origin=self.origin_node,
             results_queue=self.results_queue,

@@ -82,10 +82,8 @@ def register(service: Service) -> Service:
 
 
 def _load_builtin() -> None:
-    # Importing the modules registers their services; done lazily so importing the
-    # registry (e.g. to validate a DAG) does not import torch until a service list is needed.
-    if _SERVICES:
-        return
+    # Importing the modules registers their services (once: Python caches the import).
+    # Lazy, so that importing the registry does not pull in every service module.
     from services import builtin  # noqa: F401
 
 

@@ -31,7 +31,9 @@ def make_celery(settings: Settings) -> Celery:
         task_default_queue=node_queue(settings.node).name,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
-        worker_enable_remote_control=False,
+        # Remote control (pidbox queues) lets the elasticity controller grow/shrink pools;
+        # kombu's in-process memory transport has no use for it.
+        worker_enable_remote_control=not settings.broker_url.startswith("memory://"),
         broker_connection_retry_on_startup=True,
         broker_heartbeat=30,
     )

@@ -57,3 +57,32 @@ def test_unreadable_source_fails_the_job_with_a_reason(embedded, tmp_path):
     else:
         assert resp.status_code in (400, 422)
         assert "source" in str(resp.get_json())
+
+
+def test_slow_stage_never_exceeds_the_window_and_counts_drops(tmp_path):
+    settings = settings_for(tmp_path, "memory://", max_in_flight=3)
+    server = TrackerServer(settings, in_process_workers=1, pace=1.0, backpressure="drop",
+                           serve_http=False, scheduler_interval_s=None).start()
+    try:
+        client = server.app.test_client()
+        slow = [{"name": "detect", "service": "yolo_detection", "params": {"grade": "s"},
+                 "inputs": {"image": "generator.image"}}]
+        uid = submit(client, "synthetic://1280x720@30/60", slow, fixed_plan(["detect"], resolution="720p"))
+        job = wait_state(client, uid, timeout=120)
+        stats = job["stats"]
+        assert job["state"] == "DONE"
+        assert stats["peak_in_flight"] <= 3
+        assert stats["frames_dropped"] > 0, stats
+        assert stats["frames_read"] == 60 == stats["frames_sent"] + stats["frames_dropped"] + stats["frames_skipped"]
+        results = all_results(client, uid)
+        assert [r["seq"] for r in results] == list(range(stats["frames_sent"]))
+    finally:
+        server.stop()
+
+
+def test_clip_generator_sends_recent_frames(embedded):
+    client = embedded.app.test_client()
+    stages = [{"name": "probe", "service": "frame_probe", "inputs": {"image": "ClipGenerator.image"}}]
+    uid = submit(client, "synthetic://320x180@30/10", stages, fixed_plan(["probe"]), generator="ClipGenerator")
+    assert wait_state(client, uid, timeout=60)["state"] == "DONE"
+    assert len(all_results(client, uid)) == 10

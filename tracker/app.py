@@ -6,7 +6,7 @@ import logging
 from flask_openapi3 import Info, OpenAPI
 
 from services.settings import Settings
-from tracker import api, errors, security, seed_api
+from tracker import api, edge_api, elasticity, errors, metrics, security, seed_api
 from tracker.context import JobControl, NoJobControl, TrackerContext
 from tracker.store import Store
 from tracker.viewer.hub import ViewerHub
@@ -43,5 +43,8 @@ def create_app(
     security.init_app(app, settings)
     api.init_app(app)
     seed_api.init_app(app)
+    edge_api.init_app(app)
+    metrics.init_app(app)
+    elasticity.init_app(app)
     app.register_blueprint(viewer_bp)
     return app

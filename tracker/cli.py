@@ -12,6 +12,7 @@ import logging
 import sys
 
 from services.settings import settings_from_env
+from tracker.launch import add_tracker_arguments
 
 log = logging.getLogger("vdag")
 
@@ -42,7 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="people: person detection -> count -> render (default)")
     up.add_argument("--delay", type=float, default=1.0, help="delay constraint, seconds per frame")
     up.add_argument("--accuracy", type=float, default=0.0)
-    up.add_argument("--workers", type=int, default=2, help="in-process worker threads")
+    # One worker thread: torch already uses every core for one frame, and a second thread
+    # would only queue behind the model's lock.
+    up.add_argument("--workers", type=int, default=1, help="in-process worker threads")
+    up.add_argument("--log-file", default="var/vdag.log", help="where logs go while the live table shows")
     up.add_argument("--api-port", type=int, default=None)
     up.add_argument("--video-port", type=int, default=None)
     up.add_argument("--exit-when-done", action="store_true", help="stop when the video ends")
@@ -58,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--api-port", type=int)
     tr.add_argument("--video-port", type=int)
     tr.add_argument("--workers", type=int, default=0, help="in-process worker threads (pseudo/embedded)")
+    add_tracker_arguments(tr)
     _common(tr)
 
     wk = sub.add_parser("worker", help="a Celery worker on a node's queue")
@@ -74,7 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_file = getattr(args, "log_file", None)
+    if log_file:
+        from pathlib import Path
+
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=args.log_level.upper(), filename=log_file,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "up":
         from tracker.embedded import run_up
 

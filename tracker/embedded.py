@@ -84,7 +84,8 @@ def run_up(args: argparse.Namespace) -> int:
         console.print(f"job [bold]{uid}[/bold] on {source}\n"
                       f"  watch:   {url}/jobs/{uid}\n"
                       f"  results: {url}/api/v1/jobs/{uid}/results   (seed: {url}/user/sync_job_result/{uid})\n"
-                      f"  API doc: {url}/api/v1/swagger      store: {settings.database_url}")
+                      f"  API doc: {url}/api/v1/swagger      store: {settings.database_url}\n"
+                      f"  logs:    {args.log_file}")
         job = client.get(f"/api/v1/jobs/{uid}").get_json()
         with Live(_stats_table(job), console=console, refresh_per_second=2) as live:
             while True:

@@ -11,6 +11,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Callable
 
 from celery import Celery
 
@@ -29,6 +30,7 @@ from tracker.jobs import Job, JobState
 log = logging.getLogger(__name__)
 
 STATS_EVERY_S = 1.0
+CLIP_FRAMES = 4  # frames per ClipGenerator message: the current one and the three before
 FLUSH_EVERY_S = 0.1
 
 
@@ -61,20 +63,29 @@ class _JobStats:
     last_viewer_seq: int = -1
 
 
-class JobRunner:
-    """One job's generator thread."""
+OnJobEnd = Callable[[str, JobState, str], None]
 
-    def __init__(self, runtime: "Runtime", job_uid: str, dag: DagSpec, source: str, active: ActivePlan,
-                 first_seq: int, start_ts: float, pace: float, backpressure: str) -> None:
-        self.runtime = runtime
+
+class JobRunner:
+    """One job's generator thread. It reports end of file and source failure through
+    `on_end(job_uid, state, reason)`: the cloud moves the job in its store, an edge tells
+    the cloud (tracker.edge). Frames go to the cloud's `results_queue`; acks come back
+    to this node (`settings.node`)."""
+
+    def __init__(self, settings: Settings, celery: Celery, job_uid: str, dag: DagSpec, source: str,
+                 active: ActivePlan, first_seq: int, start_ts: float, pace: float, backpressure: str,
+                 on_end: OnJobEnd, results_queue: str | None = None) -> None:
+        self.settings = settings
+        self.celery = celery
+        self.on_end = on_end
+        self.results_queue = results_queue or settings.results_queue
         self.job_uid = job_uid
         self.dag = dag
         self.source = source
         self._active = active
         self._lock = threading.Lock()
         self.stop_event = threading.Event()
-        self.window = InFlightWindow(runtime.settings.max_in_flight,
-                                     expire_s=max(30.0, 4 * runtime.settings.reorder_wait_s))
+        self.window = InFlightWindow(settings.max_in_flight, expire_s=max(30.0, 4 * settings.reorder_wait_s))
         self.generator: FrameGenerator | None = None
         self.first_seq, self.start_ts, self.pace, self.backpressure = first_seq, start_ts, pace, backpressure
         self.thread = threading.Thread(target=self._run, name=f"vdag-gen-{job_uid}", daemon=True)
@@ -97,30 +108,30 @@ class JobRunner:
             self.thread.join(timeout)
 
     def _run(self) -> None:
-        rt = self.runtime
         try:
             source = open_source(self.source)
             self.generator = FrameGenerator(
-                self.job_uid, source, lambda: self.active, lambda env: dispatch_frame(rt.celery, env),
-                self.window, self.stop_event, origin_node=rt.settings.node,
-                results_queue=rt.settings.results_queue, pace=self.pace,
+                self.job_uid, source, lambda: self.active, lambda env: dispatch_frame(self.celery, env),
+                self.window, self.stop_event, origin_node=self.settings.node,
+                results_queue=self.results_queue, pace=self.pace,
                 backpressure=self.backpressure, first_seq=self.first_seq, start_ts=self.start_ts,
+                clip_len=CLIP_FRAMES if self.dag.generator == "ClipGenerator" else 0,
             )
             self.generator.run()
         except SourceError as exc:
-            rt.finish_job(self.job_uid, JobState.FAILED, f"video source failed: {exc}")
+            self.on_end(self.job_uid, JobState.FAILED, f"video source failed: {exc}")
             return
         except Exception as exc:
             log.exception("generator of job %s crashed", self.job_uid)
-            rt.finish_job(self.job_uid, JobState.FAILED, f"generator error: {type(exc).__name__}: {exc}")
+            self.on_end(self.job_uid, JobState.FAILED, f"generator error: {type(exc).__name__}: {exc}")
             return
         if self.stop_event.is_set():
             return
         # End of file: let the frames in flight arrive (bounded), then close the job.
-        deadline = time.monotonic() + rt.settings.reorder_wait_s + 30.0
+        deadline = time.monotonic() + self.settings.reorder_wait_s + 30.0
         while len(self.window) and time.monotonic() < deadline and not self.stop_event.is_set():
             self.stop_event.wait(0.05)
-        rt.finish_job(self.job_uid, JobState.DONE, "end of video")
+        self.on_end(self.job_uid, JobState.DONE, "end of video")
 
 
 class Runtime:
@@ -142,12 +153,16 @@ class Runtime:
         self._runners_lock = threading.Lock()
         self._stats: dict[str, _JobStats] = defaultdict(_JobStats)
         self._stats_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._pending: list[tuple[FrameRecord, str]] = []  # emitted, not yet stored: (record, origin)
-        self._plans: dict[int, Plan] = {}
+        self._plans: dict[int, Plan] = {}  # plan id -> plan, to label observations
+        self._constraints: dict[str, tuple[float, UserConstraint]] = {}  # cached for SLO counting
         self._last_flush = self._last_stats = 0.0
         self.result_consumer: ResultConsumer | None = None
         self.ack_listener: AckListener | None = None
         self.scheduler = None
+        # Called with (job_uid, records) after each batch is stored: metrics, elasticity.
+        self.record_observers: list[Callable[[str, list[FrameRecord]], None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> "Runtime":
@@ -251,8 +266,6 @@ class Runtime:
 
     def start_generator(self, job_uid: str) -> None:
         job = self.store.get_job(job_uid)
-        if job.node != self.settings.node:
-            return  # another node reads this job's source
         current = self.store.current_plan(job_uid)
         if current is None:
             return
@@ -261,8 +274,10 @@ class Runtime:
         first_seq = last[0] + 1 if last else 0
         start_ts = last[1] if last and last[1] >= 0 else 0.0
         self.reorder.start_job(job_uid, first_seq)
-        runner = JobRunner(self, job_uid, dag, job.source, self._active_plan(dag, *current),
-                           first_seq, start_ts, self.pace, self.backpressure)
+        if job.node != self.settings.node:
+            return  # another node reads this job's source (tracker.edge polls for it)
+        runner = JobRunner(self.settings, self.celery, job_uid, dag, job.source, self._active_plan(dag, *current),
+                           first_seq, start_ts, self.pace, self.backpressure, on_end=self.finish_job)
         with self._runners_lock:
             old = self.runners.pop(job_uid, None)
             self.runners[job_uid] = runner
@@ -295,6 +310,11 @@ class Runtime:
                 if jpeg:
                     self.hub.publish(env.job, env.seq, jpeg)
         self._queue_records(emitted.records, env.origin)
+        # Free the generator's window slot on receipt, not after the batched store: with acks
+        # after a 0.1 s flush a window of 8 capped a job at ~40 frames/s (bench/pipeline.py).
+        # The record is already pending, and finish_job's forced flush waits on _flush_lock,
+        # so an empty window still means every received frame is stored before DONE.
+        self.acks.ack(env.origin, env.job, env.seq)
 
     def on_ack(self, job_uid: str, seq: int) -> None:
         with self._runners_lock:
@@ -321,6 +341,10 @@ class Runtime:
         self._flush()
 
     def _flush(self, force: bool = False) -> None:
+        with self._flush_lock:  # one batch at a time: a forced flush returns after what was pending is stored
+            self._flush_locked(force)
+
+    def _flush_locked(self, force: bool) -> None:
         now = time.monotonic()
         with self._stats_lock:
             if not self._pending or (not force and now - self._last_flush < FLUSH_EVERY_S and len(self._pending) < 32):
@@ -337,13 +361,19 @@ class Runtime:
             except Exception:
                 log.exception("could not store %d frames of job %s", len(records), job_uid)
             self._count(job_uid, records)
+            for observe in self.record_observers:
+                try:
+                    observe(job_uid, records)
+                except Exception:
+                    log.exception("record observer failed")
         for record, origin in batch:
-            self.acks.ack(origin or self.settings.node, record.job_uid, record.seq)
+            if record.lost:  # received frames were acked in on_frame
+                self.acks.ack(origin or self.settings.node, record.job_uid, record.seq)
 
     def _observations(self, job_uid: str, records: list[FrameRecord]) -> list[Observation]:
         out = []
         for r in records:
-            plan = self._plans.get(r.plan_id)
+            plan = self._plans.get(r.plan_id) or self._stored_plan(r.plan_id)
             if r.lost or plan is None:
                 continue
             for s in r.stages:
@@ -354,6 +384,15 @@ class Runtime:
                     frame_bytes=r.frame_bytes, service_s=s.service_s, queue_s=s.queue_s, ts=time.time(),
                 ))
         return out
+
+    def _stored_plan(self, plan_id: int) -> Plan | None:
+        """Plans of jobs whose generator runs on another node are not cached at dispatch."""
+        if plan_id < 0:
+            return None
+        stored = self.store.get_plan(plan_id)
+        if stored is not None:
+            self._plans[plan_id] = stored.plan
+        return stored.plan if stored else None
 
     def _count(self, job_uid: str, records: list[FrameRecord]) -> None:
         delay = self._constraint(job_uid).delay
@@ -373,8 +412,6 @@ class Runtime:
                     lat.append(s.service_s)
                     del lat[:-200]
             del st.last_out[:-200]
-
-    _constraints: dict[str, tuple[float, UserConstraint]] = {}
 
     def _constraint(self, job_uid: str) -> UserConstraint:
         cached = self._constraints.get(job_uid)

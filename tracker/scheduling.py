@@ -34,10 +34,24 @@ class StoreJobSource:
             log.info("plan for %s not saved: %s", job_uid, exc)
 
 
-def default_planner_factory() -> Callable[[], Planner]:
-    from scheduler.factory import make_planner
+PLANNERS = ("bayes", "golden", "pid", "greedy")
 
-    return lambda: make_planner("bayes")
+
+def planner_factory(name: str = "bayes") -> Callable[[], Planner]:
+    """A factory, not a planner: the loop builds its planner on its own thread, since
+    compiled PyTensor functions must stay on the thread that uses them."""
+    from scheduler import baselines
+    from scheduler.bayes_planner import BayesPlanner
+
+    makers = {"bayes": BayesPlanner, "golden": baselines.GoldenPlanner, "pid": baselines.PIDPlanner,
+              "greedy": baselines.GreedyPlanner}
+    if name not in makers:
+        raise ValueError(f"unknown planner {name!r}; one of {', '.join(PLANNERS)}")
+    return makers[name]
+
+
+def default_planner_factory() -> Callable[[], Planner]:
+    return planner_factory("bayes")
 
 
 def make_scheduler_loop(runtime: "Runtime", planner_factory: Callable[[], Planner] | None, interval_s: float = 2.0):

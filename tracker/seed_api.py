@@ -114,6 +114,8 @@ class RegisterNode(_Body):
 class Heartbeat(_Body):
     name: str = Field(..., pattern=NODE_NAME_PATTERN)
     resources: dict[str, Any] = Field(default_factory=dict)
+    # Stats of the generators this node runs (tracker.edge), merged into each job's stats.
+    jobs: dict[str, dict[str, Any]] = Field(default_factory=dict, max_length=1000)
 
 
 def _body(model: type[BaseModel]) -> Any:
@@ -379,7 +381,7 @@ def node_register():
         video_sources=[v.model_dump() for v in body.video_sources],
         services=body.services, resources=body.resources,
     )
-    return _ok(msg="registered", node=node.name)
+    return _ok(msg="registered", node=node.name, results_queue=ctx.settings.results_queue)
 
 
 @node_bp.post("/heartbeat")
@@ -388,4 +390,8 @@ def node_heartbeat():
     body = _body(Heartbeat)
     if not ctx.store.heartbeat(body.name, body.resources):
         raise NotFound(f"unknown node {body.name!r}; register first")
+    for uid, stats in body.jobs.items():
+        job = ctx.store.find_job(uid) if _UID.match(uid) else None
+        if job is not None and job.node == body.name and not job.state.ended:
+            ctx.store.update_stats(uid, {k: v for k, v in stats.items() if isinstance(v, (int, float))})
     return _ok(msg="ok")

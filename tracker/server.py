@@ -15,6 +15,11 @@ from services.settings import Settings
 from tasks.app import make_celery
 from tasks.worker import InProcessWorker
 from tracker.app import create_app
+from tracker.elasticity import EXTENSION as ELASTICITY
+from tracker.elasticity import ElasticityController, ElasticPolicy
+from tracker.heartbeat import NODE_TIMEOUT_S, NodeUpkeep
+from tracker.metrics import EXTENSION as METRICS
+from tracker.metrics import ClusterMetrics
 from tracker.nodes import register_local_node
 from tracker.runtime import Runtime
 from tracker.store import Store
@@ -40,7 +45,8 @@ class HttpServer:
 class TrackerServer:
     def __init__(self, settings: Settings, *, in_process_workers: int = 0, planner_factory=None,
                  pace: float = 1.0, backpressure: str = "drop", host: str = "127.0.0.1",
-                 serve_http: bool = True, scheduler_interval_s: float | None = 2.0) -> None:
+                 serve_http: bool = True, scheduler_interval_s: float | None = 2.0,
+                 node_timeout_s: float | None = NODE_TIMEOUT_S, elasticity: ElasticPolicy | None = None) -> None:
         self.settings = settings
         self.in_process_workers = in_process_workers
         self.planner_factory = planner_factory
@@ -48,6 +54,11 @@ class TrackerServer:
         self.host = host
         self.serve_http = serve_http
         self.scheduler_interval_s = scheduler_interval_s
+        self.node_timeout_s = node_timeout_s  # None: no node upkeep (no stale marking)
+        self.elastic_policy = elasticity  # None: worker pools keep their size
+        self.upkeep: NodeUpkeep | None = None
+        self.metrics: ClusterMetrics | None = None
+        self.elasticity: ElasticityController | None = None
         self.store: Store | None = None
         self.celery = None
         self.worker: InProcessWorker | None = None
@@ -61,6 +72,9 @@ class TrackerServer:
         self.start_celery()
         self.start_runtime()
         self.start_app()
+        self.start_metrics()
+        self.start_upkeep()
+        self.start_elasticity()
         log.info("tracker %s (%s, %s) up", self.settings.node, self.settings.side, self.settings.mode)
         return self
 
@@ -93,6 +107,27 @@ class TrackerServer:
             server.start()
         log.info("API on http://%s:%d, video on port %d", self.host, api.port, self.settings.video_port)
 
+    def start_metrics(self) -> None:
+        self.metrics = self.app.extensions[METRICS]
+        self.runtime.record_observers.append(self.metrics.observe)
+        self.metrics.start_sampler(self.celery)
+
+    def start_upkeep(self) -> None:
+        if self.node_timeout_s is None:
+            return
+        self.upkeep = NodeUpkeep(self.runtime, node_timeout_s=self.node_timeout_s)
+        self.upkeep.start()
+        log.info("node upkeep started (nodes down after %.1f s without a heartbeat)", self.node_timeout_s)
+
+    def start_elasticity(self) -> None:
+        if self.elastic_policy is None:
+            return
+        self.elasticity = ElasticityController(self.celery, self.store, self.metrics, self.elastic_policy)
+        self.metrics.elasticity = self.elasticity
+        self.app.extensions[ELASTICITY] = self.elasticity
+        self.elasticity.start()
+        log.info("elasticity controller started")
+
     @property
     def api_url(self) -> str:
         return f"http://{self.host}:{self.servers[0].port}" if self.servers else ""
@@ -102,6 +137,15 @@ class TrackerServer:
             server.stop()
         log.info("http servers stopped")
         self.hub.close()
+        if self.elasticity:
+            self.elasticity.stop()
+            log.info("elasticity controller stopped")
+        if self.upkeep:
+            self.upkeep.stop()
+            log.info("node upkeep stopped")
+        if self.metrics:
+            self.metrics.stop()
+            log.info("metrics sampler stopped")
         if self.runtime:
             self.runtime.stop()
             log.info("runtime stopped")

@@ -1,0 +1,266 @@
+"""Shared parts of the benchmarks: machine description, clips, a tracker on RabbitMQ with
+its own queues, `vdag worker` processes, percentiles, JSON output.
+
+Every bench compares ratios measured side by side in one run: the machines these run on
+are small and shared, so one absolute time means little.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+
+from services.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "bench" / "results"
+VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
+AMQP_URL = os.environ.get("VDAG_BENCH_AMQP", os.environ.get("VDAG_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672//"))
+TERMINAL = {"DONE", "FAILED", "CANCELLED"}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import torch
+
+        torch_v = torch.__version__
+    except ImportError:  # pragma: no cover
+        torch_v = "none"
+    import celery
+    import kombu
+
+    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch_v}, "
+            f"celery {celery.__version__}, kombu {kombu.__version__}")
+
+
+def pct(values: list[float], q: float) -> float:
+    """q-th percentile (0-100), linear interpolation; nan for no values."""
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = (len(s) - 1) * q / 100.0
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def write_json(name: str, data: dict, path: Path | None = None) -> Path:
+    path = path or RESULTS_DIR / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def print_table(title: str, rows: list[tuple[str, object]]) -> None:
+    width = max(len(k) for k, _ in rows)
+    print(f"\n{title}")
+    print("-" * (width + 24))
+    for key, value in rows:
+        if isinstance(value, float):
+            value = f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+        print(f"{key:<{width}}  {value}")
+
+
+def write_clip(path: Path, frames: int, source: Path = VTEST) -> Path:
+    """The first `frames` frames of `source` as an MJPG AVI (10 fps, like vtest.avi)."""
+    cap = cv2.VideoCapture(str(source))
+    fps = cap.get(cv2.CAP_PROP_FPS) or 10.0
+    writer = None
+    n = 0
+    try:
+        while n < frames:
+            ok, frame = cap.read()
+            if not ok:
+                cap.release()
+                cap = cv2.VideoCapture(str(source))  # loop a short source
+                continue
+            if writer is None:
+                h, w = frame.shape[:2]
+                writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+            writer.write(frame)
+            n += 1
+    finally:
+        cap.release()
+        if writer is not None:
+            writer.release()
+    return path
+
+
+def read_frames(path: Path, resolution: str = "source", limit: int | None = None) -> list:
+    from services.video_conf import resize_to
+
+    cap = cv2.VideoCapture(str(path))
+    out = []
+    while limit is None or len(out) < limit:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        out.append(resize_to(frame, resolution))
+    cap.release()
+    return out
+
+
+def rabbit_up(url: str = AMQP_URL) -> bool:
+    from kombu import Connection
+
+    try:
+        with Connection(url, connect_timeout=3) as conn:
+            conn.connect()
+        return True
+    except Exception:
+        return False
+
+
+def delete_queues(*names: str, url: str = AMQP_URL) -> None:
+    from kombu import Connection
+
+    with Connection(url) as conn:
+        for name in names:
+            try:
+                conn.default_channel.queue_delete(name)
+            except Exception:
+                conn.close()
+                conn.connect()
+
+
+def unique_node(prefix: str = "b") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+def node_queues(node: str) -> tuple[str, ...]:
+    return (f"vdag.node.{node}", f"vdag.results.{node}", f"vdag.acks.{node}")
+
+
+def bench_settings(tmp: Path, node: str, **kw) -> Settings:
+    return Settings(broker_url=kw.pop("broker_url", AMQP_URL), database_url=f"sqlite:///{tmp}/vdag.db", node=node,
+                    data_dir=tmp, api_port=0, video_port=0, results_queue=f"vdag.results.{node}",
+                    allowed_video_dirs=(VTEST.parent, tmp, Path("/tmp")), **kw)
+
+
+def start_worker(node: str, *, pool: str = "prefork", concurrency: int = 1, prefetch: int | None = None,
+                 log_path: Path | None = None, extra_env: dict | None = None) -> subprocess.Popen:
+    """A real `vdag worker` process on the node's queue."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(extra_env or {})}
+    if prefetch is not None:
+        env["VDAG_PREFETCH"] = str(prefetch)
+    if pool != "prefork":
+        # run_worker only sizes torch threads for prefork; give the solo pool the same threads.
+        env.setdefault("VDAG_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // concurrency)))
+    out = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    return subprocess.Popen(
+        [sys.executable, "-m", "tracker.cli", "worker", "--node", node, "--concurrency", str(concurrency),
+         "--pool", pool, "--broker", AMQP_URL, "--log-level", "WARNING"],
+        cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+def fixed_plan(stages: list[str], node: str, resolution: str = "source", fps: float = 0, quality: int = 85) -> dict:
+    return {
+        "video_conf": {"resolution": resolution, "fps": fps, "quality": quality},
+        "flow_mapping": {s: {"node": node, "node_role": "cloud", "grade": None} for s in stages},
+        "planner": "bench", "reason": "fixed by the benchmark",
+    }
+
+
+class ArrivalClock:
+    """Wall times at which the aggregator received each frame, per job (hooked in front of
+    the runtime's on_frame, on the result-consumer thread)."""
+
+    def __init__(self, server) -> None:
+        self.times: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+        consumer = server.runtime.result_consumer
+        inner = consumer.on_frame
+
+        def on_frame(env):
+            now = time.monotonic()
+            with self._lock:
+                self.times.setdefault(env.job, []).append(now)
+            inner(env)
+
+        consumer.on_frame = on_frame
+
+    def fps(self, job: str, skip: int = 0) -> float:
+        """Steady-state rate: frames after the first `skip` arrivals over the time they took."""
+        with self._lock:
+            t = self.times.get(job, [])[skip:]
+        if len(t) < 2:
+            return float("nan")
+        return (len(t) - 1) / (t[-1] - t[0])
+
+
+@contextmanager
+def rabbit_tracker(node: str, *, serve_http: bool = False, **settings_kw) -> Iterator[tuple]:
+    """A cloud tracker (store, aggregator, generators) on RabbitMQ with this run's own queues;
+    yields (server, tmpdir) and deletes the queues afterwards."""
+    from tracker.server import TrackerServer
+
+    tmp = Path(tempfile.mkdtemp(prefix="vdag-bench-"))
+    settings = bench_settings(tmp, node, **settings_kw)
+    server = TrackerServer(settings, pace=0.0, backpressure="block", serve_http=serve_http,
+                           scheduler_interval_s=None).start()
+    try:
+        yield server, tmp
+    finally:
+        server.stop()
+        delete_queues(*node_queues(node))
+
+
+def run_job(server, source: str, stages: list[dict], plan: dict, *, pace: float = 0.0,
+            backpressure: str = "block", timeout: float = 600.0) -> tuple[str, dict]:
+    """Submit a job with a fixed plan, wait until it ends; (uid, job json)."""
+    server.runtime.pace, server.runtime.backpressure = pace, backpressure
+    client = server.app.test_client()
+    resp = client.post("/api/v1/jobs", json={"source": source, "stages": stages, "plan": plan})
+    if resp.status_code != 201:
+        raise RuntimeError(f"job rejected: {resp.get_json()}")
+    uid = resp.get_json()["uid"]
+    return uid, wait_job(client, uid, timeout)
+
+
+def wait_job(client, uid: str, timeout: float = 600.0) -> dict:
+    deadline = time.monotonic() + timeout
+    job: dict = {}
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/v1/jobs/{uid}").get_json()
+        if job["state"] in TERMINAL:
+            return job
+        time.sleep(0.05)
+    raise RuntimeError(f"job {uid} still {job.get('state')} after {timeout}s: {job.get('stats')}")

@@ -1,0 +1,374 @@
+"""Data-plane benchmark: the pipeline against bare baselines, side by side in one run.
+
+    .venv/bin/python -m bench.pipeline            # ~4 min, writes bench/results/pipeline.json
+    .venv/bin/python -m bench.pipeline --quick    # ~1 min
+    .venv/bin/python -m bench.pipeline --sweep    # also prefork/solo x prefetch 1/4/16
+
+Everything runs on RabbitMQ (amqp://guest:guest@127.0.0.1:5672//, or $VDAG_BENCH_AMQP)
+with one `vdag worker` process and a tracker (generator, aggregator, SQLite store) in
+this process, on queues of a unique node name that are deleted afterwards.
+
+1. Inference-bound: the trained person detector on vtest.avi frames. Pipeline frames/s
+   (generator unpaced, backpressure=block) against a bare in-process ultralytics
+   `predict` loop over the same frames, same model, same torch threads. Rounds alternate
+   (bare, pipeline, bare, pipeline...) and the ratio is the median of per-round ratios.
+2. Plumbing: a `frame_probe` stage (decode the JPEG only) against a raw kombu round trip
+   with the same JPEG payloads: publish, a consumer process decodes and publishes a small
+   result, the producer collects it, with the same bound on frames in flight.
+3. Added latency at a paced 30 fps: per frame, end-to-end latency minus stage service time.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgpack
+
+from bench.common import (AMQP_URL, VTEST, ArrivalClock, delete_queues, fixed_plan, machine, median, pct,
+                          print_table, rabbit_tracker, read_frames, run_job, start_worker, stop_process,
+                          unique_node, write_clip, write_json)
+
+PROBE = [{"name": "probe", "service": "frame_probe", "inputs": {"image": "generator.image"}}]
+DETECT = [{"name": "detect", "service": "person_detection", "inputs": {"image": "generator.image"}}]
+
+DEFAULT = {"infer_frames": 60, "infer_rounds": 2, "infer_resolution": "360p", "plumb_frames": 795,
+           "plumb_rounds": 3, "latency_frames": 300, "sweep_frames": 795}
+QUICK = {"infer_frames": 12, "infer_rounds": 1, "infer_resolution": "360p", "plumb_frames": 200,
+         "plumb_rounds": 1, "latency_frames": 60, "sweep_frames": 200}
+TINY = {"infer_frames": 6, "infer_rounds": 1, "infer_resolution": "360p", "plumb_frames": 80,
+        "plumb_rounds": 1, "latency_frames": 30, "sweep_frames": 80}
+PLUMB_RESOLUTION = "480p"  # 640x480 JPEGs of ~60 KB, like DESIGN.md section 5
+WINDOW = 8  # frames in flight: the pipeline's max_in_flight and the raw round trip's window
+
+
+# -- inference-bound ---------------------------------------------------------------------
+def bare_predict_fps(frames: list, weights: str) -> tuple[float, float]:
+    """Bare ultralytics loop, in this process: (frames/s, median ms per frame)."""
+    import torch
+    from ultralytics import YOLO
+
+    from services.detection import default_imgsz
+
+    model = YOLO(weights)
+    ids = [i for i, n in model.names.items() if n.lower() in ("person", "normal", "fall")]
+    imgsz = default_imgsz(frames[0])
+    for f in frames[:2]:  # warm-up
+        model.predict(f, imgsz=imgsz, conf=0.25, classes=ids, device="cpu", verbose=False)
+    times = []
+    t0 = time.perf_counter()
+    for f in frames:
+        t = time.perf_counter()
+        model.predict(f, imgsz=imgsz, conf=0.25, classes=ids, device="cpu", verbose=False)
+        times.append(time.perf_counter() - t)
+    total = time.perf_counter() - t0
+    assert torch.get_num_threads() >= 1
+    return len(frames) / total, median(times) * 1e3
+
+
+def bench_inference(cfg: dict, tmp: Path, log_dir: Path) -> dict:
+    import torch
+
+    from services.models import trained_person_weights
+
+    weights = trained_person_weights() or "yolo11n.yaml"
+    clip = write_clip(tmp / f"infer-{cfg['infer_frames']}.avi", cfg["infer_frames"])
+    frames = read_frames(clip, cfg["infer_resolution"])
+    threads = torch.get_num_threads()
+    node = unique_node("bi")
+    worker = start_worker(node, concurrency=1, log_path=log_dir / "worker-infer.log",
+                          extra_env={"VDAG_TORCH_THREADS": str(threads), "VDAG_PERSON_WEIGHTS": weights})
+    rounds = []
+    try:
+        with rabbit_tracker(node, max_in_flight=WINDOW) as (server, _):
+            clock = ArrivalClock(server)
+            plan = fixed_plan(["detect"], node, resolution=cfg["infer_resolution"])
+            run_job(server, str(write_clip(tmp / "warm.avi", 3)), DETECT, plan)  # load the model
+            for _ in range(cfg["infer_rounds"]):
+                bare_fps, bare_ms = bare_predict_fps(frames, weights)
+                uid, job = run_job(server, str(clip), DETECT, plan)
+                assert job["state"] == "DONE" and job["stats"]["frames_out"] == len(frames), job
+                service = [s["service_s"] for r in _results(server, uid) for s in r["stages"]]
+                pipe_fps = clock.fps(uid)
+                rounds.append({"bare_fps": bare_fps, "bare_ms": bare_ms, "pipeline_fps": pipe_fps,
+                               "pipeline_service_ms": median(service) * 1e3, "ratio": pipe_fps / bare_fps})
+    finally:
+        stop_process(worker)
+    return {
+        "inference_ratio": median([r["ratio"] for r in rounds]),
+        "inference_bare_fps": median([r["bare_fps"] for r in rounds]),
+        "inference_pipeline_fps": median([r["pipeline_fps"] for r in rounds]),
+        "inference_bare_ms": median([r["bare_ms"] for r in rounds]),
+        "inference_service_ms": median([r["pipeline_service_ms"] for r in rounds]),
+        "inference_rounds": rounds,
+        "inference_setup": f"{Path(weights).name}, {len(frames)} vtest frames at {cfg['infer_resolution']} "
+                           f"({frames[0].shape[1]}x{frames[0].shape[0]}), torch threads {threads}, "
+                           f"1 prefork worker process, window {WINDOW}",
+    }
+
+
+def _results(server, uid: str) -> list[dict]:
+    client = server.app.test_client()
+    out, after = [], -1
+    while True:
+        page = client.get(f"/api/v1/jobs/{uid}/results?after_seq={after}&limit=1000").get_json()
+        if not page["items"]:
+            return out
+        out.extend(page["items"])
+        after = page["items"][-1]["seq"]
+
+
+# -- plumbing ------------------------------------------------------------------------------
+def raw_consumer(url: str, q_in: str, q_out: str) -> None:
+    """The raw round trip's far end (a separate process): decode each JPEG, reply small."""
+    import cv2
+    import numpy as np
+    from kombu import Connection, Consumer, Exchange, Producer, Queue
+
+    ex = Exchange("vdag.rawbench", type="direct", durable=False)
+    qin = Queue(q_in, ex, routing_key=q_in, durable=False)
+    with Connection(url) as conn:
+        producer = Producer(conn.channel(), exchange=ex)
+
+        def on_message(message):
+            body = message.body
+            if body == b"stop":
+                message.ack()
+                raise SystemExit(0)
+            img = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
+            reply = msgpack.packb({"w": int(img.shape[1]), "h": int(img.shape[0]),
+                                   "b": float(img.mean()), "seq": message.headers.get("seq")})
+            producer.publish(reply, routing_key=q_out, serializer=None,  # declared by the bench
+                             content_type="application/x-msgpack", content_encoding="binary")
+            message.ack()
+
+        with Consumer(conn.channel(), queues=[qin], on_message=on_message, prefetch_count=WINDOW):
+            print("ready", flush=True)
+            while True:
+                conn.drain_events(timeout=60)
+
+
+def raw_round_trip_fps(payloads: list[bytes], window: int = WINDOW) -> float:
+    import socket
+    import subprocess
+
+    from kombu import Connection, Consumer, Exchange, Producer, Queue
+
+    tag = unique_node("raw")
+    q_in, q_out = f"{tag}.in", f"{tag}.out"
+    ex = Exchange("vdag.rawbench", type="direct", durable=False)
+    qin = Queue(q_in, ex, routing_key=q_in, durable=False)
+    qout = Queue(q_out, ex, routing_key=q_out, durable=False)
+    with Connection(AMQP_URL) as conn:
+        ch = conn.channel()
+        qin(ch).declare()
+        qout(ch).declare()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.pipeline", "--raw-consumer", AMQP_URL, q_in, q_out],
+                            cwd=str(Path(__file__).resolve().parent.parent), stdout=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    try:
+        assert proc.stdout.readline().strip() == b"ready"
+        state = {"done": 0}
+
+        def on_reply(message):
+            state["done"] += 1
+            message.ack()
+
+        with Connection(AMQP_URL) as conn:
+            producer = Producer(conn.channel(), exchange=ex)
+            with Consumer(conn.channel(), queues=[qout], on_message=on_reply, prefetch_count=64):
+                sent = 0
+                t0 = time.perf_counter()
+                while state["done"] < len(payloads):
+                    while sent < len(payloads) and sent - state["done"] < window:
+                        producer.publish(payloads[sent], routing_key=q_in, serializer=None,
+                                         content_type="image/jpeg", content_encoding="binary",
+                                         headers={"seq": sent}, delivery_mode=2)
+                        sent += 1
+                    try:
+                        conn.drain_events(timeout=10)
+                    except socket.timeout:
+                        raise RuntimeError("raw round trip stalled") from None
+                elapsed = time.perf_counter() - t0
+                producer.publish(b"stop", routing_key=q_in, serializer=None, content_encoding="binary")
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        delete_queues(q_in, q_out)
+    return len(payloads) / elapsed
+
+
+def probe_pipeline(server, clock: ArrivalClock, clip: Path, node: str, *, pace: float = 0.0) -> tuple[str, dict]:
+    plan = fixed_plan(["probe"], node, resolution=PLUMB_RESOLUTION)
+    return run_job(server, str(clip), PROBE, plan, pace=pace, backpressure="block" if pace == 0 else "drop")
+
+
+def bench_plumbing(cfg: dict, tmp: Path, log_dir: Path) -> dict:
+    from services.video_conf import encode_jpeg
+
+    clip = write_clip(tmp / f"plumb-{cfg['plumb_frames']}.avi", cfg["plumb_frames"])
+    payloads = [encode_jpeg(f, 85) for f in read_frames(clip, PLUMB_RESOLUTION)]
+    node = unique_node("bp")
+    worker = start_worker(node, concurrency=1, log_path=log_dir / "worker-plumb.log")
+    rounds = []
+    try:
+        with rabbit_tracker(node, max_in_flight=WINDOW) as (server, _):
+            clock = ArrivalClock(server)
+            probe_pipeline(server, clock, write_clip(tmp / "warm20.avi", 20), node)  # worker warm-up
+            for _ in range(cfg["plumb_rounds"]):
+                raw = raw_round_trip_fps(payloads)
+                uid, job = probe_pipeline(server, clock, clip, node)
+                assert job["state"] == "DONE" and job["stats"]["frames_out"] == len(payloads), job
+                pipe = clock.fps(uid)
+                rounds.append({"raw_fps": raw, "pipeline_fps": pipe, "ratio": pipe / raw})
+    finally:
+        stop_process(worker)
+    return {
+        "plumbing_ratio": median([r["ratio"] for r in rounds]),
+        "plumbing_raw_fps": median([r["raw_fps"] for r in rounds]),
+        "plumbing_pipeline_fps": median([r["pipeline_fps"] for r in rounds]),
+        "plumbing_rounds": rounds,
+        "plumbing_setup": f"frame_probe, {len(payloads)} vtest frames at {PLUMB_RESOLUTION}, "
+                          f"mean JPEG {sum(map(len, payloads)) // len(payloads)} B, window {WINDOW}, "
+                          f"1 prefork worker (prefetch 4)",
+    }
+
+
+# -- added latency ------------------------------------------------------------------------
+def bench_latency(cfg: dict, tmp: Path, log_dir: Path) -> dict:
+    """frame_probe at a paced 30 fps (vtest.avi is 10 fps: pace 3)."""
+    clip = write_clip(tmp / f"lat-{cfg['latency_frames']}.avi", cfg["latency_frames"])
+    node = unique_node("bl")
+    worker = start_worker(node, concurrency=1, log_path=log_dir / "worker-latency.log")
+    try:
+        with rabbit_tracker(node, max_in_flight=WINDOW) as (server, _):
+            clock = ArrivalClock(server)
+            probe_pipeline(server, clock, write_clip(tmp / "warm20.avi", 20), node)
+            uid, job = probe_pipeline(server, clock, clip, node, pace=3.0)
+            results = [r for r in _results(server, uid) if not r["lost"]]
+    finally:
+        stop_process(worker)
+    added = [(r["latency_s"] - sum(s["service_s"] for s in r["stages"])) * 1e3 for r in results]
+    e2e = [r["latency_s"] * 1e3 for r in results]
+    return {
+        "added_latency_p50_ms": pct(added, 50), "added_latency_p99_ms": pct(added, 99),
+        "added_latency_max_ms": max(added) if added else float("nan"),
+        "e2e_latency_p50_ms": pct(e2e, 50), "e2e_latency_p99_ms": pct(e2e, 99),
+        "latency_frames": len(results), "latency_dropped": job["stats"].get("frames_dropped", 0),
+        "latency_fps_out": clock.fps(uid),
+        "latency_setup": f"frame_probe at 30 fps (vtest.avi paced x3), {PLUMB_RESOLUTION}, backpressure=drop",
+    }
+
+
+# -- worker settings sweep ------------------------------------------------------------------
+def bench_sweep(cfg: dict, tmp: Path, log_dir: Path) -> list[dict]:
+    """frame_probe frames/s and 30 fps latency per (pool, prefetch), raw round trip alongside."""
+    clip = write_clip(tmp / f"sweep-{cfg['sweep_frames']}.avi", cfg["sweep_frames"])
+    lat_clip = write_clip(tmp / "sweep-lat.avi", min(150, cfg["sweep_frames"]))
+    payloads = None
+    out = []
+    for pool in ("prefork", "solo"):
+        for prefetch in (1, 4, 16):
+            node = unique_node("bs")
+            worker = start_worker(node, pool=pool, prefetch=prefetch, log_path=log_dir / f"worker-{pool}-{prefetch}.log")
+            row: dict = {"pool": pool, "prefetch": prefetch}
+            try:
+                with rabbit_tracker(node, max_in_flight=WINDOW, reorder_wait_s=5.0) as (server, _):
+                    clock = ArrivalClock(server)
+                    probe_pipeline(server, clock, write_clip(tmp / "warm20.avi", 20), node)
+                    if payloads is None:
+                        from services.video_conf import encode_jpeg
+
+                        payloads = [encode_jpeg(f, 85) for f in read_frames(clip, PLUMB_RESOLUTION)]
+                    row["raw_fps"] = raw_round_trip_fps(payloads)
+                    t0 = time.monotonic()
+                    uid, job = probe_pipeline(server, clock, clip, node)
+                    row["pipeline_fps"] = clock.fps(uid)
+                    row["frames_out"] = job["stats"]["frames_out"]
+                    row["wall_s"] = time.monotonic() - t0
+                    row["ratio"] = row["pipeline_fps"] / row["raw_fps"]
+                    uid, job = probe_pipeline(server, clock, lat_clip, node, pace=3.0)
+                    lat = [r["latency_s"] * 1e3 for r in _results(server, uid) if not r["lost"]]
+                    row["lat30_p50_ms"], row["lat30_p99_ms"] = pct(lat, 50), pct(lat, 99)
+            except Exception as exc:  # a stalled setting is a result, not a crash
+                row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+            finally:
+                stop_process(worker)
+            out.append(row)
+            print(f"  sweep {pool:8s} prefetch {prefetch:3d}: " + ", ".join(
+                f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                if k not in ("pool", "prefetch")), flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="short run (~1 min)")
+    p.add_argument("--tiny", action="store_true", help="smoke-test size (seconds)")
+    p.add_argument("--sweep", action="store_true", help="also sweep prefork/solo x prefetch 1/4/16")
+    p.add_argument("--only", choices=("inference", "plumbing", "latency", "sweep"), action="append",
+                   help="run only these parts (repeatable)")
+    p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/pipeline.json)")
+    p.add_argument("--raw-consumer", nargs=3, metavar=("URL", "Q_IN", "Q_OUT"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.raw_consumer:
+        raw_consumer(*args.raw_consumer)
+        return 0
+    from bench.common import rabbit_up
+
+    if not rabbit_up():
+        print(f"RabbitMQ not reachable at {AMQP_URL}", file=sys.stderr)
+        return 2
+    if not VTEST.exists():
+        print(f"{VTEST} missing: apt-get install opencv-doc", file=sys.stderr)
+        return 2
+    cfg = TINY if args.tiny else QUICK if args.quick else DEFAULT
+    parts = args.only or ["inference", "plumbing", "latency"] + (["sweep"] if args.sweep else [])
+    tmp = Path(tempfile.mkdtemp(prefix="vdag-bench-pipe-"))
+    log_dir = tmp / "logs"
+    log_dir.mkdir()
+    result: dict = {"machine": machine(), "mode": "tiny" if args.tiny else "quick" if args.quick else "default",
+                    "broker": "RabbitMQ (amqp) + 1 vdag worker process; tracker in the bench process",
+                    "frames": 0, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    t0 = time.monotonic()
+    if "inference" in parts:
+        result.update(bench_inference(cfg, tmp, log_dir))
+        result["frames"] += cfg["infer_frames"] * cfg["infer_rounds"]
+    if "plumbing" in parts:
+        result.update(bench_plumbing(cfg, tmp, log_dir))
+        result["frames"] += cfg["plumb_frames"] * cfg["plumb_rounds"]
+    if "latency" in parts:
+        result.update(bench_latency(cfg, tmp, log_dir))
+        result["frames"] += cfg["latency_frames"]
+    if "sweep" in parts:
+        result["sweep"] = bench_sweep(cfg, tmp, log_dir)
+    result["wall_s"] = round(time.monotonic() - t0, 1)
+    result["targets"] = {
+        "inference_ratio>=0.90": _met(result.get("inference_ratio"), 0.90, ge=True),
+        "plumbing_ratio>=0.5": _met(result.get("plumbing_ratio"), 0.5, ge=True),
+        "added_latency_p50_ms<=10": _met(result.get("added_latency_p50_ms"), 10, ge=False),
+        "added_latency_p99_ms<=50": _met(result.get("added_latency_p99_ms"), 50, ge=False),
+    }
+    path = write_json("pipeline.json", result, args.out)
+    rows = [(k, v) for k, v in result.items() if isinstance(v, (int, float, str)) and k != "machine"]
+    print_table(f"vdag pipeline bench ({result['mode']}) on {result['machine']}", rows)
+    for row in result.get("sweep", []):
+        print("  sweep", row)
+    print("targets:", result["targets"])
+    print(f"wrote {path}")
+    return 0
+
+
+def _met(value, target: float, ge: bool):
+    if value is None:
+        return None
+    return bool(value >= target) if ge else bool(value <= target)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Unit tests of the data plane's pure parts: knobs, envelope, generator, reorder buffer."""
+from __future__ import annotations
+
+import threading
+
+import msgpack
+import numpy as np
+import pytest
+
+from services.aggregator import ReorderBuffer, record_from_envelope, rendered_jpeg
+from services.codec import BadEnvelope, Envelope, Hop, decode_envelope, encode_envelope
+from services.generator import ActivePlan, FrameGenerator, InFlightWindow
+from services.records import FrameRecord
+from services.sources import SourceError, open_source
+from services.video_conf import FrameSkipper, VideoConf, decode_jpeg, target_size
+
+HOP = Hop(stage="probe", service="frame_probe", node="cloud", inputs={"image": "generator.image"})
+
+
+def _record(seq: int, job: str = "j") -> FrameRecord:
+    return FrameRecord(job_uid=job, seq=seq, plan_id=1, capture_ts=seq / 10, width=1, height=1,
+                       latency_s=0.01, outputs={})
+
+
+@pytest.mark.parametrize("res,src,expected", [
+    ("360p", (1280, 720), (640, 360)), ("720p", (768, 576), (768, 576)),
+    ("480p", (768, 576), (640, 480)), ("source", (768, 576), (768, 576)), ("1080p", (1280, 720), (1280, 720)),
+])
+def test_target_size_keeps_aspect_and_never_upscales(res, src, expected):
+    assert target_size(res, *src) == expected
+
+
+def test_fps_knob_skips_on_source_time():
+    skipper, conf = FrameSkipper(), VideoConf(fps=5)
+    kept = [i for i in range(30) if skipper.keep(conf, i / 30)]
+    assert len(kept) == 5 and kept[:2] == [0, 6]
+
+
+def test_nskip_knob_keeps_one_in_n_plus_one():
+    skipper, conf = FrameSkipper(), VideoConf(nskip=2)
+    assert [i for i in range(9) if skipper.keep(conf, i / 30)] == [0, 3, 6]
+
+
+def test_fps_and_nskip_together_are_rejected():
+    with pytest.raises(ValueError, match="either fps or nskip"):
+        VideoConf(fps=5, nskip=1)
+
+
+def test_envelope_round_trip_and_strict_decoding():
+    env = Envelope(job="j", seq=3, plan=1, capture_ts=0.3, sent_at=1.0, width=2, height=2, image=b"\xff\xd8",
+                   route=[HOP])
+    assert decode_envelope(encode_envelope(env)) == env
+    for bad in (b"\xc1", msgpack.packb([1, 2]), msgpack.packb({"v": 9}), msgpack.packb({"v": 1, "job": "j"}), "str"):
+        with pytest.raises(BadEnvelope):
+            decode_envelope(bad)
+
+
+def test_reorder_emits_in_order_dedups_and_declares_gaps_lost():
+    buf = ReorderBuffer(wait_s=1.0)
+    buf.start_job("j", 0)
+    assert [r.seq for r in buf.push(_record(1), now=0.0).records] == []
+    assert [r.seq for r in buf.push(_record(0), now=0.1).records] == [0, 1]
+    assert buf.push(_record(1), now=0.2).duplicates == 1
+    assert buf.push(_record(3), now=0.3).records == []
+    assert buf.expire(now=0.5) == []
+    out = buf.expire(now=1.4)
+    assert [(r.seq, r.lost) for r in out] == [(2, True), (3, False)]
+    assert buf.stats("j") == {"frames_out": 3, "frames_lost": 1, "duplicates": 1, "reorder_pending": 0}
+
+
+def test_window_blocks_then_expires_stale_entries():
+    win = InFlightWindow(2, expire_s=0.05)
+    assert win.try_add(0) and win.try_add(1) and not win.try_add(2)
+    win.release(0)
+    assert win.try_add(2)
+    threading.Event().wait(0.06)
+    assert win.try_add(3) and win.expired == 2
+
+
+class _ListSource:
+    def __init__(self, n: int):
+        from services.sources import SourceInfo
+
+        self.info = SourceInfo(64, 48, 10.0, n, live=False)
+        self.n = n
+
+    def frames(self, start_ts: float = 0.0):
+        from services.sources import SourceFrame
+
+        for i in range(self.n):
+            yield SourceFrame(i, i / 10, np.full((48, 64, 3), i, np.uint8))
+
+    def close(self):
+        pass
+
+
+def test_generator_applies_a_new_plan_at_the_next_frame_and_clips():
+    sent: list[Envelope] = []
+    plans = {"p": ActivePlan(1, VideoConf(), (HOP,))}
+
+    def dispatch(env):
+        sent.append(env)
+        if env.seq == 1:
+            plans["p"] = ActivePlan(2, VideoConf(resolution="360p", quality=50), (HOP,))
+
+    gen = FrameGenerator("j", _ListSource(4), lambda: plans["p"], dispatch, InFlightWindow(100),
+                         threading.Event(), pace=0, clip_len=2)
+    gen.run()
+    assert [e.plan for e in sent] == [1, 1, 2, 2]
+    assert [len(e.clip) for e in sent] == [1, 2, 2, 2]
+    assert decode_jpeg(sent[0].image).shape == (48, 64, 3)
+
+
+def test_generator_drops_and_counts_when_the_window_is_full():
+    gen = FrameGenerator("j", _ListSource(10), lambda: ActivePlan(1, VideoConf(), (HOP,)), lambda e: None,
+                         InFlightWindow(3), threading.Event(), pace=0, backpressure="drop")
+    gen.run()
+    assert (gen.stats.sent, gen.stats.dropped, gen.stats.peak_in_flight) == (3, 7, 3)
+
+
+def test_rendered_jpeg_prefers_the_last_rendered_image():
+    env = Envelope(job="j", seq=0, plan=1, capture_ts=0, sent_at=0, width=1, height=1, image=b"raw")
+    assert rendered_jpeg(env) == b"raw"
+    from services.codec import StageTiming
+
+    env.timings = [StageTiming(stage="r", node="n", worker="w", enqueued=0, started=0, finished=0)]
+    env.outputs = {"r": {"image": b"drawn", "n": 1}}
+    assert rendered_jpeg(env) == b"drawn"
+    rec = record_from_envelope(env, received_at=0.5)
+    assert rec.outputs == {"r": {"n": 1}}
+
+
+def test_unopenable_sources_raise_source_error(tmp_path):
+    with pytest.raises(SourceError):
+        open_source(str(tmp_path / "missing.mp4"))
+    with pytest.raises(SourceError):
+        open_source("synthetic://hugexbig")
