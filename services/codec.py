@@ -62,6 +62,8 @@ class Envelope(BaseModel):
     origin: str = "cloud"  # node whose generator sent the frame; acks go back there
     results_queue: str = "vdag.results"  # where the last stage publishes the finished frame
     profile: bool = False  # also run the golden config on this frame, for accuracy
+    golden_image: bytes | None = None  # the frame at source resolution, on profiled frames
+    golden_grade: str = "m"
 
 
 def encode_envelope(env: Envelope) -> bytes:

@@ -185,7 +185,9 @@ register(Service(
     outputs=("detections",),
     params_model=PersonParams,
     description="people only: the trained person checkpoint when installed, else YOLO11 'person'",
-    tunable_grade=True,
+    # One trained checkpoint: the planner tunes its resolution, fps and node, not a grade
+    # (the YOLO11 grades have no trained weights offline).
+    tunable_grade=False,
 ))
 
 register(Service(

@@ -28,6 +28,7 @@ class ActivePlan:
     video_conf: VideoConf
     route: tuple[Hop, ...]
     profile_every: int = 0  # mark every Nth frame for golden-config profiling; 0 = never
+    golden_grade: str = "m"
 
 
 class InFlightWindow:
@@ -181,6 +182,9 @@ class FrameGenerator:
     def _send(self, image, ts: float, plan: ActivePlan) -> None:
         resized = resize_to(image, plan.video_conf.resolution)
         jpeg = encode_jpeg(resized, plan.video_conf.quality)
+        profile = bool(plan.profile_every) and self.seq % plan.profile_every == 0
+        # The golden config sees the source frame at high quality, not the planned one.
+        golden = encode_jpeg(image, 95) if profile else None
         if self._clip.maxlen:
             self._clip.append(jpeg)
         now = time.time()
@@ -199,7 +203,9 @@ class FrameGenerator:
             route=list(plan.route),
             origin=self.origin_node,
             results_queue=self.results_queue,
-            profile=bool(plan.profile_every) and self.seq % plan.profile_every == 0,
+            profile=profile,
+            golden_image=golden,
+            golden_grade=plan.golden_grade,
         )
         try:
             self.dispatch(env)

@@ -31,6 +31,10 @@ class Settings(BaseModel):
                                description="queue the last stage publishes to; one per cloud tracker")
     max_in_flight: int = Field(8, ge=1, le=1024, description="frames of one job in flight before the generator drops")
     reorder_wait_s: float = Field(2.0, gt=0, description="how long the aggregator waits for a missing frame")
+    profile_every: int = Field(20, ge=0, le=10_000, description=(
+        "every Nth frame also runs the golden config (source resolution, golden grade) to measure F1; 0 = off"))
+    golden_grade: str = Field("m", pattern="^[nsmlx]$", description=(
+        "YOLO grade of the golden config when profiling; the largest, x, is very slow on a CPU"))
     prefetch: int = Field(4, ge=1, le=256)
     device: str = Field("auto", description="auto | cpu | cuda:N")
     person_weights: str | None = Field(None, description="path of a trained person detector (.pt)")

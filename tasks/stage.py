@@ -13,6 +13,7 @@ from typing import Any
 from celery import Celery, shared_task
 from celery.exceptions import Reject
 
+from services.accuracy import f1_score
 from services.codec import BadEnvelope, Envelope, StageTiming, decode_envelope, encode_envelope
 from services.dag import GENERATOR_NAMES, GENERATOR_STAGE
 from services.registry import ServiceContext, get_service
@@ -55,6 +56,8 @@ def execute_hop(env: Envelope, ctx: ServiceContext, node: str, worker: str) -> E
         frame = decode_jpeg(inputs[service.image_input])
     outputs = service.run(frame, inputs, params, ctx)
     finished = time.time()
+    if env.profile and env.golden_image and "detections" in outputs:
+        outputs["accuracy"] = _golden_f1(env, service, hop.params, inputs, outputs, ctx)
     env.outputs[hop.stage] = outputs
     env.timings.append(StageTiming(stage=hop.stage, node=node, worker=worker,
                                    enqueued=env.enqueued_at, started=started, finished=finished))
@@ -62,11 +65,25 @@ def execute_hop(env: Envelope, ctx: ServiceContext, node: str, worker: str) -> E
     return env
 
 
+def _golden_f1(env: Envelope, service, params: dict, inputs: dict, outputs: dict, ctx: ServiceContext) -> float:
+    """F1 of this stage's detections against the golden config on the same frame.
+
+    Runs after `finished` is taken, so the profiling cost never counts as stage latency."""
+    golden_params = dict(params)
+    if service.tunable_grade and "weights" not in golden_params:
+        golden_params["grade"] = env.golden_grade
+    golden_params.pop("imgsz", None)  # imgsz follows the (source-resolution) frame
+    golden = service.run(decode_jpeg(env.golden_image), {**inputs, "image": env.golden_image},
+                         service.validate_params(golden_params), ctx)
+    return round(f1_score(outputs["detections"], golden["detections"]), 4)
+
+
 def _strip_for_results(env: Envelope) -> Envelope:
     """The raw frame is only needed downstream if no stage rendered a picture."""
     if any(isinstance(out.get("image"), (bytes, bytearray)) for out in env.outputs.values()):
         env.image = None
     env.clip = []
+    env.golden_image = None
     return env
 
 

@@ -66,6 +66,18 @@ class _JobStats:
 OnJobEnd = Callable[[str, JobState, str], None]
 
 
+def has_detection_stage(dag: DagSpec) -> bool:
+    """Stages whose accuracy can be profiled against the golden config."""
+    from services.registry import get_service
+
+    return any("detections" in get_service(s.service).outputs for s in dag.stages)
+
+
+def _accuracy(outputs: dict | None) -> float | None:
+    value = (outputs or {}).get("accuracy")
+    return float(value) if isinstance(value, (int, float)) and 0 <= value <= 1 else None
+
+
 class JobRunner:
     """One job's generator thread. It reports end of file and source failure through
     `on_end(job_uid, state, reason)`: the cloud moves the job in its store, an edge tells
@@ -249,9 +261,13 @@ class Runtime:
         self._apply_plan(job_uid, plan_id, plan)
         return plan_id
 
-    def _active_plan(self, dag: DagSpec, plan_id: int, plan: Plan) -> ActivePlan:
+    def _active_plan(self, job: Job, plan_id: int, plan: Plan) -> ActivePlan:
         self._plans[plan_id] = plan
-        return ActivePlan(plan_id=plan_id, video_conf=plan.video_conf, route=build_route(dag, plan))
+        dag = job.dag
+        # Accuracy profiling only helps a planner that is choosing: not for fixed plans.
+        profile = self.settings.profile_every if job.fixed_plan is None and has_detection_stage(dag) else 0
+        return ActivePlan(plan_id=plan_id, video_conf=plan.video_conf, route=build_route(dag, plan),
+                          profile_every=profile, golden_grade=self.settings.golden_grade)
 
     def _apply_plan(self, job_uid: str, plan_id: int, plan: Plan) -> None:
         job = self.store.get_job(job_uid)
@@ -262,7 +278,7 @@ class Runtime:
         with self._runners_lock:
             runner = self.runners.get(job_uid)
         if runner:
-            runner.set_plan(self._active_plan(runner.dag, plan_id, plan))
+            runner.set_plan(self._active_plan(job, plan_id, plan))
 
     def start_generator(self, job_uid: str) -> None:
         job = self.store.get_job(job_uid)
@@ -276,7 +292,7 @@ class Runtime:
         self.reorder.start_job(job_uid, first_seq)
         if job.node != self.settings.node:
             return  # another node reads this job's source (tracker.edge polls for it)
-        runner = JobRunner(self.settings, self.celery, job_uid, dag, job.source, self._active_plan(dag, *current),
+        runner = JobRunner(self.settings, self.celery, job_uid, dag, job.source, self._active_plan(job, *current),
                            first_seq, start_ts, self.pace, self.backpressure, on_end=self.finish_job)
         with self._runners_lock:
             old = self.runners.pop(job_uid, None)
@@ -382,6 +398,7 @@ class Runtime:
                     stage=s.stage, node=s.node, grade=mapping.grade if mapping else None,
                     width=r.width, height=r.height, fps=plan.video_conf.fps, quality=plan.video_conf.quality,
                     frame_bytes=r.frame_bytes, service_s=s.service_s, queue_s=s.queue_s, ts=time.time(),
+                    accuracy=_accuracy(r.outputs.get(s.stage)),
                 ))
         return out
 
