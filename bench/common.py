@@ -267,3 +267,66 @@ def wait_job(server, uid: str, timeout: float = 600.0) -> None:
             return
         time.sleep(0.2)
     raise RuntimeError(f"job {uid} still {state} after {timeout}s")
+
+
+# -- CPU accounting: where a frame's CPU time goes, per process ---------------------------
+def _proc_cpu_s(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and its descendants (a prefork worker's pool children)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def rabbit_pids() -> list[int]:
+    """The local broker's Erlang VM, when it runs on this host and is visible."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if Path(f"/proc/{entry}/comm").read_text().strip() == "beam.smp":
+                    pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+class CpuMeter:
+    """CPU seconds used by named groups of processes between start() and stop()."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self.groups = groups
+        self._t0: dict[str, float] = {}
+        self.used: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        return {name: sum(_proc_cpu_s(p) for p in pids) for name, pids in self.groups.items()}
+
+    def __enter__(self) -> "CpuMeter":
+        self._t0 = self._now()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        now = self._now()
+        self.used = {k: now[k] - self._t0[k] for k in now}
+
+    def per_frame_ms(self, frames: int) -> dict[str, float]:
+        return {k: round(v / max(frames, 1) * 1e3, 2) for k, v in self.used.items()}

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import msgpack
 
-from bench.common import (AMQP_URL, VTEST, ArrivalClock, delete_queues, fixed_plan, machine, median, pct,
+from bench.common import (AMQP_URL, VTEST, ArrivalClock, CpuMeter, delete_queues, process_tree, rabbit_pids, fixed_plan, machine, median, pct,
                           print_table, rabbit_tracker, read_frames, run_job, start_worker, stop_process,
                           unique_node, write_clip, write_json)
 
@@ -151,7 +151,10 @@ def raw_consumer(url: str, q_in: str, q_out: str) -> None:
                 conn.drain_events(timeout=60)
 
 
-def raw_round_trip_fps(payloads: list[bytes], window: int = WINDOW) -> float:
+def raw_round_trip_fps(payloads: list[bytes], window: int = WINDOW) -> tuple[float, dict]:
+    """Raw kombu: publish each JPEG (at most `window` unanswered), a consumer process decodes it
+    and replies with a small msgpack map, this process collects the replies.
+    Returns (frames/s, CPU ms per frame by process)."""
     import socket
     import subprocess
 
@@ -166,9 +169,9 @@ def raw_round_trip_fps(payloads: list[bytes], window: int = WINDOW) -> float:
         ch = conn.channel()
         qin(ch).declare()
         qout(ch).declare()
+    root = str(Path(__file__).resolve().parent.parent)
     proc = subprocess.Popen([sys.executable, "-m", "bench.pipeline", "--raw-consumer", AMQP_URL, q_in, q_out],
-                            cwd=str(Path(__file__).resolve().parent.parent), stdout=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+                            cwd=root, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": root})
     try:
         assert proc.stdout.readline().strip() == b"ready"
         state = {"done": 0}
@@ -177,9 +180,10 @@ def raw_round_trip_fps(payloads: list[bytes], window: int = WINDOW) -> float:
             state["done"] += 1
             message.ack()
 
+        meter = CpuMeter({"producer": [os.getpid()], "consumer": [proc.pid], "rabbit": rabbit_pids()})
         with Connection(AMQP_URL) as conn:
             producer = Producer(conn.channel(), exchange=ex)
-            with Consumer(conn.channel(), queues=[qout], on_message=on_reply, prefetch_count=64):
+            with Consumer(conn.channel(), queues=[qout], on_message=on_reply, prefetch_count=64), meter:
                 sent = 0
                 t0 = time.perf_counter()
                 while state["done"] < len(payloads):
@@ -193,17 +197,51 @@ def raw_round_trip_fps(payloads: list[bytes], window: int = WINDOW) -> float:
                     except socket.timeout:
                         raise RuntimeError("raw round trip stalled") from None
                 elapsed = time.perf_counter() - t0
-                producer.publish(b"stop", routing_key=q_in, serializer=None, content_encoding="binary")
+            producer.publish(b"stop", routing_key=q_in, serializer=None, content_encoding="binary")
         proc.wait(10)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         delete_queues(q_in, q_out)
-    return len(payloads) / elapsed
+    return len(payloads) / elapsed, meter.per_frame_ms(len(payloads))
 
 
-def probe_pipeline(server, clock: ArrivalClock, clip: Path, node: str, *, pace: float = 0.0) -> tuple[str, dict]:
+class MemorySource:
+    """Frames already decoded and resized, served from memory: the pipeline without the
+    source read and resize (the generator still JPEG-encodes each frame)."""
+
+    def __init__(self, frames: list, fps: float = 10.0) -> None:
+        from services.sources import SourceInfo
+
+        h, w = frames[0].shape[:2]
+        self.frames_ = frames
+        self.info = SourceInfo(w, h, fps, len(frames), live=False)
+
+    def frames(self, start_ts: float = 0.0):
+        from services.sources import SourceFrame
+
+        first = int(round(start_ts * self.info.fps))
+        for i in range(first, len(self.frames_)):
+            yield SourceFrame(i, i / self.info.fps, self.frames_[i])
+
+    def close(self) -> None:
+        pass
+
+
+def serve_from_memory(path: Path, frames: list) -> None:
+    """Make the tracker's generators read `path` from memory (this process only)."""
+    import tracker.runtime as runtime
+
+    original = getattr(runtime, "_bench_original_open_source", runtime.open_source)
+    runtime._bench_original_open_source = original
+    table = getattr(runtime, "_bench_memory_sources", {})
+    table[str(path)] = frames
+    runtime._bench_memory_sources = table
+    runtime.open_source = lambda spec: MemorySource(table[spec]) if spec in table else original(spec)
+
+
+def probe_pipeline(server, clip: Path, node: str, *, pace: float = 0.0) -> tuple[str, dict]:
     plan = fixed_plan(["probe"], node, resolution=PLUMB_RESOLUTION)
     return run_job(server, str(clip), PROBE, plan, pace=pace, backpressure="block" if pace == 0 else "drop")
 
@@ -212,30 +250,48 @@ def bench_plumbing(cfg: dict, tmp: Path, log_dir: Path) -> dict:
     from services.video_conf import encode_jpeg
 
     clip = write_clip(tmp / f"plumb-{cfg['plumb_frames']}.avi", cfg["plumb_frames"])
-    payloads = [encode_jpeg(f, 85) for f in read_frames(clip, PLUMB_RESOLUTION)]
+    frames = read_frames(clip, PLUMB_RESOLUTION)
+    payloads = [encode_jpeg(f, 85) for f in frames]
+    mem_clip = tmp / "plumb-memory.avi"
+    mem_clip.write_bytes(clip.read_bytes())  # passes the source checks; served from memory
+    serve_from_memory(mem_clip, frames)
+    n = len(payloads)
     node = unique_node("bp")
     worker = start_worker(node, concurrency=1, log_path=log_dir / "worker-plumb.log")
     rounds = []
     try:
         with rabbit_tracker(node, max_in_flight=WINDOW) as (server, _):
             clock = ArrivalClock(server)
-            probe_pipeline(server, clock, write_clip(tmp / "warm20.avi", 20), node)  # worker warm-up
+            probe_pipeline(server, write_clip(tmp / "warm20.avi", 20), node)  # worker warm-up
+            groups = {"tracker": [os.getpid()], "worker": process_tree(worker.pid), "rabbit": rabbit_pids()}
             for _ in range(cfg["plumb_rounds"]):
-                raw = raw_round_trip_fps(payloads)
-                uid, job = probe_pipeline(server, clock, clip, node)
-                assert job["state"] == "DONE" and job["stats"]["frames_out"] == len(payloads), job
+                raw, raw_cpu = raw_round_trip_fps(payloads)
+                with CpuMeter(groups) as file_cpu:
+                    uid, job = probe_pipeline(server, clip, node)
+                assert job["state"] == "DONE" and job["stats"]["frames_out"] == n, job
                 pipe = clock.fps(uid)
-                rounds.append({"raw_fps": raw, "pipeline_fps": pipe, "ratio": pipe / raw})
+                with CpuMeter(groups) as mem_cpu:
+                    uid, job = probe_pipeline(server, mem_clip, node)
+                assert job["state"] == "DONE" and job["stats"]["frames_out"] == n, job
+                mem = clock.fps(uid)
+                rounds.append({"raw_fps": raw, "pipeline_fps": pipe, "ratio": pipe / raw,
+                               "memory_source_fps": mem, "memory_source_ratio": mem / raw,
+                               "cpu_ms_per_frame": {"raw": raw_cpu, "pipeline": file_cpu.per_frame_ms(n),
+                                                    "pipeline_memory_source": mem_cpu.per_frame_ms(n)}})
     finally:
         stop_process(worker)
     return {
         "plumbing_ratio": median([r["ratio"] for r in rounds]),
         "plumbing_raw_fps": median([r["raw_fps"] for r in rounds]),
         "plumbing_pipeline_fps": median([r["pipeline_fps"] for r in rounds]),
+        "plumbing_memory_source_ratio": median([r["memory_source_ratio"] for r in rounds]),
+        "plumbing_memory_source_fps": median([r["memory_source_fps"] for r in rounds]),
+        "plumbing_cpu_ms_per_frame": rounds[len(rounds) // 2]["cpu_ms_per_frame"],
         "plumbing_rounds": rounds,
-        "plumbing_setup": f"frame_probe, {len(payloads)} vtest frames at {PLUMB_RESOLUTION}, "
-                          f"mean JPEG {sum(map(len, payloads)) // len(payloads)} B, window {WINDOW}, "
-                          f"1 prefork worker (prefetch 4)",
+        "plumbing_setup": f"frame_probe, {n} vtest frames at {PLUMB_RESOLUTION}, "
+                          f"mean JPEG {sum(map(len, payloads)) // n} B, window {WINDOW}, "
+                          f"1 prefork worker (prefetch 4); pipeline = from the MJPG clip (read+resize+encode "
+                          f"in the generator); memory_source = pre-decoded, pre-resized frames (encode only)",
     }
 
 
@@ -248,8 +304,8 @@ def bench_latency(cfg: dict, tmp: Path, log_dir: Path) -> dict:
     try:
         with rabbit_tracker(node, max_in_flight=WINDOW) as (server, _):
             clock = ArrivalClock(server)
-            probe_pipeline(server, clock, write_clip(tmp / "warm20.avi", 20), node)
-            uid, job = probe_pipeline(server, clock, clip, node, pace=3.0)
+            probe_pipeline(server, write_clip(tmp / "warm20.avi", 20), node)
+            uid, job = probe_pipeline(server, clip, node, pace=3.0)
             results = [r for r in _results(server, uid) if not r["lost"]]
     finally:
         stop_process(worker)
@@ -280,19 +336,19 @@ def bench_sweep(cfg: dict, tmp: Path, log_dir: Path) -> list[dict]:
             try:
                 with rabbit_tracker(node, max_in_flight=WINDOW, reorder_wait_s=5.0) as (server, _):
                     clock = ArrivalClock(server)
-                    probe_pipeline(server, clock, write_clip(tmp / "warm20.avi", 20), node)
+                    probe_pipeline(server, write_clip(tmp / "warm20.avi", 20), node)
                     if payloads is None:
                         from services.video_conf import encode_jpeg
 
                         payloads = [encode_jpeg(f, 85) for f in read_frames(clip, PLUMB_RESOLUTION)]
-                    row["raw_fps"] = raw_round_trip_fps(payloads)
+                    row["raw_fps"], _ = raw_round_trip_fps(payloads)
                     t0 = time.monotonic()
-                    uid, job = probe_pipeline(server, clock, clip, node)
+                    uid, job = probe_pipeline(server, clip, node)
                     row["pipeline_fps"] = clock.fps(uid)
                     row["frames_out"] = job["stats"]["frames_out"]
                     row["wall_s"] = time.monotonic() - t0
                     row["ratio"] = row["pipeline_fps"] / row["raw_fps"]
-                    uid, job = probe_pipeline(server, clock, lat_clip, node, pace=3.0)
+                    uid, job = probe_pipeline(server, lat_clip, node, pace=3.0)
                     lat = [r["latency_s"] * 1e3 for r in _results(server, uid) if not r["lost"]]
                     row["lat30_p50_ms"], row["lat30_p99_ms"] = pct(lat, 50), pct(lat, 99)
             except Exception as exc:  # a stalled setting is a result, not a crash

@@ -1,11 +1,14 @@
 """The PyMC model of stage latency and job accuracy, compiled once with nutpie.
 
 Latency (log-normal, per stage observation):
-    log t = a0 + svc[s] + node[n] + sn[s, n] + beta[s] * log(pixels / REF) + tunable * gam[g]
-            + b_load * -log(1 - load) + eps,           eps ~ N(0, sig)
+    log t = a0 + svc[s] + node[n] + sn[s, n] + (beta[s] + gpu * beta_gpu) * log(pixels / REF)
+            + tunable * (gam[g] + gpu * gam_gpu[g]) + (b_load + gpu * b_load_gpu) * -log(1 - load)
+            + eps,                                      eps ~ N(0, sig)
     svc, node, sn and beta are partially pooled (non-centred, learned scales) around prior
     means that come from the registry (tunable YOLO or light service) and the node
-    (GPU, CPU cores); gam (grade) is centred on the measured n/s/m ratios (DESIGN.md s.5).
+    (GPU, CPU cores); gam (grade) is centred on the measured n/s/m ratios (DESIGN.md s.5),
+    with a prior correlated across grades (one uncertain scale of the whole ratio table plus a
+    small per-grade deviation), so measuring one grade on a node informs the others.
 Accuracy (relative F1 vs the golden config, on the logit scale):
     logit F1 = th[g] + kappa * log(h / h_src) + lam * log(fps / fps_src) + rho * log(q / 100) + e
     th centred on the published COCO mAP ratio of each grade to x.
@@ -50,9 +53,11 @@ PRIORS = {
     "a0": (math.log(knobs.CPU_TIMINGS_S["n"][2]), 0.3),  # YOLO-n at REF_PIXELS on the reference CPU
     "svc_sd": 0.5, "node_sd": 0.5, "sn_sd": 0.2, "beta_sd": 0.1,
     "beta0": (knobs.pixel_exponent(), 0.1),
-    "gam": (np.log(knobs.grade_latency_ratio()[1:]), 0.25),
+    "gam": (np.log(knobs.grade_latency_ratio()[1:]), 0.08),   # per-grade sd (log)
+    "gam_scale_sd": 0.15,     # shared relative error of the grade-ratio table
     "b_load": (1.0, 0.3),
-    "gam_gpu": (-0.3, 0.3),   # mean: fraction of the CPU grade effect; sd: absolute
+    "b_load_gpu": (-0.5, 0.3),  # a GPU slows less with host load than a CPU does
+    "gam_gpu": (-0.3, 0.15),  # the GPU's grade effect as a fraction of the CPU's: mean, sd (shared)
     "beta_gpu": (-0.2, 0.2),
     "sig": 0.3,
     "th": (_logit(np.clip([knobs.COCO_MAP[g] / knobs.COCO_MAP["x"] for g in GRADES], *F1_CLIP)), 0.6),
@@ -100,14 +105,15 @@ class Slots:
 class Layout:
     """Where each latency / accuracy coefficient sits in the flat parameter vectors.
 
-    Latency theta: svc[S], node[N], sn[S*N], beta[S], gam[G-1] (grades s..x vs n), b_load.
+    Latency theta: svc[S], node[N], sn[S*N], beta[S], gam[G-1] (grades s..x vs n), b_load,
+    gam_gpu[G-1], beta_gpu, b_load_gpu (the GPU interactions).
     Accuracy theta: th[G], kappa, lam, rho.
     """
 
     def __init__(self, S: int, N: int) -> None:
         self.S, self.N = S, N
         sizes = {"svc": S, "node": N, "sn": S * N, "beta": S, "gam": N_GRADES - 1, "b_load": 1,
-                 "gam_gpu": N_GRADES - 1, "beta_gpu": 1}
+                 "gam_gpu": N_GRADES - 1, "beta_gpu": 1, "b_load_gpu": 1}
         self.lat: dict[str, slice] = {}
         i = 0
         for k, n in sizes.items():
@@ -132,11 +138,16 @@ class Layout:
         block(L["sn"], 0.0, np.diag(np.full(self.S * self.N, P["sn_sd"] ** 2)))
         # beta[s] = beta0 + N(0, beta_sd): partial pooling of the pixel slope across services.
         block(L["beta"], P["beta0"][0], np.eye(self.S) * P["beta_sd"] ** 2 + P["beta0"][1] ** 2)
-        block(L["gam"], P["gam"][0], np.diag(np.full(N_GRADES - 1, P["gam"][1] ** 2)))
+        # gam = log r * (1 + u) + v: u shared by every grade, v per grade.
+        lr = P["gam"][0]
+        eye = np.eye(N_GRADES - 1)
+        block(L["gam"], lr, P["gam_scale_sd"] ** 2 * np.outer(lr, lr) + P["gam"][1] ** 2 * eye)
         block(L["b_load"], P["b_load"][0], np.array([[P["b_load"][1] ** 2]]))
-        # On a GPU, pixels and grade cost relatively less (an under-occupied device).
-        block(L["gam_gpu"], P["gam_gpu"][0] * P["gam"][0], np.diag(np.full(N_GRADES - 1, P["gam_gpu"][1] ** 2)))
+        # On a GPU, pixels and grade cost relatively less (an under-occupied device):
+        # gam_gpu = w * log r + v', w shared by every grade.
+        block(L["gam_gpu"], P["gam_gpu"][0] * lr, P["gam_gpu"][1] ** 2 * np.outer(lr, lr) + 0.05**2 * eye)
         block(L["beta_gpu"], P["beta_gpu"][0], np.array([[P["beta_gpu"][1] ** 2]]))
+        block(L["b_load_gpu"], P["b_load_gpu"][0], np.array([[P["b_load_gpu"][1] ** 2]]))
         return mean, cov
 
     def acc_prior(self) -> tuple[np.ndarray, np.ndarray]:
@@ -160,6 +171,7 @@ class Layout:
         gpu = np.asarray(gpu, float)
         X[r[has], L["gam_gpu"].start + g[has] - 1] = (np.asarray(tun) * gpu)[has]
         X[r, L["beta_gpu"].start] = logpix * gpu
+        X[r, L["b_load_gpu"].start] = load * gpu
         return X
 
     def acc_rows(self, grade, logh, logfps, logq) -> np.ndarray:
@@ -178,7 +190,7 @@ class Layout:
             "gam": np.concatenate([np.zeros((n, 1)), theta[:, L["gam"]]], axis=1),
             "b_load": theta[:, L["b_load"]][:, 0], "sig": np.asarray(sig),
             "gam_gpu": np.concatenate([np.zeros((n, 1)), theta[:, L["gam_gpu"]]], axis=1),
-            "beta_gpu": theta[:, L["beta_gpu"]][:, 0],
+            "beta_gpu": theta[:, L["beta_gpu"]][:, 0], "b_load_gpu": theta[:, L["b_load_gpu"]][:, 0],
             "th": theta_a[:, A["th"]], "kappa": theta_a[:, A["kappa"]][:, 0],
             "lam": theta_a[:, A["lam"]][:, 0], "rho": theta_a[:, A["rho"]][:, 0], "sig_a": np.asarray(sig_a),
         }

@@ -1,15 +1,26 @@
 """The Bayesian planner: decides from posterior draws, refreshes the posterior in the background.
 
-Decision (per job, a few ms):
+Decision (per job, a few ms, all numpy over the posterior draws):
 1. Score every candidate (knobs.Candidates) with posterior-mean service times: mean delay,
    E[F1], compute share. Keep the most useful ones that might meet the delay constraint.
-2. For those, draw per-frame delays and F1 from the posterior (predictive, with noise):
-   P(delay <= constraint) and expected utility.
-3. Feasible = P(delay <= constraint) >= delay_prob (and E[F1] >= the user's accuracy when
-   some candidate reaches it). Among feasible plans within `explore_margin` of the best
-   expected utility, keep the last plan (stability), or, with probability `explore_prob`,
-   pick by Thompson sampling (one posterior draw): exploration never costs more than the
-   margin in expected utility. Nothing feasible: the plan most likely to meet the delay.
+2. For those, draw the *window-mean* frame delay (what the SLO counts: parameter uncertainty
+   plus the noise of a mean of the window's frames) and F1 from the posterior:
+   P(delay <= D) and expected utility. Utility = E[min(F1, aim)] (+ a little above it)
+   - COST_WEIGHT x compute share, where aim = the accuracy goal (user's, else 0.95) plus a
+   margin: accuracy counts first, compute only breaks ties once the aim is reached.
+3. Feasible = P(delay <= D) >= delay_prob (and E[F1] >= the user's accuracy when some
+   candidate reaches it). Keep the last plan when it is within `keep_margin` of the best
+   (stability), else jump straight to the best (no knob-by-knob climbing). Nothing feasible:
+   the plan most likely to meet the delay.
+
+Between posterior refreshes the draws are recalibrated per job from its latest window: per
+(service, node) the log residual of the measured service times, and per job the logit residual
+of its profiled F1 (content differs between jobs), each computed per draw and shrunk.
+A shift (constraint change, a node gone or added, a measured window far outside the
+predictive) drops the job's older observations on the affected nodes, asks the refresher to
+run now, and disables keep and exploration for a few rounds. Exploration is bounded: at most
+one Thompson-sampled plan per job every `explore_every` rounds, only among near-best plans
+with P(delay <= D) >= explore_delay_prob.
 
 Threads: `plan` may be called from one thread (the scheduler loop) while the refresher
 thread samples; they share only the immutable Snapshot (swapped under a lock) and the
@@ -19,9 +30,11 @@ observation buffer (under a lock). The compiled model is used by the refresher t
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -33,9 +46,38 @@ from services.video_conf import GRADES
 
 log = logging.getLogger(__name__)
 
+AIM_MARGIN = 0.01        # aim this far above the accuracy goal: E[F1] near the goal is a coin toss
+SURPRISE_LOG = math.log(1.5)  # a window's service time this far (x or /) from the predictive is a shift
+MAX_WINDOW_FRAMES = 30
+
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
+
+
+@dataclass
+class _JobState:
+    constraint: tuple[float, float] | None = None
+    nodes: frozenset[str] = frozenset()
+    rounds: int = 0
+    last_explore: int = -(10**9)
+    shift_round: int = -(10**9)
+    shift_why: str = ""
+    stale: dict[str, float] = field(default_factory=dict)  # node -> drop this job's obs there before ts
+    f1_delta: np.ndarray | None = None     # per-draw logit correction of this job's F1
+    f1_version: int = -1
+
+
+@dataclass(frozen=True)
+class _Static:
+    """Per candidate-set arrays that do not change between decisions."""
+
+    cost: np.ndarray          # [C] compute share of golden
+    nbytes: np.ndarray        # [C] modelled JPEG bytes
+    grid: np.ndarray          # [C] grid row of each candidate
+    rows: np.ndarray          # [R] first candidate of each grid row
+    acc_x: np.ndarray         # [R, 4] grade, log h ratio, log fps ratio, log q of each grid row
+    frames: np.ndarray        # [C] frames in a planning window
 
 
 class BayesPlanner:
@@ -50,8 +92,13 @@ class BayesPlanner:
         delay_prob: float = 0.95,
         n_draws: int = 64,
         shortlist: int = 48,
+        keep_margin: float = 0.004,
         explore_margin: float = 0.01,
-        explore_prob: float = 0.1,
+        explore_every: int = 6,
+        explore_delay_prob: float = 0.99,
+        aim_margin: float = AIM_MARGIN,
+        window_s: float = 2.0,
+        shift_cooldown: int = 2,
         obs_per_job: int = 400,
         max_obs: int = 6000,
         job_ttl_s: float = 300.0,
@@ -60,7 +107,9 @@ class BayesPlanner:
         self.model = model or BayesModel()
         L = self.model.layout
         self.delay_prob, self.n_draws, self.shortlist = delay_prob, n_draws, shortlist
-        self.explore_margin, self.explore_prob = explore_margin, explore_prob
+        self.keep_margin, self.explore_margin = keep_margin, explore_margin
+        self.explore_every, self.explore_delay_prob = explore_every, explore_delay_prob
+        self.aim_margin, self.window_s, self.shift_cooldown = aim_margin, window_s, shift_cooldown
         self.obs_per_job, self.max_obs, self.job_ttl_s = obs_per_job, max_obs, job_ttl_s
         self.refresh_interval_s = refresh_interval_s
         self.svc_slot, self.node_slot = Slots(L.S), Slots(L.N)
@@ -71,10 +120,16 @@ class BayesPlanner:
         self._obs: dict[str, tuple[float, list[tuple[Observation, str, float, float]]]] = {}
         self._bytes_ratio = 1.0
         self._dirty = False
+        self._wake = threading.Event()
         self._snapshot = bayes.prior_snapshot(L, self._svc_mu, self._node_mu, seed=seed)
-        self._cands: OrderedDict[tuple, knobs.Candidates] = OrderedDict()
+        self._means: tuple[int, dict[str, np.ndarray]] | None = None
+        self._cands: OrderedDict[tuple, tuple[knobs.Candidates, _Static]] = OrderedDict()
+        self._jobs: dict[str, _JobState] = {}
+        # (service slot, node slot) -> (per-draw log correction, window ts, snapshot version)
+        self._lat_delta: dict[tuple[int, int], tuple[np.ndarray, float, int]] = {}
         self.refresh_times: list[float] = []
         self.decision_times: list[float] = []
+        self.shifts: list[tuple[str, int, str]] = []  # (job, round, why), for reports and tests
         self._background = background
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -87,31 +142,39 @@ class BayesPlanner:
 
     def close(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
 
     def _refresh_loop(self) -> None:
-        log.info("posterior refresher started (every %.1f s)", self.refresh_interval_s)
+        log.info("posterior refresher started (every %.1f s, or at once after a shift)", self.refresh_interval_s)
         try:
             self.model.compile()  # compiled in this thread, used only here
         except Exception:
             log.exception("model compile failed; planning stays on the prior")
             return
         while not self._stop.is_set():
+            self._wake.clear()
             if self._dirty:
                 try:
                     self.refresh_now()
                 except Exception:
                     log.exception("posterior refresh failed; keeping the previous posterior")
-            self._stop.wait(self.refresh_interval_s)
+            self._wake.wait(self.refresh_interval_s)
         log.info("posterior refresher stopped")
 
+    @property
+    def urgent(self) -> bool:
+        """A shift was detected since the last refresh: refresh now rather than on schedule."""
+        return self._wake.is_set()
+
     # ---- data ---------------------------------------------------------------------------------
-    def _ingest(self, inp: PlanningInput) -> None:
+    def _ingest(self, inp: PlanningInput, st: _JobState) -> None:
         services = {s.name: s.service for s in inp.dag.stages}
         rows = [(o, services.get(o.stage, o.stage), float(inp.source.height), float(inp.source.fps))
-                for o in inp.observations[-self.obs_per_job:] if o.stage in services]
+                for o in inp.observations[-self.obs_per_job:]
+                if o.stage in services and o.ts >= st.stale.get(o.node, -math.inf)]
         for n in inp.nodes:
             self._node_mu[self.node_slot(n.name)] = bayes.node_prior(n)
             self._node_gpu[self.node_slot(n.name)] = float(n.gpu)
@@ -131,10 +194,12 @@ class BayesPlanner:
     def forget(self, job_uid: str) -> None:
         with self._lock:
             self._obs.pop(job_uid, None)
+            self._jobs.pop(job_uid, None)
 
     def refresh_now(self) -> Snapshot:
         """Sample the posterior from the current observations and publish it (blocking)."""
         now = time.time()
+        self._wake.clear()
         with self._lock:
             for uid in [u for u, (ts, _) in self._obs.items() if now - ts > self.job_ttl_s]:
                 del self._obs[uid]
@@ -153,147 +218,265 @@ class BayesPlanner:
     def snapshot(self) -> Snapshot:
         return self._snapshot
 
-    # ---- decision -----------------------------------------------------------------------------
-    def _candidates(self, inp: PlanningInput) -> knobs.Candidates:
+    # ---- candidates -----------------------------------------------------------------------------
+    def _candidates(self, inp: PlanningInput) -> tuple[knobs.Candidates, _Static]:
         key = knobs.candidates_key(inp)
-        c = self._cands.get(key)
-        if c is None:
+        hit = self._cands.get(key)
+        if hit is None:
             c = knobs.build_candidates(inp)
-            self._cands[key] = c
+            rows = np.arange(len(c) // c.n_map) * c.n_map
+            h = c.height.astype(float)
+            acc_x = np.stack([
+                c.grade_idx[rows].astype(float),
+                np.log(np.minimum(h[rows] / c.src_height, 1.0)),
+                np.log(np.minimum(c.fps[rows] / c.src_fps, 1.0)),
+                np.log(c.quality[rows] / 100.0),
+            ], axis=1)
+            static = _Static(
+                cost=c.compute() / c.golden_compute(), nbytes=knobs.frame_bytes(c.width, c.height, c.quality),
+                grid=c.grid_idx, rows=rows, acc_x=acc_x,
+                frames=np.clip(c.fps * self.window_s, 1, MAX_WINDOW_FRAMES),
+            )
+            hit = self._cands[key] = (c, static)
             if len(self._cands) > 256:
                 self._cands.popitem(last=False)
         else:
             self._cands.move_to_end(key)
-        return c
+        return hit
 
-    def _service_draws(self, snap: Snapshot, c: knobs.Candidates, load_term: np.ndarray, n: int):
-        """log service time [K, J, R, G, n] (posterior), and noise sd [n]."""
-        d = snap.draws
+    # ---- posterior views -------------------------------------------------------------------------
+    def _draws(self, snap: Snapshot, n: int) -> dict[str, np.ndarray]:
         sel = slice(0, min(n, snap.n))
+        return {k: v[sel] for k, v in snap.draws.items()}
+
+    def _prior_shift(self, snap: Snapshot, s_idx: np.ndarray, j_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A slot whose prior mean changed after the draws were made is shifted by the change."""
+        if snap.svc_mu is None:
+            return np.zeros(len(s_idx)), np.zeros(len(j_idx))
+        return self._svc_mu[s_idx] - snap.svc_mu[s_idx], self._node_mu[j_idx] - snap.node_mu[j_idx]
+
+    def _service_draws(self, d: dict[str, np.ndarray], snap: Snapshot, c: knobs.Candidates):
+        """log service time without load [K, J, R, G, n]."""
         s_idx = np.array([self.svc_slot(s) for s in c.services])
         j_idx = np.array([self.node_slot(name) for name in c.nodes])
-        svc = d["svc"][sel][:, s_idx]                    # [n, K]
-        node = d["node"][sel][:, j_idx]                  # [n, J]
-        if snap.svc_mu is not None:  # a slot whose prior mean changed after the draws were made
-            svc = svc + (self._svc_mu[s_idx] - snap.svc_mu[s_idx])
-            node = node + (self._node_mu[j_idx] - snap.node_mu[j_idx])
-        sn = d["sn"][sel][:, s_idx][:, :, j_idx]         # [n, K, J]
-        beta = d["beta"][sel][:, s_idx]                  # [n, K]
-        gam = d["gam"][sel]                              # [n, G]
-        b_load = d["b_load"][sel]                        # [n]
+        ds, dn = self._prior_shift(snap, s_idx, j_idx)
+        svc = d["svc"][:, s_idx] + ds                    # [n, K]
+        node = d["node"][:, j_idx] + dn                  # [n, J]
+        sn = d["sn"][:, s_idx][:, :, j_idx]              # [n, K, J]
+        beta = d["beta"][:, s_idx]                       # [n, K]
         logpix = np.log(np.array([w * h for _, w, h in c.res], float) / knobs.REF_PIXELS)  # [R]
         tun = c.tunable.astype(float)
         gpu = self._node_gpu[j_idx]                      # [J]
-        gam_j = gam[:, None, :] + gpu[None, :, None] * d["gam_gpu"][sel][:, None, :]      # [n, J, G]
-        beta_j = beta[:, :, None] + gpu[None, None, :] * d["beta_gpu"][sel][:, None, None]  # [n, K, J]
+        gam_j = d["gam"][:, None, :] + gpu[None, :, None] * d["gam_gpu"][:, None, :]       # [n, J, G]
+        beta_j = beta[:, :, None] + gpu[None, None, :] * d["beta_gpu"][:, None, None]      # [n, K, J]
         mu = (svc[:, :, None, None, None] + node[:, None, :, None, None] + sn[:, :, :, None, None]
               + beta_j[:, :, :, None, None] * logpix[None, None, None, :, None]
-              + tun[None, :, None, None, None] * gam_j[:, None, :, None, :]
-              + b_load[:, None, None, None, None] * load_term[None, None, :, None, None])
-        return np.moveaxis(mu, 0, -1), d["sig"][sel]    # [K, J, R, G, n]
+              + tun[None, :, None, None, None] * gam_j[:, None, :, None, :])
+        return np.moveaxis(mu, 0, -1)                    # [K, J, R, G, n]
 
-    def _f1_draws(self, snap: Snapshot, c: knobs.Candidates, n: int) -> np.ndarray:
-        """F1 draws per grid row [rows, n]."""
-        d = snap.draws
-        sel = slice(0, min(n, snap.n))
-        rows = np.arange(len(c.fps) // c.n_map) * c.n_map
-        h = c.height[rows].astype(float)
-        logh = np.log(np.minimum(h / c.src_height, 1.0))
-        logf = np.log(np.minimum(c.fps[rows] / c.src_fps, 1.0))
-        logq = np.log(c.quality[rows] / 100.0)
-        g = c.grade_idx[rows]
-        eta = (d["th"][sel][:, g] + d["kappa"][sel][:, None] * logh + d["lam"][sel][:, None] * logf
-               + d["rho"][sel][:, None] * logq)
-        return _sigmoid(eta).T
+    def _load_slope(self, d: dict[str, np.ndarray], gpu: np.ndarray) -> np.ndarray:
+        """[J, n] coefficient of -log(1 - load) per node."""
+        return d["b_load"][None, :] + gpu[:, None] * d["b_load_gpu"][None, :]
 
+    def _obs_log_mu(self, d: dict[str, np.ndarray], snap: Snapshot, svc: str, o: Observation) -> np.ndarray:
+        """Per-draw predicted log service time [n] at one observation's covariates."""
+        s, j = self.svc_slot(svc), self.node_slot(o.node)
+        ds, dn = self._prior_shift(snap, np.array([s]), np.array([j]))
+        gpu = self._node_gpu[j]
+        logpix = math.log(max(o.width * o.height, 1) / knobs.REF_PIXELS)
+        mu = d["svc"][:, s] + ds[0] + d["node"][:, j] + dn[0] + d["sn"][:, s, j] + (d["beta"][:, s] + gpu * d["beta_gpu"]) * logpix
+        if knobs.is_tunable(svc) and o.grade in GRADES:
+            g = GRADES.index(o.grade)
+            mu = mu + d["gam"][:, g] + gpu * d["gam_gpu"][:, g]
+        lt = float(bayes.load_term(o.node_load or 0.0))
+        return mu + (d["b_load"] + gpu * d["b_load_gpu"]) * lt
+
+    # ---- recalibration and shift detection ----------------------------------------------------
+    def _recalibrate(self, inp: PlanningInput, st: _JobState, snap: Snapshot, d: dict[str, np.ndarray]) -> list[str]:
+        """Per-draw corrections from the job's latest window; returns nodes whose window was a surprise."""
+        services = {s.name: s.service for s in inp.dag.stages}
+        obs = [o for o in inp.observations if o.stage in services and o.ts >= st.stale.get(o.node, -math.inf)]
+        surprised: list[str] = []
+        if self._lat_delta and next(iter(self._lat_delta.values()))[2] != snap.version:
+            self._lat_delta.clear()
+        if obs:
+            last_ts = max(o.ts for o in obs)
+            groups: dict[tuple[str, str], list[Observation]] = {}
+            for o in obs:
+                if o.ts >= last_ts - 1e-9 and o.service_s > 0:
+                    groups.setdefault((services[o.stage], o.node), []).append(o)
+            for (svc, node), os_ in groups.items():
+                y = float(np.mean(np.log([o.service_s for o in os_])))
+                mu = self._obs_log_mu(d, snap, svc, os_[0])
+                resid = y - mu                                       # [n]
+                n = len(os_)
+                sd = math.sqrt(float(np.var(mu)) + float(np.mean(d["sig"] ** 2)) / n)
+                if abs(float(np.median(resid))) > max(SURPRISE_LOG, 3 * sd):
+                    surprised.append(node)
+                self._lat_delta[(self.svc_slot(svc), self.node_slot(node))] = (resid * n / (n + 2.0), last_ts, snap.version)
+        # Accuracy: this job's profiled F1 vs the pooled model, per draw, shrunk (2 pseudo-obs).
+        acc = [o for o in obs if o.accuracy is not None]
+        if acc:
+            h, f = float(inp.source.height), float(inp.source.fps)
+            g = np.array([GRADES.index(o.grade) if o.grade in GRADES else len(GRADES) - 1 for o in acc])
+            logh = np.log(np.minimum(np.array([o.height for o in acc]) / max(h, 1), 1.0))
+            logf = np.log(np.minimum(np.array([max(o.fps, 0.1) if o.fps else f for o in acc]) / max(f, 1), 1.0))
+            logq = np.log(np.array([o.quality for o in acc]) / 100.0)
+            eta = (d["th"][:, g] + d["kappa"][:, None] * logh + d["lam"][:, None] * logf + d["rho"][:, None] * logq)
+            y = bayes._logit(np.clip([o.accuracy for o in acc], *bayes.F1_CLIP))
+            st.f1_delta = (y[None, :] - eta).sum(axis=1) / (len(acc) + 2.0)
+        else:
+            st.f1_delta = None
+        return surprised
+
+    def _detect_shift(self, inp: PlanningInput, st: _JobState, c: knobs.Candidates, surprised: list[str]) -> str:
+        why = []
+        cons = (inp.constraint.delay, inp.constraint.accuracy)
+        if st.constraint is not None and cons != st.constraint:
+            why.append("constraint changed")
+        nodes = frozenset(c.nodes)
+        if st.nodes and nodes != st.nodes:
+            gone, new = st.nodes - nodes, nodes - st.nodes
+            why.append("nodes " + ", ".join([f"-{n}" for n in sorted(gone)] + [f"+{n}" for n in sorted(new)]))
+        if surprised:
+            why.append("delay surprise on " + ", ".join(sorted(set(surprised))))
+            last_ts = max(o.ts for o in inp.observations)
+            for n in surprised:  # older windows on that node describe a world that is gone
+                st.stale[n] = last_ts
+            with self._lock:
+                if inp.job_uid in self._obs:
+                    ts, rows = self._obs[inp.job_uid]
+                    self._obs[inp.job_uid] = (ts, [r for r in rows if r[0].ts >= st.stale.get(r[0].node, -math.inf)])
+        st.constraint, st.nodes = cons, nodes
+        if why:
+            st.shift_round, st.shift_why = st.rounds, "; ".join(why)
+            self.shifts.append((inp.job_uid, st.rounds, st.shift_why))
+            if surprised:
+                self._dirty = True
+                self._wake.set()
+            log.info("job %s: shift (%s): re-planning from the updated posterior", inp.job_uid, st.shift_why)
+        return "; ".join(why)
+
+    # ---- decision -----------------------------------------------------------------------------
     def plan(self, inp: PlanningInput) -> Plan:
         t0 = time.perf_counter()
         self.start()
-        self._ingest(inp)
-        c = self._candidates(inp)
+        st = self._jobs.setdefault(inp.job_uid, _JobState())
+        self._ingest(inp, st)
+        c, S = self._candidates(inp)
         snap = self._snapshot
+        d = self._draws(snap, self.n_draws)
+        n = len(d["sig"])
         D = inp.constraint.delay
-        target = inp.constraint.accuracy or knobs.ACCURACY_TARGET
+        goal = max(inp.constraint.accuracy, knobs.ACCURACY_TARGET)
+        aim = min(goal + self.aim_margin, 0.995)
         bg, cap, qdepth, bw = node_arrays(c, inp.nodes)
         last = c.index_of_plan(inp.last_plan)
+        surprised = self._recalibrate(inp, st, snap, d)
+        shift = self._detect_shift(inp, st, c, surprised)
+        in_shift = st.rounds - st.shift_round <= self.shift_cooldown
 
-        mu, sig = self._service_draws(snap, c, np.zeros(len(c.nodes)), self.n_draws)
-        n = mu.shape[-1]
-        mean_t = np.exp(mu + sig**2 / 2)                                  # [K, J, R, G, n]
-        # Load slows service (b_load * -log(1 - load)); the load the node reports includes
-        # this job's own work under its last plan, which is subtracted first.
-        tbar0 = mean_t.mean(axis=-1)                                      # [K, J, R, G]
+        j_idx = np.array([self.node_slot(name) for name in c.nodes])
+        s_idx = np.array([self.svc_slot(s) for s in c.services])
+        mu = self._service_draws(d, snap, c)                               # [K, J, R, G, n]
+        for k in range(len(c.stages)):                                     # recent-window corrections
+            for j in range(len(c.nodes)):
+                hit = self._lat_delta.get((int(s_idx[k]), int(j_idx[j])))
+                if hit is not None:
+                    mu[k, j] += hit[0][:n]
+        sig = d["sig"]
+        mean_t = np.exp(mu + sig**2 / 2)
+        # Load slows service ((b_load [+ b_load_gpu]) * -log(1 - load)); the load a node reports
+        # includes this job's own work under its last plan, which is subtracted first.
         if last is not None:
-            li = np.array([last])
-            own = self._own_work(c, li, tbar0)
+            own = self._own_work(c, last, mean_t.mean(axis=-1))
             bg = np.clip(bg - c.fps[last] * own / cap, 0.0, 0.99)
-        b_load = snap.draws["b_load"][:n]
-        slow = np.exp(b_load[None, :] * bayes.load_term(bg)[:, None])     # [J, n]
+        slow = np.exp(self._load_slope(d, self._node_gpu[j_idx]) * bayes.load_term(bg)[:, None])   # [J, n]
         mean_t = mean_t * slow[None, :, None, None, :]
         tbar = mean_t.mean(axis=-1)
-        f1_rows = self._f1_draws(snap, c, self.n_draws)                   # [rows, n]
+        f1_rows = self._f1_draws(d, S, st.f1_delta)                      # [rows, n]
         ef1_rows = f1_rows.mean(axis=1)
-        golden = c.golden_compute()
-        cost_all = c.compute() / golden
-        nbytes_all = knobs.frame_bytes(c.width, c.height, c.quality) * self._bytes_ratio
+        nbytes_all = S.nbytes * self._bytes_ratio
 
         # Phase 1: every candidate with posterior-mean service times.
         allidx = np.arange(len(c))
         K = len(c.stages)
         st_mean = np.stack([tbar[k, c.mapping[:, k], c.res_idx, c.grade_idx] for k in range(K)], axis=1)[:, :, None]
         trans_all = transfer_s(c, allidx, nbytes_all, bw)
-        d_mean, _ = plan_delay(c, allidx, st_mean, st_mean, bg, cap, qdepth, trans_all)
-        d_mean = d_mean[:, 0]
-        ef1 = ef1_rows[c.grid_idx]
-        u_mean = knobs.utility(ef1, cost_all, d_mean <= D, target)
+        d_mean = plan_delay(c, allidx, st_mean, st_mean, bg, cap, qdepth, trans_all)[0][:, 0]
+        u_mean = knobs.utility(ef1_rows[S.grid], S.cost, d_mean <= D, aim)
         short = self._shortlist(d_mean, u_mean, D, last)
 
-        # Phase 2: posterior predictive draws for the shortlist.
-        eps = self._rng.standard_normal((K, n))
-        st = np.stack([mu[k, c.mapping[short, k], c.res_idx[short], c.grade_idx[short]] for k in range(K)], axis=1)
-        st = np.exp(st + sig[None, None, :] * eps[None, :, :]) * slow[c.mapping[short], :]
+        # Phase 2: window-mean delay draws for the shortlist (parameter uncertainty + the noise
+        # of a mean over the window's frames).
+        nf = S.frames[short][:, None, None]
+        eps = self._rng.standard_normal((len(short), K, n))
+        lmu = np.stack([mu[k, c.mapping[short, k], c.res_idx[short], c.grade_idx[short]] for k in range(K)], axis=1)
+        sd_w = sig[None, None, :] / np.sqrt(nf)
+        stime = np.exp(lmu + sig**2 / 2 + sd_w * eps - sd_w**2 / 2) * slow[c.mapping[short], :]
         mt = np.stack([mean_t[k, c.mapping[short, k], c.res_idx[short], c.grade_idx[short]] for k in range(K)], axis=1)
-        delay, peak = plan_delay(c, short, st, mt, bg, cap, qdepth, trans_all[short])
+        delay, _ = plan_delay(c, short, stime, mt, bg, cap, qdepth, trans_all[short])
+        wait = delay - stime.sum(axis=1) - trans_all[short][:, None]
+        qn = self._rng.standard_normal(delay.shape) / np.sqrt(nf[:, 0])
+        delay = delay + np.where(np.isfinite(wait), wait * np.maximum(qn, -1.0), 0.0)
         p_ok = (delay <= D).mean(axis=1)
-        f1 = f1_rows[c.grid_idx[short]]                                   # [M, n]
-        cost = cost_all[short]
-        eu = knobs.utility(f1, cost[:, None], np.ones_like(f1, bool), target).mean(axis=1) * p_ok
+        f1 = f1_rows[S.grid[short]]                                       # [M, n]
+        ef1 = f1.mean(axis=1)
+        cost = S.cost[short]
+        eu = knobs.utility(f1, cost[:, None], np.ones_like(f1, bool), aim).mean(axis=1) * p_ok
         feasible = p_ok >= self.delay_prob
-        if inp.constraint.accuracy > 0 and (feasible & (f1.mean(axis=1) >= inp.constraint.accuracy)).any():
-            feasible &= f1.mean(axis=1) >= inp.constraint.accuracy
+        if inp.constraint.accuracy > 0 and (feasible & (ef1 >= inp.constraint.accuracy)).any():
+            feasible &= ef1 >= inp.constraint.accuracy
+        pos_last = int(np.flatnonzero(short == last)[0]) if last is not None and last in short else None
         if feasible.any():
             best = int(np.argmax(np.where(feasible, eu, -np.inf)))
-            near = feasible & (eu >= eu[best] - self.explore_margin)
-            pos_last = int(np.flatnonzero(short == last)[0]) if last is not None and last in short else None
-            if self._rng.random() < self.explore_prob:
+            safe = feasible & (p_ok >= self.explore_delay_prob) & (eu >= eu[best] - self.explore_margin)
+            if in_shift:
+                pick, why = best, f"shift: {st.shift_why}" if shift or st.shift_why else "best"
+            elif st.rounds - st.last_explore >= self.explore_every and safe.sum() > 1 and st.rounds > 0:
+                # One posterior draw (Thompson): which near-best, safe plan would be best if it were true.
                 d_star = int(self._rng.integers(n))
-                ts_u = knobs.utility(f1[:, d_star], cost, delay[:, d_star] <= D, target)
-                pick, why = int(np.argmax(np.where(near, ts_u, -np.inf))), "explore"
-            elif pos_last is not None and near[pos_last]:
+                ts_u = knobs.utility(f1[:, d_star], cost, delay[:, d_star] <= D, aim)
+                pick, why = int(np.argmax(np.where(safe, ts_u, -np.inf))), "explore"
+                st.last_explore = st.rounds
+            elif pos_last is not None and feasible[pos_last] and eu[pos_last] >= eu[best] - self.keep_margin:
                 pick, why = pos_last, "keep"
             else:
                 pick, why = best, "best"
         else:
             pick = int(np.lexsort((np.median(delay, axis=1), -p_ok))[0])
             why = "no plan meets the delay bound; most likely to"
+        st.rounds += 1
         i = int(short[pick])
-        reason = self._reason(c, short, pick, p_ok, f1, cost, D, why, snap, ef1, i)
+        reason = self._reason(c, short, pick, p_ok, f1, cost, D, why, snap, ef1_rows[S.grid], i)
         plan = knobs.to_plan(c, i, inp.nodes, self.name, reason)
         self.decision_times.append(time.perf_counter() - t0)
         return plan
 
+    def _f1_draws(self, d: dict[str, np.ndarray], S: _Static, delta: np.ndarray | None) -> np.ndarray:
+        """F1 draws per grid row [rows, n], with the job's recalibration."""
+        x = S.acc_x
+        g = x[:, 0].astype(np.int64)
+        eta = (d["th"][:, g] + d["kappa"][:, None] * x[:, 1] + d["lam"][:, None] * x[:, 2]
+               + d["rho"][:, None] * x[:, 3])
+        if delta is not None:
+            eta = eta + delta[: len(eta), None]
+        return _sigmoid(eta).T
+
     @staticmethod
-    def _own_work(c: knobs.Candidates, idx: np.ndarray, tbar: np.ndarray) -> np.ndarray:
+    def _own_work(c: knobs.Candidates, i: int, tbar: np.ndarray) -> np.ndarray:
         work = np.zeros(len(c.nodes))
-        i = int(idx[0])
         for k in range(len(c.stages)):
             work[c.mapping[i, k]] += tbar[k, c.mapping[i, k], c.res_idx[i], c.grade_idx[i]]
         return work
 
     def _shortlist(self, d_mean: np.ndarray, u_mean: np.ndarray, D: float, last: int | None) -> np.ndarray:
         ok = np.flatnonzero(d_mean <= 1.25 * D)
-        top = ok[np.argsort(-u_mean[ok])[: self.shortlist]]
-        fastest = np.argsort(d_mean)[:8]
+        if len(ok) > self.shortlist:
+            top = ok[np.argpartition(-u_mean[ok], self.shortlist)[: self.shortlist]]
+        else:
+            top = ok
+        fastest = np.argpartition(d_mean, 8)[:8] if len(d_mean) > 8 else np.arange(len(d_mean))
         extra = [last] if last is not None else []
         return np.unique(np.concatenate([top, fastest, np.array(extra, dtype=np.int64)])).astype(np.int64)
 
@@ -314,7 +497,6 @@ class BayesPlanner:
             if lower is not None:
                 head += f"; {c.res[r - 1][0]} would lose {ef1_all[i] - ef1_all[lower]:.2f} F1"
         return head
-
 
 def grade_of(plan: Plan) -> str | None:
     return next((m.grade for m in plan.flow_mapping.values() if m.grade in GRADES), None)

@@ -151,6 +151,8 @@ class FrameGenerator:
             for frame in self.source.frames(self.start_ts):
                 if self.stop.is_set():
                     return
+                if self.start_ts and frame.ts <= self.start_ts:
+                    continue  # resuming after a restart: this frame was handled before it
                 self.stats.read += 1
                 if self.pace > 0 and not self.source.info.live:
                     ahead = (frame.ts - self.start_ts) / self.pace - (time.monotonic() - wall0)

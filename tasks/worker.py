@@ -14,9 +14,13 @@ from tasks.queues import node_queue_name
 log = logging.getLogger(__name__)
 
 
-def worker_argv(node: str, concurrency: int, pool: str = "prefork", loglevel: str = "INFO") -> list[str]:
+def worker_argv(node: str, concurrency: int, pool: str = "prefork", loglevel: str = "INFO",
+                instance: str | None = None) -> list[str]:
+    """`instance` makes the nodename unique when several workers serve one node on one host:
+    remote control gives each nodename an exclusive pidbox queue, so a duplicate cannot start."""
+    host = f"%h-{instance}" if instance else "%h"
     return [
-        "worker", "-Q", node_queue_name(node), "-n", f"{node}@%h", "-P", pool,
+        "worker", "-Q", node_queue_name(node), "-n", f"{node}@{host}", "-P", pool,
         f"--concurrency={concurrency}", f"--loglevel={loglevel}",
         "--without-gossip", "--without-mingle",
     ]
@@ -26,7 +30,7 @@ def run_worker(app: Celery, node: str, concurrency: int, pool: str = "prefork", 
     """Blocks: the `vdag worker` command."""
     if pool == "prefork":
         os.environ.setdefault("VDAG_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // concurrency)))
-    app.worker_main(worker_argv(node, concurrency, pool, loglevel))
+    app.worker_main(worker_argv(node, concurrency, pool, loglevel, instance=str(os.getpid())))
 
 
 class _ReadyWorkController(WorkController):

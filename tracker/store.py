@@ -468,13 +468,14 @@ class Store:
         return frames[::-1]
 
     def last_result_position(self, uid: str) -> tuple[int, float] | None:
-        """(seq, capture_ts) of the highest stored frame: where a resumed generator continues."""
+        """(highest stored seq, latest capture_ts of a stored frame): where a resumed generator
+        continues. Lost frames have no capture time, so the two maxima are taken separately."""
         with self._sessions.reader() as s:
             row = s.execute(
-                select(FrameResultRow.seq, FrameResultRow.capture_ts)
-                .where(FrameResultRow.job_uid == uid).order_by(FrameResultRow.seq.desc()).limit(1)
+                select(func.max(FrameResultRow.seq), func.max(FrameResultRow.capture_ts))
+                .where(FrameResultRow.job_uid == uid)
             ).first()
-            return (int(row[0]), float(row[1])) if row else None
+            return (int(row[0]), float(row[1])) if row and row[0] is not None else None
 
     def result_count(self, uid: str) -> int:
         with self._sessions.reader() as s:

@@ -1,0 +1,283 @@
+"""API benchmark: result polling latency under load, and what MJPEG viewers cost the pipeline.
+
+    .venv/bin/python -m bench.api            # ~2 min, writes bench/results/api.json
+    .venv/bin/python -m bench.api --quick    # ~40 s
+
+Setup: RabbitMQ + one `vdag worker` process (prefork, 1 child) on a unique node; the
+tracker (aggregator, generator, SQLite store, werkzeug HTTP server started by
+TrackerServer with serve_http=True) in this process. The HTTP clients run in a separate
+process so that their Python work does not share the tracker's GIL (it does share the
+machine's cores, as a real client on the same host would).
+
+1. Polling: while a job renders vtest.avi at a paced 30 fps, open-loop requests at
+   200/s (a scheduler thread plus a pool of client threads with keep-alive connections),
+   alternating `GET /api/v1/jobs/<id>/results?after_seq=<latest-10>` and
+   `GET /user/sync_job_result/<id>`. Latency runs from the scheduled send time, so a
+   client that falls behind counts the wait (no coordinated omission).
+2. Viewers: the same rendering job unpaced (as fast as the pipeline goes), with no viewer
+   and with 10 MJPEG viewers of `/user/video/<id>`, alternating; fps loss and each
+   viewer's share of the frames rendered while it watched.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from bench.common import (AMQP_URL, ROOT, VTEST, ArrivalClock, fixed_plan, machine, median, pct, print_table,
+                          rabbit_tracker, rabbit_up, start_worker, stop_process, unique_node, wait_job, write_clip,
+                          write_json)
+
+STAGES = [
+    {"name": "probe", "service": "frame_probe", "inputs": {"image": "generator.image"}},
+    {"name": "render", "service": "render", "inputs": {"image": "generator.image"}},
+]
+RESOLUTION = "480p"
+DEFAULT = {"poll_s": 10.0, "viewer_frames": 300, "viewer_rounds": 2, "viewers": 10, "rate": 200.0}
+QUICK = {"poll_s": 4.0, "viewer_frames": 150, "viewer_rounds": 1, "viewers": 10, "rate": 200.0}
+TINY = {"poll_s": 1.5, "viewer_frames": 40, "viewer_rounds": 1, "viewers": 3, "rate": 100.0}
+
+
+# -- client processes ----------------------------------------------------------------------
+def poll_client(base: str, uid: str, rate: float, duration: float, threads: int) -> None:
+    """Open-loop poller; prints one JSON object on stdout."""
+    u = urlparse(base)
+    jobs: queue.Queue = queue.Queue()
+    lat: dict[str, list[float]] = {"results": [], "sync": []}
+    service: list[float] = []
+    errors: list[str] = []
+    latest = {"seq": -1}
+    lock = threading.Lock()
+
+    def worker() -> None:
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+        while True:
+            item = jobs.get()
+            if item is None:
+                return
+            due, kind = item
+            path = (f"/api/v1/jobs/{uid}/results?after_seq={max(latest['seq'] - 10, -1)}&limit=100"
+                    if kind == "results" else f"/user/sync_job_result/{uid}")
+            start = time.monotonic()
+            try:
+                conn.request("GET", path)
+                resp = conn.getresponse()
+                body = resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"HTTP {resp.status}")
+                if kind == "results":
+                    items = json.loads(body).get("items") or []
+                    if items:
+                        latest["seq"] = max(latest["seq"], items[-1]["seq"])
+            except Exception as exc:  # count, reconnect, go on
+                with lock:
+                    errors.append(f"{type(exc).__name__}: {exc}"[:120])
+                conn.close()
+                conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+                continue
+            done = time.monotonic()
+            with lock:
+                lat[kind].append((done - due) * 1e3)
+                service.append((done - start) * 1e3)
+
+    pool = [threading.Thread(target=worker, daemon=True) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    t0 = time.monotonic()
+    n = int(rate * duration)
+    for i in range(n):
+        due = t0 + i / rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        jobs.put((due, "results" if i % 2 == 0 else "sync"))
+    for _ in pool:
+        jobs.put(None)
+    for t in pool:
+        t.join(30)
+    elapsed = time.monotonic() - t0
+    print(json.dumps({"results_ms": lat["results"], "sync_ms": lat["sync"], "service_ms": service,
+                      "errors": errors, "sent": n, "elapsed_s": elapsed}))
+
+
+def viewer_client(base: str, count: int, timeout: float) -> None:
+    """Reads one job uid from stdin, opens `count` MJPEG streams, reads until each ends;
+    prints one JSON object: per viewer, the frame seqs it received."""
+    u = urlparse(base)
+    uid = sys.stdin.readline().strip()
+    seen: list[list[int]] = [[] for _ in range(count)]
+    errors: list[str] = []
+
+    def watch(k: int) -> None:
+        try:
+            conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+            conn.request("GET", f"/user/video/{uid}")
+            resp = conn.getresponse()
+            while True:
+                line = resp.readline()
+                if not line:
+                    return
+                if not line.startswith(b"--frame"):
+                    continue
+                length, seq = 0, None
+                while True:
+                    header = resp.readline().strip()
+                    if not header:
+                        break
+                    name, _, value = header.partition(b":")
+                    if name.lower() == b"content-length":
+                        length = int(value)
+                    elif name.lower() == b"x-frame-seq":
+                        seq = int(value)
+                resp.read(length)
+                if seq is not None:
+                    seen[k].append(seq)
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}"[:120])
+
+    threads = [threading.Thread(target=watch, args=(k,), daemon=True) for k in range(count)]
+    for t in threads:
+        t.start()
+    print("watching", flush=True)
+    for t in threads:
+        t.join(timeout)
+    print(json.dumps({"seen": seen, "errors": errors}), flush=True)
+
+
+def _client(*args: str, stdin=None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "bench.api", *args], cwd=ROOT, stdin=stdin,
+                            stdout=subprocess.PIPE, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+
+
+# -- the measurements ------------------------------------------------------------------------
+def submit(server, clip: Path, node: str, pace: float) -> str:
+    server.runtime.pace, server.runtime.backpressure = pace, "block" if pace == 0 else "drop"
+    resp = server.app.test_client().post("/api/v1/jobs", json={
+        "source": str(clip), "stages": STAGES,
+        "plan": fixed_plan([s["name"] for s in STAGES], node, resolution=RESOLUTION)})
+    if resp.status_code != 201:
+        raise RuntimeError(f"job rejected: {resp.get_json()}")
+    return resp.get_json()["uid"]
+
+
+def bench_polling(cfg: dict, server, node: str, tmp: Path) -> dict:
+    frames = int((cfg["poll_s"] + 3) * 30)
+    clip = write_clip(tmp / f"poll-{frames}.avi", frames)
+    uid = submit(server, clip, node, pace=3.0)  # vtest is 10 fps: x3 = 30 fps
+    time.sleep(1.0)  # results flowing
+    proc = _client("--poll-client", server.api_url, uid, str(cfg["rate"]), str(cfg["poll_s"]), "16")
+    out, _ = proc.communicate(timeout=cfg["poll_s"] + 60)
+    data = json.loads(out)
+    wait_job(server, uid)
+    both = data["results_ms"] + data["sync_ms"]
+    return {
+        "poll_p50_ms": pct(both, 50), "poll_p99_ms": pct(both, 99), "poll_max_ms": max(both) if both else None,
+        "poll_results_p50_ms": pct(data["results_ms"], 50), "poll_results_p99_ms": pct(data["results_ms"], 99),
+        "poll_sync_p50_ms": pct(data["sync_ms"], 50), "poll_sync_p99_ms": pct(data["sync_ms"], 99),
+        "poll_service_p50_ms": pct(data["service_ms"], 50), "poll_service_p99_ms": pct(data["service_ms"], 99),
+        "poll_requests": len(both), "poll_errors": len(data["errors"]),
+        "poll_achieved_rps": len(both) / data["elapsed_s"],
+        "poll_setup": f"{cfg['rate']:.0f} req/s open loop for {cfg['poll_s']} s, 16 client threads in a separate "
+                      f"process, keep-alive; job probe+render at a paced 30 fps, {RESOLUTION}",
+    }
+
+
+def bench_viewers(cfg: dict, server, node: str, tmp: Path) -> dict:
+    clip = write_clip(tmp / f"view-{cfg['viewer_frames']}.avi", cfg["viewer_frames"])
+    clock = ArrivalClock(server)
+    plain, watched, shares, errors = [], [], [], []
+    for _ in range(cfg["viewer_rounds"]):
+        uid = submit(server, clip, node, pace=0.0)
+        wait_job(server, uid)
+        plain.append(clock.fps(uid, skip=5))
+        proc = _client("--viewer-client", server.api_url, str(cfg["viewers"]), "120", stdin=subprocess.PIPE)
+        uid = submit(server, clip, node, pace=0.0)
+        proc.stdin.write(f"{uid}\n".encode())
+        proc.stdin.flush()
+        wait_job(server, uid)
+        out, _ = proc.communicate(timeout=150)
+        data = json.loads(out.decode().strip().splitlines()[-1])
+        watched.append(clock.fps(uid, skip=5))
+        errors += data["errors"]
+        for seqs in data["seen"]:
+            seqs = [s for s in seqs]
+            if len(seqs) >= 2:
+                span = max(seqs) - min(seqs) + 1
+                shares.append(len(set(seqs)) / span)
+            else:
+                shares.append(0.0)
+    fps0, fps10 = median(plain), median(watched)
+    return {
+        "viewer_fps_none": fps0, "viewer_fps_with": fps10, "viewer_fps_loss": max(0.0, 1 - fps10 / fps0),
+        "viewer_fps_loss_signed": 1 - fps10 / fps0,
+        "viewer_frame_share_min": min(shares) if shares else 0.0,
+        "viewer_frame_share_median": median(shares), "viewer_errors": len(errors),
+        "viewer_rounds": [{"fps_none": a, "fps_with": b} for a, b in zip(plain, watched)],
+        "viewer_setup": f"probe+render unpaced (backpressure=block), {cfg['viewer_frames']} vtest frames at "
+                        f"{RESOLUTION}, {cfg['viewers']} viewers of /user/video/<id> in a separate process; "
+                        f"share = distinct frames a viewer got / frames rendered in its span",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--tiny", action="store_true", help="smoke-test size")
+    p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/api.json)")
+    p.add_argument("--poll-client", nargs=5, help=argparse.SUPPRESS)
+    p.add_argument("--viewer-client", nargs=3, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.poll_client:
+        base, uid, rate, duration, threads = args.poll_client
+        poll_client(base, uid, float(rate), float(duration), int(threads))
+        return 0
+    if args.viewer_client:
+        base, count, timeout = args.viewer_client
+        viewer_client(base, int(count), float(timeout))
+        return 0
+    if not rabbit_up():
+        print(f"RabbitMQ not reachable at {AMQP_URL}", file=sys.stderr)
+        return 2
+    if not VTEST.exists():
+        print(f"{VTEST} missing: apt-get install opencv-doc", file=sys.stderr)
+        return 2
+    cfg = TINY if args.tiny else QUICK if args.quick else DEFAULT
+    tmp = Path(tempfile.mkdtemp(prefix="vdag-bench-api-"))
+    result: dict = {"machine": machine(), "mode": "tiny" if args.tiny else "quick" if args.quick else "default",
+                    "broker": "RabbitMQ (amqp) + 1 vdag worker process (prefork, 1 child); tracker with werkzeug "
+                              "HTTP server in the bench process; clients in separate processes",
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    t0 = time.monotonic()
+    node = unique_node("ba")
+    worker = start_worker(node, concurrency=1, log_path=tmp / "worker.log")
+    try:
+        with rabbit_tracker(node, serve_http=True) as (server, _):
+            submit(server, write_clip(tmp / "warm.avi", 10), node, pace=0.0)  # worker warm-up
+            time.sleep(3)
+            result.update(bench_polling(cfg, server, node, tmp))
+            result.update(bench_viewers(cfg, server, node, tmp))
+    finally:
+        stop_process(worker)
+    result["wall_s"] = round(time.monotonic() - t0, 1)
+    result["targets"] = {
+        "poll_p99_ms<=20": bool(result["poll_p99_ms"] <= 20),
+        "viewer_fps_loss<=0.05": bool(result["viewer_fps_loss"] <= 0.05),
+    }
+    path = write_json("api.json", result, args.out)
+    rows = [(k, v) for k, v in result.items() if isinstance(v, (int, float, str)) and k != "machine"]
+    print_table(f"vdag API bench ({result['mode']}) on {result['machine']}", rows)
+    print("targets:", result["targets"])
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
