@@ -43,7 +43,7 @@ STAGES = [
 RESOLUTION = "480p"
 DEFAULT = {"poll_s": 10.0, "viewer_frames": 300, "viewer_rounds": 2, "viewers": 10, "rate": 200.0}
 QUICK = {"poll_s": 4.0, "viewer_frames": 150, "viewer_rounds": 1, "viewers": 10, "rate": 200.0}
-TINY = {"poll_s": 1.5, "viewer_frames": 40, "viewer_rounds": 1, "viewers": 3, "rate": 100.0}
+TINY = {"poll_s": 1.0, "viewer_frames": 30, "viewer_rounds": 1, "viewers": 3, "rate": 100.0}
 
 
 # -- client processes ----------------------------------------------------------------------
@@ -250,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{VTEST} missing: apt-get install opencv-doc", file=sys.stderr)
         return 2
     cfg = TINY if args.tiny else QUICK if args.quick else DEFAULT
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no per-request access log line
     tmp = Path(tempfile.mkdtemp(prefix="vdag-bench-api-"))
     result: dict = {"machine": machine(), "mode": "tiny" if args.tiny else "quick" if args.quick else "default",
                     "broker": "RabbitMQ (amqp) + 1 vdag worker process (prefork, 1 child); tracker with werkzeug "
@@ -259,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     node = unique_node("ba")
     worker = start_worker(node, concurrency=1, log_path=tmp / "worker.log")
     try:
-        with rabbit_tracker(node, serve_http=True) as (server, _):
+        with rabbit_tracker(node, serve_http=True, workers=(worker,)) as (server, _):
             submit(server, write_clip(tmp / "warm.avi", 10), node, pace=0.0)  # worker warm-up
             time.sleep(3)
             result.update(bench_polling(cfg, server, node, tmp))

@@ -227,9 +227,10 @@ class ArrivalClock:
 
 
 @contextmanager
-def rabbit_tracker(node: str, *, serve_http: bool = False, **settings_kw) -> Iterator[tuple]:
+def rabbit_tracker(node: str, *, serve_http: bool = False, workers: tuple = (), **settings_kw) -> Iterator[tuple]:
     """A cloud tracker (store, aggregator, generators) on RabbitMQ with this run's own queues;
-    yields (server, tmpdir) and deletes the queues afterwards."""
+    yields (server, tmpdir); afterwards stops `workers` (before the queues go, or a worker
+    would declare its queue again) and deletes the queues."""
     from tracker.server import TrackerServer
 
     tmp = Path(tempfile.mkdtemp(prefix="vdag-bench-"))
@@ -240,6 +241,8 @@ def rabbit_tracker(node: str, *, serve_http: bool = False, **settings_kw) -> Ite
         yield server, tmp
     finally:
         server.stop()
+        for proc in workers:
+            stop_process(proc)
         delete_queues(*node_queues(node))
 
 

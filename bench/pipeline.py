@@ -20,6 +20,7 @@ this process, on queues of a unique node name that are deleted afterwards.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import msgpack
 
-from bench.common import (AMQP_URL, VTEST, ArrivalClock, CpuMeter, delete_queues, process_tree, rabbit_pids, fixed_plan, machine, median, pct,
+from bench.common import (AMQP_URL, RESULTS_DIR, VTEST, ArrivalClock, CpuMeter, delete_queues, process_tree, rabbit_pids, fixed_plan, machine, median, pct,
                           print_table, rabbit_tracker, read_frames, run_job, start_worker, stop_process,
                           unique_node, write_clip, write_json)
 
@@ -39,8 +40,8 @@ DEFAULT = {"infer_frames": 60, "infer_rounds": 2, "infer_resolution": "360p", "p
            "plumb_rounds": 3, "latency_frames": 300, "sweep_frames": 795}
 QUICK = {"infer_frames": 12, "infer_rounds": 1, "infer_resolution": "360p", "plumb_frames": 200,
          "plumb_rounds": 1, "latency_frames": 60, "sweep_frames": 200}
-TINY = {"infer_frames": 6, "infer_rounds": 1, "infer_resolution": "360p", "plumb_frames": 80,
-        "plumb_rounds": 1, "latency_frames": 30, "sweep_frames": 80}
+TINY = {"infer_frames": 4, "infer_rounds": 1, "infer_resolution": "360p", "plumb_frames": 60,
+        "plumb_rounds": 1, "latency_frames": 30, "sweep_frames": 60}
 PLUMB_RESOLUTION = "480p"  # 640x480 JPEGs of ~60 KB, like DESIGN.md section 5
 WINDOW = 8  # frames in flight: the pipeline's max_in_flight and the raw round trip's window
 
@@ -83,7 +84,7 @@ def bench_inference(cfg: dict, tmp: Path, log_dir: Path) -> dict:
                           extra_env={"VDAG_TORCH_THREADS": str(threads), "VDAG_PERSON_WEIGHTS": weights})
     rounds = []
     try:
-        with rabbit_tracker(node, max_in_flight=WINDOW) as (server, _):
+        with rabbit_tracker(node, max_in_flight=WINDOW, workers=(worker,)) as (server, _):
             clock = ArrivalClock(server)
             plan = fixed_plan(["detect"], node, resolution=cfg["infer_resolution"])
             run_job(server, str(write_clip(tmp / "warm.avi", 3)), DETECT, plan)  # load the model
@@ -260,7 +261,7 @@ def bench_plumbing(cfg: dict, tmp: Path, log_dir: Path) -> dict:
     worker = start_worker(node, concurrency=1, log_path=log_dir / "worker-plumb.log")
     rounds = []
     try:
-        with rabbit_tracker(node, max_in_flight=WINDOW) as (server, _):
+        with rabbit_tracker(node, max_in_flight=WINDOW, workers=(worker,)) as (server, _):
             clock = ArrivalClock(server)
             probe_pipeline(server, write_clip(tmp / "warm20.avi", 20), node)  # worker warm-up
             groups = {"tracker": [os.getpid()], "worker": process_tree(worker.pid), "rabbit": rabbit_pids()}
@@ -302,7 +303,7 @@ def bench_latency(cfg: dict, tmp: Path, log_dir: Path) -> dict:
     node = unique_node("bl")
     worker = start_worker(node, concurrency=1, log_path=log_dir / "worker-latency.log")
     try:
-        with rabbit_tracker(node, max_in_flight=WINDOW) as (server, _):
+        with rabbit_tracker(node, max_in_flight=WINDOW, workers=(worker,)) as (server, _):
             clock = ArrivalClock(server)
             probe_pipeline(server, write_clip(tmp / "warm20.avi", 20), node)
             uid, job = probe_pipeline(server, clip, node, pace=3.0)
@@ -334,7 +335,7 @@ def bench_sweep(cfg: dict, tmp: Path, log_dir: Path) -> list[dict]:
             worker = start_worker(node, pool=pool, prefetch=prefetch, log_path=log_dir / f"worker-{pool}-{prefetch}.log")
             row: dict = {"pool": pool, "prefetch": prefetch}
             try:
-                with rabbit_tracker(node, max_in_flight=WINDOW, reorder_wait_s=5.0) as (server, _):
+                with rabbit_tracker(node, max_in_flight=WINDOW, reorder_wait_s=5.0, workers=(worker,)) as (server, _):
                     clock = ArrivalClock(server)
                     probe_pipeline(server, write_clip(tmp / "warm20.avi", 20), node)
                     if payloads is None:
@@ -410,7 +411,16 @@ def main(argv: list[str] | None = None) -> int:
         "added_latency_p50_ms<=10": _met(result.get("added_latency_p50_ms"), 10, ge=False),
         "added_latency_p99_ms<=50": _met(result.get("added_latency_p99_ms"), 50, ge=False),
     }
-    path = write_json("pipeline.json", result, args.out)
+    out = args.out or RESULTS_DIR / "pipeline.json"
+    if args.only and out.exists():  # a partial run updates the last full one
+        merged = json.loads(out.read_text())
+        merged.update({k: v for k, v in result.items() if k not in ("frames", "targets", "mode", "started", "wall_s")})
+        merged[f"{'_'.join(parts)}_mode"] = result["mode"]
+        merged["frames"] = merged.get("frames", 0) + result["frames"]
+        merged["targets"] = {k: v if v is not None else merged.get("targets", {}).get(k)
+                             for k, v in result["targets"].items()}
+        result = merged
+    path = write_json("pipeline.json", result, out)
     rows = [(k, v) for k, v in result.items() if isinstance(v, (int, float, str)) and k != "machine"]
     print_table(f"vdag pipeline bench ({result['mode']}) on {result['machine']}", rows)
     for row in result.get("sweep", []):

@@ -1,7 +1,7 @@
 """The planner on the real pipeline: golden config against the Bayesian planner on vtest.avi.
 
-    .venv/bin/python -m bench.planner_real                    # ~5 min, writes bench/results/planner_real.{json,png}
-    .venv/bin/python -m bench.planner_real --planners golden,bayes,pid --video-s 40
+    .venv/bin/python -m bench.planner_real                    # ~4.5 min (golden, bayes, pid), writes bench/results/planner_real.{json,png}
+    .venv/bin/python -m bench.planner_real --planners golden,bayes --video-s 40
     .venv/bin/python -m bench.planner_real --quick            # ~1.5 min, 20 s of video per run
 
 One cloud tracker per run (RabbitMQ broker, SQLite in a temp dir, real-time pacing,
@@ -43,8 +43,10 @@ WINDOW_S = 2.0
 
 
 # -- one run ------------------------------------------------------------------------------------
-def run_planner(name: str, *, node: str, delay: float, video_s: float, tmp: Path, interval_s: float) -> dict:
-    """A tracker with `name`'s planner; the job runs `video_s` seconds of video, then is cancelled."""
+def run_planner(name: str, *, node: str, delay: float, video_s: float, tmp: Path, interval_s: float,
+                first_result: bool = False) -> dict:
+    """A tracker with `name`'s planner; the job runs `video_s` seconds of video, then is cancelled
+    (with first_result, as soon as one frame is back: a warm-up)."""
     from bench.common import bench_settings
     from tracker.scheduling import planner_factory
     from tracker.server import TrackerServer
@@ -52,6 +54,9 @@ def run_planner(name: str, *, node: str, delay: float, video_s: float, tmp: Path
     settings = bench_settings(tmp / name, node)
     server = TrackerServer(settings, planner_factory=planner_factory(name), pace=1.0, backpressure="drop",
                            serve_http=False, scheduler_interval_s=interval_s).start()
+    inputs = _record_planning_inputs(server)
+    decisions = _record_decisions(server)
+    load_before = os.getloadavg()[0]
     try:
         client = server.app.test_client()
         resp = client.post("/api/v1/jobs", json={"source": str(VTEST), "stages": PEOPLE,
@@ -62,12 +67,15 @@ def run_planner(name: str, *, node: str, delay: float, video_s: float, tmp: Path
         runner = _wait_runner(server, uid)
         t0 = time.monotonic()
         while time.monotonic() - t0 < video_s and runner.thread.is_alive():
+            if first_result and server.store.result_count(uid):
+                break  # warm-up: one result means the worker has loaded the model
             time.sleep(0.2)
-        gen_stats = runner.generator.stats.as_dict() if runner.generator else {}
         cancel = client.post(f"/api/v1/jobs/{uid}/cancel")
         if cancel.status_code not in (200, 409):
             raise RuntimeError(f"cancel failed: {cancel.get_json()}")
-        _drain(server, uid)
+        runner.thread.join(5)
+        gen_stats = runner.generator.stats.as_dict() if runner.generator else {}
+        _drain(server, uid, gen_stats.get("frames_sent", 0))
         results = _all_results(client, uid)
         plans = client.get(f"/api/v1/jobs/{uid}/plans?limit=500").get_json()["items"][::-1]
         observations = server.store.recent_observations(uid, limit=100_000)
@@ -75,7 +83,42 @@ def run_planner(name: str, *, node: str, delay: float, video_s: float, tmp: Path
     finally:
         server.stop()
     return {"uid": uid, "gen": gen_stats, "results": results, "plans": plans, "observations": observations,
-            "job": job}
+            "job": job, "inputs": inputs, "decisions": decisions, "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
+
+
+def _record_planning_inputs(server) -> list[dict]:
+    """What the planner was shown each round (node load, observation counts): for diagnosis."""
+    seen: list[dict] = []
+    inner = server.runtime.planning_input
+
+    def planning_input(job):
+        inp = inner(job)
+        seen.append({"ts": time.time(), "nodes": [{"name": n.name, "cpu_ratio": n.cpu_ratio, "n_process": n.n_process,
+                                                    "queue_depth": n.queue_depth, "cpu_count": n.cpu_count,
+                                                    "alive": n.alive} for n in inp.nodes],
+                     "source": inp.source.model_dump(), "n_obs": len(inp.observations),
+                     "n_acc_obs": sum(o.accuracy is not None for o in inp.observations)})
+        return inp
+
+    server.runtime.planning_input = planning_input
+    return seen
+
+
+def _record_decisions(server) -> list[dict]:
+    """Every round's decision, also those equal to the current plan (which are not stored)."""
+    made: list[dict] = []
+    source = server.runtime.scheduler.job_source if server.runtime.scheduler else None
+    if source is None:
+        return made
+    inner = source.save_plan
+
+    def save_plan(job_uid, plan):
+        made.append({"ts": time.time(), "resolution": plan.video_conf.resolution, "fps": plan.video_conf.fps,
+                     "quality": plan.video_conf.quality, "reason": plan.reason})
+        return inner(job_uid, plan)
+
+    source.save_plan = save_plan
+    return made
 
 
 def _wait_runner(server, uid: str, timeout: float = 60.0):
@@ -89,17 +132,15 @@ def _wait_runner(server, uid: str, timeout: float = 60.0):
     raise RuntimeError(f"job {uid} never started: {server.store.get_job(uid).state}")
 
 
-def _drain(server, uid: str, quiet_s: float = 3.0, timeout: float = 20.0) -> None:
-    """Frames still in flight at the cancel arrive and are stored: wait until none has for quiet_s."""
+def _drain(server, uid: str, sent: int, timeout: float = 60.0) -> None:
+    """Frames in flight at the cancel still arrive and are stored (or declared lost): wait for
+    every sent frame, so the next run does not start behind this one's backlog."""
     deadline = time.monotonic() + timeout
-    last, since = -1, time.monotonic()
-    while time.monotonic() < deadline:
-        n = server.store.result_count(uid)
-        if n != last:
-            last, since = n, time.monotonic()
-        elif time.monotonic() - since >= quiet_s:
-            return
+    while time.monotonic() < deadline and server.store.result_count(uid) < sent:
         time.sleep(0.2)
+    if server.store.result_count(uid) < sent:
+        log.warning("job %s: %d of %d sent frames stored after %.0f s", uid, server.store.result_count(uid),
+                    sent, timeout)
 
 
 def _all_results(client, uid: str) -> list[dict]:
@@ -188,10 +229,15 @@ def summarize(name: str, run: dict, delay: float, golden: dict[int, list[dict]])
         if frames else None,
         "online_accuracy_obs": [{"t_s": round(o.ts - t_start, 1), "width": o.width, "height": o.height,
                                  "fps": o.fps, "accuracy": o.accuracy} for o in acc_obs],
+        "loadavg_1m_start_end": run["loadavg_1m"],
+        "node_load_mean": round(sum(o.node_load for o in run["observations"] if o.node_load is not None)
+                                / max(1, sum(o.node_load is not None for o in run["observations"])), 3),
         "online_accuracy_mean": round(sum(o.accuracy for o in acc_obs) / len(acc_obs), 4) if acc_obs else None,
         "plans": [{"id": p["id"], "t_s": round(_ts(p["created_at"]) - t_start, 1),
                    "resolution": p["video_conf"]["resolution"], "fps": p["video_conf"]["fps"],
                    "quality": p["video_conf"]["quality"], "reason": p["reason"]} for p in run["plans"]],
+        "decisions": [{**x, "t_s": round(x.pop("ts") - t_start, 1)} for x in run["decisions"]],
+        "planner_inputs": [{**i, "t_s": round(i.pop("ts") - t_start, 1)} for i in run["inputs"]],
         "timeline": [[round(r["capture_ts"], 2), round(r["latency_s"], 4), r["width"], r["height"], r["plan_id"]]
                      for r in frames],
     }
@@ -244,8 +290,9 @@ def _rolling_fps(t: list[float]) -> list[float]:
 
 
 # -- main -------------------------------------------------------------------------------------
-def bench(planners: list[str], delay: float, video_s: float, interval_s: float, out: Path | None,
-          warmup: bool = True) -> dict:
+def bench(planners: list[str], delay: float, video_s: float, interval_s: float = 2.0, out: Path | None = None,
+          warmup: bool = True, offline_f1: bool = True) -> dict:
+    """Run each planner in turn on one shared worker; summaries per planner (and files if out)."""
     if not rabbit_up():
         raise SystemExit(f"RabbitMQ not reachable at {AMQP_URL}")
     if not VTEST.exists():
@@ -257,7 +304,8 @@ def bench(planners: list[str], delay: float, video_s: float, interval_s: float, 
     started = time.monotonic()
     try:
         if warmup:  # load the checkpoint in the worker before any measured run
-            run_planner("golden", node=node, delay=delay, video_s=4.0, tmp=tmp / "warmup", interval_s=interval_s)
+            run_planner("golden", node=node, delay=delay, video_s=60.0, tmp=tmp / "warmup", interval_s=interval_s,
+                        first_result=True)
         for name in planners:
             log.info("run %s: %g s of video, D = %g s", name, video_s, delay)
             raw[name] = run_planner(name, node=node, delay=delay, video_s=video_s, tmp=tmp, interval_s=interval_s)
@@ -267,7 +315,7 @@ def bench(planners: list[str], delay: float, video_s: float, interval_s: float, 
     runs_s = time.monotonic() - started
     indices = {frame_index(r["capture_ts"]) for run in raw.values() for r in run["results"] if not r["lost"]}
     t0 = time.monotonic()
-    golden = golden_detections(indices)
+    golden = golden_detections(indices) if offline_f1 else {}
     offline_s = time.monotonic() - t0
     runs = {name: summarize(name, run, delay, golden) for name, run in raw.items()}
     ref = runs.get("golden", {}).get("compute_per_frame_s")
@@ -296,7 +344,8 @@ def report(data: dict) -> None:
     D = data["delay_s"]
     keys = ["frames_read", "frames_sent", "frames_dropped", "frames_out", "fps_out", "delay_p50_s", "delay_p95_s",
             "delay_p99_s", "slo_violation_rate", "window_violation_rate", "relative_f1", "f1_frames",
-            "compute_per_frame_s", "compute_ratio_golden_over_this", "online_accuracy_mean", "people_per_frame"]
+            "compute_per_frame_s", "compute_ratio_golden_over_this", "online_accuracy_mean", "people_per_frame",
+            "node_load_mean"]
     names = list(data["runs"])
     print(f"\nplanner on the real pipeline, vtest.avi, D = {D:g} s, {data['video_s_per_run']:g} s of video per run")
     print(f"{'':<32}" + "".join(f"{n:>12}" for n in names))
@@ -315,9 +364,9 @@ def report(data: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--planners", default="golden,bayes", help="comma-separated: golden, bayes, pid, greedy")
+    ap.add_argument("--planners", default="golden,bayes,pid", help="comma-separated: golden, bayes, pid, greedy")
     ap.add_argument("--delay", type=float, default=1.0, help="delay constraint D in seconds")
-    ap.add_argument("--video-s", type=float, default=45.0, help="seconds of video (real time) per run")
+    ap.add_argument("--video-s", type=float, default=50.0, help="seconds of video (real time) per run")
     ap.add_argument("--interval", type=float, default=2.0, help="scheduler interval, seconds")
     ap.add_argument("--quick", action="store_true", help="20 s of video per run")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "planner_real.json")

@@ -381,7 +381,7 @@ class BayesModel:
             self.compile_s = time.perf_counter() - t0
             log.info("nutpie model compiled in %.1f s", self.compile_s)
 
-    def sample(self, data: ModelData, draws: int = 200, tune: int = 200, chains: int = 2,
+    def sample(self, data: ModelData, draws: int = 100, tune: int = 150, chains: int = 2,
                seed: int = 0, keep: int = 256) -> Snapshot:
         import nutpie
 

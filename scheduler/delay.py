@@ -55,8 +55,8 @@ def node_work(c: Candidates, idx: np.ndarray, mean_time: np.ndarray) -> np.ndarr
     work = np.zeros((M, len(c.nodes), D))
     rows = np.arange(M)
     mapping = c.mapping[idx]
-    for k in range(K):
-        np.add.at(work, (rows, mapping[:, k]), mean_time[:, k, :])
+    for k in range(K):  # one node per (row, stage): a plain fancy-index add is exact
+        work[rows, mapping[:, k]] += mean_time[:, k, :]
     return work
 
 

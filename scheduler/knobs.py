@@ -33,7 +33,7 @@ CPU_TIMINGS_S: dict[str, tuple[float, float, float]] = {
 }
 REF_PIXELS = 640 * 384  # a 640-wide 16:9 frame letterboxed to a multiple of 32
 # Services whose grade the planner may choose, if the registry cannot be imported.
-_TUNABLE_FALLBACK = frozenset({"yolo_detection", "person_detection", "car_detection"})
+_TUNABLE_FALLBACK = frozenset({"yolo_detection", "car_detection"})
 NON_DNN_GFLOPS = 0.05  # counting, tracking, rendering: small fixed work per frame
 MAX_MAPPINGS = 96
 
@@ -144,13 +144,24 @@ class Candidates:
         return per_frame * self.src_fps
 
     def find(self, res: str, fps: float, grade_idx: int, quality: int, mapping: tuple[int, ...]) -> int | None:
-        ri = [r[0] for r in self.res].index(res) if res in [r[0] for r in self.res] else -1
-        hit = (
-            (self.res_idx == ri) & np.isclose(self.fps, fps) & (self.grade_idx == grade_idx)
-            & (self.quality == quality) & np.all(self.mapping == np.asarray(mapping), axis=1)
-        )
-        where = np.flatnonzero(hit)
-        return int(where[0]) if len(where) else None
+        """Index of one candidate, by arithmetic on the grid's layout (res x fps x grade x quality
+        rows, each repeated over the n_map mappings): no scan over every candidate."""
+        labels = [r[0] for r in self.res]
+        if res not in labels:
+            return None
+        n_q = len(QUALITY_LEVELS)
+        n_g = len(GRADES) if self.tunable.any() else 1
+        per_fps = n_g * n_q * self.n_map
+        fpss = self.fps[: per_fps * (len(self.fps) // (per_fps * len(labels))): per_fps]
+        fi = np.flatnonzero(np.isclose(fpss, fps))
+        gi = grade_idx if n_g > 1 else (0 if grade_idx == len(GRADES) - 1 else -1)
+        if not len(fi) or not 0 <= gi < n_g or quality not in QUALITY_LEVELS:
+            return None
+        mi = np.flatnonzero(np.all(self.mapping[: self.n_map] == np.asarray(mapping), axis=1))
+        if not len(mi):
+            return None
+        row = ((labels.index(res) * len(fpss) + int(fi[0])) * n_g + gi) * n_q + QUALITY_LEVELS.index(quality)
+        return row * self.n_map + int(mi[0])
 
     def index_of_plan(self, plan: Plan | None) -> int | None:
         if plan is None:

@@ -89,7 +89,21 @@ class PseudoSystem:
             time.sleep(0.2)
         self.state = json.loads(self.state_file.read_text())
         self.wait_nodes_alive([self.cloud, *self.edges], timeout=max(5.0, deadline - time.monotonic()))
+        self.wait_workers_consuming(timeout=max(5.0, deadline - time.monotonic()))
         return self
+
+    def wait_workers_consuming(self, timeout: float = 60.0) -> None:
+        """Every node queue has a consumer (its worker is up), as /metrics reports it."""
+        deadline = time.monotonic() + timeout
+        queues = [f"vdag.node.{n}" for n in (self.cloud, *self.edges)]
+        text = ""
+        while time.monotonic() < deadline:
+            text = self.get("/metrics").text
+            lines = [ln for ln in text.splitlines() if ln.startswith("vdag_queue_consumers{")]
+            if all(any(f'queue="{q}"' in ln and not ln.endswith(" 0.0") for ln in lines) for q in queues):
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"workers not consuming: {[ln for ln in text.splitlines() if 'consumers{' in ln]}")
 
     @property
     def url(self) -> str:

@@ -36,7 +36,7 @@ def _run(scn: sm.Scenario, planner_factory, refresh_every: int = 2, seed: int = 
 
     def on_round(sim):
         p = shared.get("bayes")
-        if p is not None and sim.round % refresh_every == 0:
+        if p is not None and (sim.round % refresh_every == 0 or p.urgent):
             p.refresh_now()
 
     return sm.run(scn, pf, seed=seed, on_round=on_round)
@@ -48,13 +48,13 @@ def _window(sim: sm.Simulator, lo: int, hi: int, job: str | None = None) -> list
 
 def test_candidates_capped_at_source_and_enumerate_live_nodes():
     nodes = [NodeInfo(name="a"), NodeInfo(name="b", alive=False), NodeInfo(name="c", services=["object_count"])]
-    inp = PlanningInput(job_uid="j", dag=dag_from_pipeline(["person_detection", "object_count"]), nodes=nodes,
+    inp = PlanningInput(job_uid="j", dag=dag_from_pipeline(["yolo_detection", "object_count"]), nodes=nodes,
                         source=SourceInfo(width=1280, height=720, fps=10))
     c = knobs.build_candidates(inp)
     assert [r[0] for r in c.res] == ["360p", "480p", "720p"]
     assert set(c.fps) == {1, 2, 5, 10}
     assert c.nodes == ("a", "c")
-    assert set(c.mapping[:, 0]) == {0}  # only "a" runs person_detection
+    assert set(c.mapping[:, 0]) == {0}  # only "a" runs yolo_detection
     assert c.tunable.tolist() == [True, False]
     assert c.golden_compute() == pytest.approx(c.compute().max())
 
@@ -246,15 +246,15 @@ def test_pid_steps_down_when_late_and_up_with_headroom():
     inp = sim.planning_input(sim.jobs[0], {})
     pid = PIDPlanner()
     start = pid.plan(inp)
-    late = pid.plan(inp.model_copy(update={"observations": _obs({"person_detection": 2.0}, 1)}))
+    late = pid.plan(inp.model_copy(update={"observations": _obs({"yolo_detection": 2.0}, 1)}))
     px = lambda p: knobs.RESOLUTION_HEIGHTS[p.video_conf.resolution] * (p.video_conf.fps or 30)  # noqa: E731
     assert px(late) < px(start)
     lower = late
     for t in range(2, 12):
-        lower = pid.plan(inp.model_copy(update={"observations": _obs({"person_detection": 2.0}, t)}))
+        lower = pid.plan(inp.model_copy(update={"observations": _obs({"yolo_detection": 2.0}, t)}))
     assert px(lower) == min(knobs.RESOLUTION_HEIGHTS[r] for r in ("360p",)) * 1  # bottom of the ladder
     assert abs(pid._integral) <= pid.i_max  # anti-windup: clamped, and not growing while saturated
-    up = pid.plan(inp.model_copy(update={"observations": _obs({"person_detection": 0.01}, 20)}))
+    up = pid.plan(inp.model_copy(update={"observations": _obs({"yolo_detection": 0.01}, 20)}))
     assert px(up) > px(lower)
 
 
@@ -263,11 +263,11 @@ def test_greedy_changes_one_knob_at_a_time():
     inp = sim.planning_input(sim.jobs[0], {})
     g = GreedyPlanner()
     p0 = g.plan(inp)
-    p1 = g.plan(inp.model_copy(update={"observations": _obs({"person_detection": 3.0}, 1)}))
+    p1 = g.plan(inp.model_copy(update={"observations": _obs({"yolo_detection": 3.0}, 1)}))
     changed = [p0.video_conf.resolution != p1.video_conf.resolution, p0.video_conf.fps != p1.video_conf.fps,
-               p0.flow_mapping["person_detection"].grade != p1.flow_mapping["person_detection"].grade]
+               p0.flow_mapping["yolo_detection"].grade != p1.flow_mapping["yolo_detection"].grade]
     assert sum(changed) == 1
-    p2 = g.plan(inp.model_copy(update={"observations": _obs({"person_detection": 0.35}, 2)}))
+    p2 = g.plan(inp.model_copy(update={"observations": _obs({"yolo_detection": 0.35}, 2)}))
     assert p2 == p1.model_copy(update={"reason": p2.reason})  # inside the band: hold
 
 

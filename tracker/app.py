@@ -8,6 +8,7 @@ from flask_openapi3 import Info, OpenAPI
 from services.settings import Settings
 from tracker import api, edge_api, elasticity, errors, metrics, security, seed_api
 from tracker.context import JobControl, NoJobControl, TrackerContext
+from tracker.recent_results import RecentResults
 from tracker.store import Store
 from tracker.viewer.hub import ViewerHub
 from tracker.viewer.routes import bp as viewer_bp
@@ -22,6 +23,7 @@ def create_app(
     store: Store | None = None,
     control: JobControl | None = None,
     hub: ViewerHub | None = None,
+    recent: RecentResults | None = None,
 ) -> OpenAPI:
     """Without a store, one is opened on settings.database_url and migrated to head."""
     app = OpenAPI(
@@ -37,6 +39,7 @@ def create_app(
         store=store if store is not None else Store(settings.database_url),
         hub=hub if hub is not None else ViewerHub(),
         control=control if control is not None else NoJobControl(),
+        recent=recent if recent is not None else RecentResults(),
     )
     errors.init_app(app)
     app.json.sort_keys = False

@@ -9,6 +9,7 @@ from flask import current_app
 from services.settings import Settings
 
 if TYPE_CHECKING:
+    from tracker.recent_results import RecentResults
     from tracker.store import Store
     from tracker.viewer.hub import ViewerHub
 
@@ -50,6 +51,7 @@ class TrackerContext:
     store: "Store"
     hub: "ViewerHub"
     control: JobControl
+    recent: "RecentResults"
 
 
 def tracker_context() -> TrackerContext:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -30,6 +30,8 @@ from tracker.jobs import Job, JobState
 log = logging.getLogger(__name__)
 
 STATS_EVERY_S = 1.0
+LOAD_WINDOW_S = 5.0  # how far back a job's own busy time on a node is summed, for node_load
+NODES_EVERY_S = 1.0  # how often the node table is re-read for node_load
 CLIP_FRAMES = 4  # frames per ClipGenerator message: the current one and the three before
 FLUSH_EVERY_S = 0.1
 
@@ -169,6 +171,10 @@ class Runtime:
         self._pending: list[tuple[FrameRecord, str]] = []  # emitted, not yet stored: (record, origin)
         self._plans: dict[int, Plan] = {}  # plan id -> plan, to label observations
         self._constraints: dict[str, tuple[float, UserConstraint]] = {}  # cached for SLO counting
+        # node_load of observations: (cpu_ratio, n_process) per node, re-read every NODES_EVERY_S, and
+        # each job's recent busy time per node, (wall time, service seconds).
+        self._node_loads: tuple[float, dict[str, tuple[float, int]]] = (0.0, {})
+        self._busy: dict[tuple[str, str], deque[tuple[float, float]]] = defaultdict(deque)
         self._last_flush = self._last_stats = 0.0
         self.result_consumer: ResultConsumer | None = None
         self.ack_listener: AckListener | None = None
@@ -244,6 +250,7 @@ class Runtime:
             runner = self.runners.pop(job_uid, None)
         if runner:
             runner.stop()
+        self._forget_busy(job_uid)
         self.hub.close_job(job_uid)
 
     def constraint_changed(self, job_uid: str) -> None:
@@ -310,6 +317,7 @@ class Runtime:
             log.info("job %s not moved to %s: %s", job_uid, state.value, exc)
         with self._runners_lock:
             self.runners.pop(job_uid, None)
+        self._forget_busy(job_uid)
         self.hub.close_job(job_uid)
         log.info("job %s %s: %s", job_uid, state.value, reason)
 
@@ -388,19 +396,48 @@ class Runtime:
 
     def _observations(self, job_uid: str, records: list[FrameRecord]) -> list[Observation]:
         out = []
+        now = time.time()
         for r in records:
             plan = self._plans.get(r.plan_id) or self._stored_plan(r.plan_id)
             if r.lost or plan is None:
                 continue
             for s in r.stages:
                 mapping = plan.flow_mapping.get(s.stage)
+                self._busy[(job_uid, s.node)].append((now, s.service_s))
                 out.append(Observation(
                     stage=s.stage, node=s.node, grade=mapping.grade if mapping else None,
                     width=r.width, height=r.height, fps=plan.video_conf.fps, quality=plan.video_conf.quality,
-                    frame_bytes=r.frame_bytes, service_s=s.service_s, queue_s=s.queue_s, ts=time.time(),
+                    frame_bytes=r.frame_bytes, service_s=s.service_s, queue_s=s.queue_s, ts=now,
                     accuracy=_accuracy(r.outputs.get(s.stage)),
                 ))
-        return out
+        loads = {node: self._background_load(job_uid, node, now) for node in {o.node for o in out}}
+        return [o.model_copy(update={"node_load": loads[o.node]}) if loads[o.node] is not None else o for o in out]
+
+    def _forget_busy(self, job_uid: str) -> None:
+        for key in [k for k in list(self._busy) if k[0] == job_uid]:
+            self._busy.pop(key, None)
+
+    def _background_load(self, job_uid: str, node: str, now: float) -> float | None:
+        """The node's load apart from this job's own work: its cpu_ratio minus this job's busy
+        share of its worker processes over the last LOAD_WINDOW_S, the same quantity the
+        planner subtracts at decision time (fps x own work / n_process). A frame is not slowed
+        by the job's other frames on a worker that serves one at a time, so the service times
+        are fitted against the load that is not the job's; None when the node is unknown."""
+        read_at, nodes = self._node_loads
+        if now - read_at >= NODES_EVERY_S:
+            try:
+                nodes = {n.name: (n.cpu_ratio, max(n.n_process, 1)) for n in self.store.list_nodes()}
+            except Exception:
+                log.debug("node table not readable for node_load", exc_info=True)
+            self._node_loads = (now, nodes)
+        busy = self._busy[(job_uid, node)]
+        while busy and busy[0][0] < now - LOAD_WINDOW_S:
+            busy.popleft()
+        if node not in nodes:
+            return None
+        cpu_ratio, n_process = nodes[node]
+        own = sum(t for _, t in busy) / LOAD_WINDOW_S / n_process
+        return round(min(max(cpu_ratio - own, 0.0), 1.0), 3)
 
     def _stored_plan(self, plan_id: int) -> Plan | None:
         """Plans of jobs whose generator runs on another node are not cached at dispatch."""

@@ -306,7 +306,10 @@ def sync_job_result(job_uid: str):
     ctx = tracker_context()
     job = _job_or_404(ctx, job_uid)
     order = job.dag.topological_order()
-    frames = ctx.store.recent_results(job.uid, max(APPENDED_FRAMES, DELAY_WINDOW))
+    n = max(APPENDED_FRAMES, DELAY_WINDOW)
+    frames = ctx.recent.recent(job.uid, n)
+    if frames is None:
+        frames = ctx.store.recent_results(job.uid, n)
     appended = [appended_entry(f.outputs, order, f.seq) for f in frames if not f.lost][-APPENDED_FRAMES:]
     latest: dict[str, Any] = {}
     current = ctx.store.current_plan(job.uid)
@@ -381,7 +384,7 @@ def node_register():
         video_sources=[v.model_dump() for v in body.video_sources],
         services=body.services, resources=body.resources,
     )
-    return _ok(msg="registered", node=node.name, results_queue=ctx.settings.results_queue)
+    return _ok(msg="registered", node=node.name)
 
 
 @node_bp.post("/heartbeat")

@@ -135,6 +135,8 @@ def delete_job(path: JobPath):
         ctx.store.transition(job.uid, JobState.CANCELLED, "deleted by the user")
     ctx.control.job_stopped(job.uid)
     ctx.store.delete_job(job.uid)
+    ctx.recent.forget(job.uid)
+    ctx.hub.forget_job(job.uid)
     return Response(status=204)
 
 
@@ -150,12 +152,15 @@ def put_constraint(path: JobPath, body: UserConstraint):
 @bp.get("/jobs/<string:job_uid>/results", summary="Per-frame results in seq order, paged by after_seq",
         responses={200: ResultsPage, 404: E, 422: E})
 def job_results(path: JobPath, query: ResultsQuery):
-    store = tracker_context().store
-    store.get_job(path.job_uid)
-    frames = store.results(path.job_uid, after_seq=query.after_seq, limit=query.limit)
+    ctx = tracker_context()
+    frames = ctx.recent.after(path.job_uid, query.after_seq, query.limit)
+    total = ctx.recent.total(path.job_uid)
+    if frames is None or total is None:  # not in memory: older frames, or a job not running here
+        ctx.store.get_job(path.job_uid)
+        frames = ctx.store.results(path.job_uid, after_seq=query.after_seq, limit=query.limit)
+        total = ctx.store.result_count(path.job_uid)
     next_after = frames[-1].seq if frames else query.after_seq
-    return _json(ResultsPage(items=[frame_out(f) for f in frames], next_after_seq=next_after,
-                             total=store.result_count(path.job_uid)))
+    return _json(ResultsPage(items=[frame_out(f) for f in frames], next_after_seq=next_after, total=total))
 
 
 @bp.get("/jobs/<string:job_uid>/plans", summary="Plan history, newest first, with the planner's reason",

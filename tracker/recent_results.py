@@ -1,0 +1,54 @@
+"""The newest stored frames of each job, kept in memory.
+
+Result polling is the hot read path (clients poll several times a second while the job
+runs), and almost every poll asks for the last few frames: serve those from memory, and
+fall back to the database for anything older. The aggregator adds records right after it
+stores them, in sequence order, so what is here is always a suffix of what is stored.
+"""
+from __future__ import annotations
+
+import threading
+from collections import deque
+
+from services.records import FrameRecord
+
+
+class RecentResults:
+    def __init__(self, per_job: int = 512) -> None:
+        self.per_job = per_job
+        self._frames: dict[str, deque[FrameRecord]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, job_uid: str, records: list[FrameRecord]) -> None:
+        with self._lock:
+            ring = self._frames.setdefault(job_uid, deque(maxlen=self.per_job))
+            for r in records:
+                if ring and r.seq != ring[-1].seq + 1:
+                    ring.clear()  # a gap (e.g. after a restart): start a new contiguous run
+                ring.append(r)
+
+    def forget(self, job_uid: str) -> None:
+        with self._lock:
+            self._frames.pop(job_uid, None)
+
+    def after(self, job_uid: str, after_seq: int, limit: int) -> list[FrameRecord] | None:
+        """Frames with seq > after_seq, or None when memory does not hold all of them."""
+        with self._lock:
+            ring = self._frames.get(job_uid)
+            if not ring or after_seq + 1 < ring[0].seq:
+                return None
+            start = after_seq + 1 - ring[0].seq
+            return [ring[i] for i in range(max(start, 0), min(start + limit, len(ring)))]
+
+    def recent(self, job_uid: str, n: int) -> list[FrameRecord] | None:
+        with self._lock:
+            ring = self._frames.get(job_uid)
+            if not ring or (len(ring) < n and ring[0].seq > 0):
+                return None
+            return list(ring)[-n:]
+
+    def total(self, job_uid: str) -> int | None:
+        """Stored frames of the job: sequence numbers are gap-free (lost frames are stored too)."""
+        with self._lock:
+            ring = self._frames.get(job_uid)
+            return ring[-1].seq + 1 if ring else None
