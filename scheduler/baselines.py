@@ -107,13 +107,16 @@ class GreedyPlanner:
 
     def _f1(self, c: knobs.Candidates, s: list[int], fpss: list[float]) -> float:
         h = c.res[s[0]][2] / c.src_height
-        eta = self._th[s[2]] + self._kappa * np.log(h) + self._lam * np.log(fpss[s[1]] / c.src_fps) + self._rho * np.log(self.quality / 100)
-        return float(1 / (1 + np.exp(-eta)))
+        g = s[2] if c.tunable.any() else len(GRADES) - 1
+        eta = (self._th[g] + self._kappa * np.log(h) + self._lam * float(bayes.stale_s(fpss[s[1]], c.src_fps))
+               + self._rho * np.log(self.quality / 100))
+        return float(np.exp(min(eta, 0.0)))
 
     def _cost(self, c: knobs.Candidates, s: list[int], fpss: list[float]) -> float:
         w, h = c.res[s[0]][1], c.res[s[0]][2]
         g = np.array([s[2]])
-        return float(sum(knobs.stage_gflops(bool(t), np.array([w * h]), g)[0] for t in c.tunable) * fpss[s[1]])
+        return float(sum(knobs.stage_gflops(bool(t), np.array([w * h]), g, bool(f))[0]
+                         for t, f in zip(c.tunable, c.fixed_k)) * fpss[s[1]])
 
     def plan(self, inp: PlanningInput) -> Plan:
         c = knobs.build_candidates(inp)

@@ -9,9 +9,16 @@ Latency (log-normal, per stage observation):
     (GPU, CPU cores); gam (grade) is centred on the measured n/s/m ratios (DESIGN.md s.5),
     with a prior correlated across grades (one uncertain scale of the whole ratio table plus a
     small per-grade deviation), so measuring one grade on a node informs the others.
-Accuracy (relative F1 vs the golden config, on the logit scale):
-    logit F1 = th[g] + kappa * log(h / h_src) + lam * log(fps / fps_src) + rho * log(q / 100) + e
-    th centred on the published COCO mAP ratio of each grade to x.
+Accuracy (relative F1 vs the golden config, on the log scale: the losses from a smaller
+grade, fewer pixels, skipped frames and JPEG compression multiply):
+    log F1 = th[g] + kappa * log(h / h_src) + lam * stale + rho * log(q / 100) + e
+    stale = 1 / fps - 1 / fps_src, the seconds a result goes stale between kept frames (the
+    error of a skipped frame grows with how far the content moved since the last kept one);
+    th centred on log of the published COCO mAP ratio of each grade to x, correlated across
+    grades (one uncertain scale of the whole table), th[x] ~ 0 (x is golden). A fixed-model
+    detector (no grade knob; its golden is the same model at the source resolution) uses th[x].
+    The planner adds a per-job correction (offset and slopes on resolution and staleness) from
+    the job's own profiled F1 (knobs.py / bayes_planner.py), since content differs per job.
 
 The model has a fixed capacity of service and node *slots* so it compiles once; names map
 to slots on first sight, unused slots simply follow the prior. Data go in through pm.Data
@@ -38,9 +45,30 @@ MAX_SERVICES = 8
 MAX_NODES = 16
 N_GRADES = len(GRADES)
 LOAD_CAP = 0.95
-F1_CLIP = (0.02, 0.99)
+F1_CLIP = (0.02, 1.0)
 SIG_FLOOR = 0.02    # log-seconds
-SIG_A_FLOOR = 0.05  # logit
+SIG_A_FLOOR = 0.01  # log F1
+
+
+_BLAS = None
+
+
+def blas_single():
+    """Context: numpy's own OpenBLAS on one thread. The planner's matrices are small (~170
+    columns); on a contended 2-core host a multi-threaded BLAS call can take 100x longer (a
+    256x171 matmul measured 0.4 s vs 5 ms). Only numpy/scipy's bundled OpenBLAS is limited,
+    not torch's thread pools in the same process."""
+    global _BLAS
+    import contextlib
+
+    try:
+        if _BLAS is None:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS = ThreadpoolController().select(prefix="libscipy_openblas")
+        return _BLAS.limit(limits=1)
+    except Exception:  # threadpoolctl missing or the library not found: run as is
+        return contextlib.nullcontext()
 
 
 def _logit(p: np.ndarray | float) -> np.ndarray:
@@ -48,10 +76,14 @@ def _logit(p: np.ndarray | float) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
+def log_f1(f1) -> np.ndarray:
+    return np.log(np.clip(np.asarray(f1, float), *F1_CLIP))
+
+
 # Prior constants, shared by the PyMC model and the numpy cold-start draws.
 PRIORS = {
     "a0": (math.log(knobs.CPU_TIMINGS_S["n"][2]), 0.3),  # YOLO-n at REF_PIXELS on the reference CPU
-    "svc_sd": 0.5, "node_sd": 0.5, "sn_sd": 0.2, "beta_sd": 0.1,
+    "svc_sd": 0.5, "svc_sd_dnn": 0.25, "node_sd": 0.35, "sn_sd": 0.2, "beta_sd": 0.1,
     "beta0": (knobs.pixel_exponent(), 0.1),
     "gam": (np.log(knobs.grade_latency_ratio()[1:]), 0.08),   # per-grade sd (log)
     "gam_scale_sd": 0.15,     # shared relative error of the grade-ratio table
@@ -60,16 +92,40 @@ PRIORS = {
     "gam_gpu": (-0.3, 0.15),  # the GPU's grade effect as a fraction of the CPU's: mean, sd (shared)
     "beta_gpu": (-0.2, 0.2),
     "sig": 0.3,
-    "th": (_logit(np.clip([knobs.COCO_MAP[g] / knobs.COCO_MAP["x"] for g in GRADES], *F1_CLIP)), 0.6),
-    "kappa": (1.0, 0.5), "lam": (0.5, 0.3), "rho": (0.5, 0.5),
-    "sig_a": 0.5,
+    # log F1 of each grade vs x: log of the COCO mAP ratio, x (1 + u) + v (u shared, v per grade).
+    "th": (np.log([knobs.COCO_MAP[g] / knobs.COCO_MAP["x"] for g in GRADES]), 0.04),
+    "th_scale_sd": 0.6,
+    "kappa": (0.3, 0.3),    # log F1 per log height ratio: ~-0.2 at half height, wide
+    "lam": (-0.2, 0.3),     # log F1 per second of staleness
+    "rho": (0.05, 0.1),     # log F1 per log(q / 100)
+    "sig_a": 0.2,
 }
 LIGHT_SERVICE_S = 0.005  # prior for a non-DNN stage at reference pixels
 
 
+def stale_s(fps: np.ndarray | float, src_fps: np.ndarray | float) -> np.ndarray:
+    """Seconds between kept frames beyond the source's own (0 at the source rate)."""
+    fps = np.maximum(np.asarray(fps, float), 0.1)
+    src = np.maximum(np.asarray(src_fps, float), 1.0)
+    return np.maximum(1.0 / fps - 1.0 / src, 0.0)
+
+
 def service_prior(service: str) -> float:
-    """Prior mean of the service offset, relative to YOLO-n on the reference CPU."""
-    return 0.0 if knobs.is_tunable(service) else math.log(LIGHT_SERVICE_S / knobs.CPU_TIMINGS_S["n"][2])
+    """Prior mean of the service offset, relative to YOLO-n on the reference CPU: 0 for a graded
+    detector (its grade term adds the rest), the measured ratio for a fixed-model detector,
+    a few ms for a light stage."""
+    kind = knobs.stage_kind(service)
+    if kind == knobs.GRADED:
+        return 0.0
+    if kind == knobs.FIXED:
+        return math.log(knobs.fixed_latency_ratio())
+    return math.log(LIGHT_SERVICE_S / knobs.CPU_TIMINGS_S["n"][2])
+
+
+def service_prior_sd(service: str) -> float:
+    """Sd of the service offset: a detector's cost relative to YOLO-n is measured (DESIGN.md
+    s.5), a light stage's is a guess."""
+    return PRIORS["svc_sd_dnn"] if knobs.is_dnn(service) else PRIORS["svc_sd"]
 
 
 def node_prior(node: NodeInfo) -> float:
@@ -124,16 +180,19 @@ class Layout:
                     "lam": slice(N_GRADES + 1, N_GRADES + 2), "rho": slice(N_GRADES + 2, N_GRADES + 3)}
         self.PA = N_GRADES + 3
 
-    def lat_prior(self, svc_mu: np.ndarray, node_mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and covariance of the latency coefficients (beta0 integrated out)."""
+    def lat_prior(self, svc_mu: np.ndarray, node_mu: np.ndarray,
+                  svc_sd: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and covariance of the latency coefficients (beta0 integrated out).
+        svc_sd: per-slot sd of the service offset (default PRIORS["svc_sd"])."""
         P, L = PRIORS, self.lat
+        svc_sd = np.full(self.S, P["svc_sd"]) if svc_sd is None else np.asarray(svc_sd, float)
         mean, cov = np.zeros(self.P), np.zeros((self.P, self.P))
 
         def block(sl: slice, m, c) -> None:
             mean[sl] = m
             cov[sl, sl] = c
 
-        block(L["svc"], svc_mu + P["a0"][0], np.diag(np.full(self.S, P["a0"][1] ** 2 + P["svc_sd"] ** 2)))
+        block(L["svc"], svc_mu + P["a0"][0], np.diag(P["a0"][1] ** 2 + svc_sd**2))
         block(L["node"], node_mu, np.diag(np.full(self.N, P["node_sd"] ** 2)))
         block(L["sn"], 0.0, np.diag(np.full(self.S * self.N, P["sn_sd"] ** 2)))
         # beta[s] = beta0 + N(0, beta_sd): partial pooling of the pixel slope across services.
@@ -152,9 +211,12 @@ class Layout:
 
     def acc_prior(self) -> tuple[np.ndarray, np.ndarray]:
         P = PRIORS
-        mean = np.concatenate([P["th"][0], [P["kappa"][0], P["lam"][0], P["rho"][0]]])
-        sd = np.concatenate([np.full(N_GRADES, P["th"][1]), [P["kappa"][1], P["lam"][1], P["rho"][1]]])
-        return mean, np.diag(sd**2)
+        lr = P["th"][0]
+        mean = np.concatenate([lr, [P["kappa"][0], P["lam"][0], P["rho"][0]]])
+        cov = np.zeros((self.PA, self.PA))
+        cov[:N_GRADES, :N_GRADES] = P["th_scale_sd"] ** 2 * np.outer(lr, lr) + P["th"][1] ** 2 * np.eye(N_GRADES)
+        cov[N_GRADES:, N_GRADES:] = np.diag([P["kappa"][1] ** 2, P["lam"][1] ** 2, P["rho"][1] ** 2])
+        return mean, cov
 
     def lat_rows(self, svc, node, grade, tun, logpix, load, gpu) -> np.ndarray:
         X = np.zeros((len(svc), self.P))
@@ -174,11 +236,11 @@ class Layout:
         X[r, L["b_load_gpu"].start] = load * gpu
         return X
 
-    def acc_rows(self, grade, logh, logfps, logq) -> np.ndarray:
+    def acc_rows(self, grade, logh, stale, logq) -> np.ndarray:
         X = np.zeros((len(grade), self.PA))
         r = np.arange(len(grade))
         X[r, np.asarray(grade)] = 1
-        X[:, N_GRADES], X[:, N_GRADES + 1], X[:, N_GRADES + 2] = logh, logfps, logq
+        X[:, N_GRADES], X[:, N_GRADES + 1], X[:, N_GRADES + 2] = logh, stale, logq
         return X
 
     def unpack(self, theta: np.ndarray, sig: np.ndarray, theta_a: np.ndarray, sig_a: np.ndarray) -> dict[str, np.ndarray]:
@@ -216,10 +278,11 @@ class Snapshot:
         return len(self.draws["sig"])
 
 
-def prior_snapshot(layout: Layout, svc_mu: np.ndarray, node_mu: np.ndarray, n: int = 256, seed: int = 0) -> Snapshot:
+def prior_snapshot(layout: Layout, svc_mu: np.ndarray, node_mu: np.ndarray, n: int = 256, seed: int = 0,
+                   svc_sd: np.ndarray | None = None) -> Snapshot:
     """Draws from the priors in numpy (cold start, before any compile or data)."""
     rng = np.random.default_rng(seed)
-    m, c = layout.lat_prior(svc_mu, node_mu)
+    m, c = layout.lat_prior(svc_mu, node_mu, svc_sd)
     ma, ca = layout.acc_prior()
     theta = rng.multivariate_normal(m, c, n, method="cholesky")
     theta_a = rng.multivariate_normal(ma, ca, n, method="cholesky")
@@ -282,7 +345,7 @@ class ModelData:
 def build_data(
     obs: list[tuple[Observation, str, float, float]], layout: Layout,
     svc_slot: Slots, node_slot: Slots, svc_mu: np.ndarray, node_mu: np.ndarray,
-    node_gpu: np.ndarray | None = None,
+    node_gpu: np.ndarray | None = None, svc_sd: np.ndarray | None = None,
 ) -> ModelData:
     """obs: (observation, service name, source height, source fps) per observation."""
     lat = [(o, s) for o, s, _, _ in obs if o.service_s > 0]
@@ -298,19 +361,19 @@ def build_data(
     akeys = [(
         GRADES.index(o.grade) if o.grade in GRADES else N_GRADES - 1,
         round(math.log(min(o.height / max(h, 1), 1.0)), 3),
-        round(math.log(min(max(o.fps, 0.1) / max(f, 1), 1.0)) if o.fps else 0.0, 3),
+        round(float(stale_s(o.fps, f)) if o.fps else 0.0, 3),
         round(math.log(o.quality / 100.0), 3),
     ) for o, _, h, f in acc]
-    ac, an, amean, ass = _cells(akeys, _logit(np.clip([o.accuracy for o, *_ in acc], *F1_CLIP)) if acc else np.zeros(0))
+    ac, an, amean, ass = _cells(akeys, log_f1([o.accuracy for o, *_ in acc]) if acc else np.zeros(0))
     ac = ac.reshape(-1, 4)
     node_gpu = np.zeros(layout.N) if node_gpu is None else node_gpu
     X = layout.lat_rows(lc[:, 0].astype(int), lc[:, 1].astype(int), lc[:, 2].astype(int), lc[:, 3], lc[:, 4], lc[:, 5],
                         node_gpu[lc[:, 1].astype(int)])
     XA = layout.acc_rows(ac[:, 0].astype(int), ac[:, 1], ac[:, 2], ac[:, 3])
-    mu0, cov0 = layout.lat_prior(svc_mu, node_mu)
+    mu0, cov0 = layout.lat_prior(svc_mu, node_mu, svc_sd)
     mua0, cova0 = layout.acc_prior()
     m, L, _ = _whiten(X, ln, lmean, lss, mu0, cov0, 0.2)
-    ma, La, _ = _whiten(XA, an, amean, ass, mua0, cova0, 0.3)
+    ma, La, _ = _whiten(XA, an, amean, ass, mua0, cova0, 0.05)
     return ModelData({
         "l_X": X, "l_n": ln, "l_mean": lmean, "l_ss": lss,
         "l_mu0": mu0, "l_prec0": np.linalg.inv(cov0), "l_m": m, "l_L": L,

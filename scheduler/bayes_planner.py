@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 AIM_MARGIN = 0.02        # aim this far above the accuracy goal: E[F1] near the goal is a coin toss
 SURPRISE_LOG = math.log(1.5)  # a window's service time this far (x or /) from the predictive is a shift
 MAX_WINDOW_FRAMES = 30
+# Prior sd of a job's own deviation from the pooled accuracy model: log F1 offset, slope on
+# log height ratio, slope per second of staleness.
+JOB_ACC_SD = np.array([0.1, 0.25, 0.25])
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -64,7 +67,7 @@ class _JobState:
     shift_round: int = -(10**9)
     shift_why: str = ""
     stale: dict[str, float] = field(default_factory=dict)  # node -> drop this job's obs there before ts
-    f1_delta: np.ndarray | None = None     # per-draw logit correction of this job's F1
+    f1_coef: np.ndarray | None = None      # [3, n] per-draw correction of this job's log F1
     f1_version: int = -1
 
 
@@ -76,7 +79,7 @@ class _Static:
     nbytes: np.ndarray        # [C] modelled JPEG bytes
     grid: np.ndarray          # [C] grid row of each candidate
     rows: np.ndarray          # [R] first candidate of each grid row
-    acc_x: np.ndarray         # [R, 4] grade, log h ratio, log fps ratio, log q of each grid row
+    acc_x: np.ndarray         # [R, 4] grade, log h ratio, staleness (s), log q of each grid row
     frames: np.ndarray        # [C] frames in a planning window
 
 
@@ -115,6 +118,8 @@ class BayesPlanner:
         self.refresh_interval_s = refresh_interval_s
         self.svc_slot, self.node_slot = Slots(L.S), Slots(L.N)
         self._svc_mu, self._node_mu, self._node_gpu = np.zeros(L.S), np.zeros(L.N), np.zeros(L.N)
+        self._svc_sd = np.full(L.S, bayes.PRIORS["svc_sd"])
+        self._prior_key: tuple = ()
         self._rng = np.random.default_rng(seed)
         self._seed = seed
         self._lock = threading.Lock()
@@ -186,6 +191,16 @@ class BayesPlanner:
             self._node_gpu[self.node_slot(n.name)] = float(n.gpu)
         for svc in set(services.values()):
             self._svc_mu[self.svc_slot(svc)] = bayes.service_prior(svc)
+            self._svc_sd[self.svc_slot(svc)] = bayes.service_prior_sd(svc)
+        if self._snapshot.source == "prior":  # cold start: draw the prior of the services seen
+            key = (self._svc_mu.tobytes(), self._svc_sd.tobytes(), self._node_mu.tobytes())
+            if key != self._prior_key:
+                self._prior_key = key
+                snap = bayes.prior_snapshot(self.model.layout, self._svc_mu, self._node_mu, seed=self._seed,
+                                            svc_sd=self._svc_sd)
+                with self._lock:
+                    if self._snapshot.source == "prior":
+                        self._snapshot = Snapshot(**{**snap.__dict__, "version": self._snapshot.version + 1})
         with_bytes = [o for o in inp.observations[-50:] if o.frame_bytes > 0]
         with self._lock:
             if with_bytes:
@@ -224,7 +239,9 @@ class BayesPlanner:
             rows = [r for _, rs in self._obs.values() for r in rs][-self.max_obs:]
             self._dirty = False
             svc_mu, node_mu, node_gpu = self._svc_mu.copy(), self._node_mu.copy(), self._node_gpu.copy()
-        data = bayes.build_data(rows, self.model.layout, self.svc_slot, self.node_slot, svc_mu, node_mu, node_gpu)
+            svc_sd = self._svc_sd.copy()
+        data = bayes.build_data(rows, self.model.layout, self.svc_slot, self.node_slot, svc_mu, node_mu, node_gpu,
+                                svc_sd=svc_sd)
         snap = self.model.sample(data, seed=self._seed + len(self.refresh_times))
         with self._lock:
             self._snapshot = Snapshot(**{**snap.__dict__, "version": self._snapshot.version + 1})
@@ -247,7 +264,7 @@ class BayesPlanner:
             acc_x = np.stack([
                 c.grade_idx[rows].astype(float),
                 np.log(np.minimum(h[rows] / c.src_height, 1.0)),
-                np.log(np.minimum(c.fps[rows] / c.src_fps, 1.0)),
+                bayes.stale_s(c.fps[rows], c.src_fps),
                 np.log(c.quality[rows] / 100.0),
             ], axis=1)
             static = _Static(
@@ -333,20 +350,26 @@ class BayesPlanner:
                 if heavy and abs(float(np.median(resid))) > max(SURPRISE_LOG, 3 * sd):
                     surprised.append(node)
                 self._lat_delta[(self.svc_slot(svc), self.node_slot(node))] = (resid * n / (n + 2.0), last_ts, snap.version)
-        # Accuracy: this job's profiled F1 vs the pooled model, per draw, shrunk (2 pseudo-obs).
+        # Accuracy: this job's profiled F1 vs the pooled model, per draw: a Bayesian ridge fit of
+        # an offset and slopes on resolution and staleness (content differs between jobs: small
+        # objects make resolution matter more, fast motion makes skipped frames cost more).
         with self._lock:
             acc = [r[0] for r in self._acc.get(inp.job_uid, {}).values()]
         if acc:
             h, f = float(inp.source.height), float(inp.source.fps)
             g = np.array([GRADES.index(o.grade) if o.grade in GRADES else len(GRADES) - 1 for o in acc])
             logh = np.log(np.minimum(np.array([o.height for o in acc]) / max(h, 1), 1.0))
-            logf = np.log(np.minimum(np.array([max(o.fps, 0.1) if o.fps else f for o in acc]) / max(f, 1), 1.0))
+            stale = np.array([float(bayes.stale_s(o.fps, f)) if o.fps else 0.0 for o in acc])
             logq = np.log(np.array([o.quality for o in acc]) / 100.0)
-            eta = (d["th"][:, g] + d["kappa"][:, None] * logh + d["lam"][:, None] * logf + d["rho"][:, None] * logq)
-            y = bayes._logit(np.clip([o.accuracy for o in acc], *bayes.F1_CLIP))
-            st.f1_delta = (y[None, :] - eta).sum(axis=1) / (len(acc) + 2.0)
+            eta = (d["th"][:, g] + d["kappa"][:, None] * logh + d["lam"][:, None] * stale + d["rho"][:, None] * logq)
+            y = bayes.log_f1([o.accuracy for o in acc])
+            R = (y[None, :] - eta).T                                        # [m, n]
+            X = np.stack([np.ones(len(acc)), logh, stale], axis=1)          # [m, 3]
+            s2 = float(np.mean(d["sig_a"] ** 2)) + 1e-4
+            A = X.T @ X / s2 + np.diag(1.0 / JOB_ACC_SD**2)
+            st.f1_coef = np.linalg.solve(A, X.T @ R / s2)                  # [3, n]
         else:
-            st.f1_delta = None
+            st.f1_coef = None
         return surprised
 
     def _detect_shift(self, inp: PlanningInput, st: _JobState, c: knobs.Candidates, surprised: list[str]) -> str:
@@ -414,7 +437,7 @@ class BayesPlanner:
         slow = np.exp(self._load_slope(d, self._node_gpu[j_idx]) * bayes.load_term(bg)[:, None])   # [J, n]
         mean_t = mean_t * slow[None, :, None, None, :]
         tbar = mean_t.mean(axis=-1)
-        f1_rows = self._f1_draws(d, S, snap.version, st.f1_delta)                      # [rows, n]
+        f1_rows = self._f1_draws(d, S, snap.version, st.f1_coef)                       # [rows, n]
         ef1_rows = f1_rows.mean(axis=1)
         nbytes_all = S.nbytes * self._bytes_ratio
 
@@ -473,8 +496,8 @@ class BayesPlanner:
         self.decision_times.append(time.perf_counter() - t0)
         return plan
 
-    def _f1_draws(self, d: dict[str, np.ndarray], S: _Static, version: int, delta: np.ndarray | None) -> np.ndarray:
-        """F1 draws per grid row [rows, n], with the job's recalibration (logit shift per draw)."""
+    def _f1_draws(self, d: dict[str, np.ndarray], S: _Static, version: int, coef: np.ndarray | None) -> np.ndarray:
+        """F1 draws per grid row [rows, n] (log-linear, capped at 1), with the job's correction."""
         key = (version, id(S))
         eta = self._eta.get(key)
         if eta is None:
@@ -485,9 +508,10 @@ class BayesPlanner:
             if len(self._eta) > 64:
                 self._eta.clear()
             self._eta[key] = eta
-        if delta is not None:
-            eta = eta + delta[None, : eta.shape[1]]
-        return _sigmoid(eta)
+        if coef is not None:
+            eta = eta + coef[0][None, : eta.shape[1]] + S.acc_x[:, 1:2] * coef[1][None, : eta.shape[1]] \
+                + S.acc_x[:, 2:3] * coef[2][None, : eta.shape[1]]
+        return np.exp(np.minimum(eta, 0.0))
 
     @staticmethod
     def _own_work(c: knobs.Candidates, i: int, tbar: np.ndarray) -> np.ndarray:

@@ -35,6 +35,12 @@ REF_PIXELS = 640 * 384  # a 640-wide 16:9 frame letterboxed to a multiple of 32
 # Services whose grade the planner may choose, if the registry cannot be imported.
 _TUNABLE_FALLBACK = frozenset({"yolo_detection", "car_detection"})
 NON_DNN_GFLOPS = 0.05  # counting, tracking, rendering: small fixed work per frame
+# A fixed-model detector (one trained checkpoint, no grade knob: person_detection's YOLOv8
+# person model). DESIGN.md s.5 on vtest.avi: ~58-71 ms at imgsz 320 (320x240) and ~200-250 ms
+# at 640 (640x480); YOLO11 s/m scaled to the same pixels take ~48/120 and ~157/440 ms, so the
+# checkpoint costs ~1.4x YOLO11 s per pixel: between s and m (near YOLOv8s's 28.6 GFLOPs).
+FIXED_VS_S = 1.4
+FIXED_GFLOPS_640 = GFLOPS_640["s"] * FIXED_VS_S
 MAX_MAPPINGS = 96
 
 
@@ -54,14 +60,43 @@ def pixel_exponent() -> float:
     return float(np.mean(slopes))
 
 
-@lru_cache(maxsize=256)
-def is_tunable(service: str) -> bool:
-    try:
-        from services.registry import get_service
+def fixed_latency_ratio() -> float:
+    """Latency of the fixed-model detector relative to YOLO11 n at the same pixels."""
+    return float(grade_latency_ratio()[1] * FIXED_VS_S)
 
-        return bool(get_service(service).tunable_grade)
+
+GRADED, FIXED, LIGHT = "graded", "fixed", "light"
+_FIXED_FALLBACK = frozenset({"person_detection"})
+
+
+@lru_cache(maxsize=256)
+def stage_kind(service: str) -> str:
+    """graded: a DNN whose grade the planner picks; fixed: a detector with one trained model
+    (a DNN whose cost and accuracy follow the frame's pixels, not a grade: the planner tunes
+    its resolution, fps, quality and node); light: counting, tracking, rendering."""
+    try:
+        from services.registry import UnknownService, get_service
     except ImportError:  # registry's built-ins not importable: fall back to the known names
-        return service in _TUNABLE_FALLBACK
+        return GRADED if service in _TUNABLE_FALLBACK else FIXED if service in _FIXED_FALLBACK else LIGHT
+    try:
+        svc = get_service(service)
+    except UnknownService:
+        return GRADED if service in _TUNABLE_FALLBACK else FIXED if service in _FIXED_FALLBACK else LIGHT
+    if svc.tunable_grade:
+        return GRADED
+    return FIXED if "detections" in svc.outputs else LIGHT
+
+
+def is_tunable(service: str) -> bool:
+    return stage_kind(service) == GRADED
+
+
+def is_fixed(service: str) -> bool:
+    return stage_kind(service) == FIXED
+
+
+def is_dnn(service: str) -> bool:
+    return stage_kind(service) != LIGHT
 
 
 def frame_bytes(width: np.ndarray | int, height: np.ndarray | int, quality: np.ndarray | int) -> np.ndarray:
@@ -70,7 +105,9 @@ def frame_bytes(width: np.ndarray | int, height: np.ndarray | int, quality: np.n
     return np.asarray(width, float) * np.asarray(height, float) * (0.03 + 0.12 * q**3)
 
 
-def stage_gflops(tunable: bool, pixels: np.ndarray, grade_idx: np.ndarray) -> np.ndarray:
+def stage_gflops(tunable: bool, pixels: np.ndarray, grade_idx: np.ndarray, fixed: bool = False) -> np.ndarray:
+    if fixed:
+        return FIXED_GFLOPS_640 * np.asarray(pixels, float) / (640 * 640)
     if not tunable:
         return np.full(np.shape(pixels), NON_DNN_GFLOPS)
     g = np.array([GFLOPS_640[x] for x in GRADES])[grade_idx]
@@ -113,6 +150,16 @@ class Candidates:
     src_height: int
     source_node: int                 # index in nodes, -1 = unknown / not live
     n_map: int                       # candidates are grid rows x mappings: c = row * n_map + map
+    fixed: np.ndarray | None = None  # [K] bool: fixed-model detector (a DNN without a grade knob)
+
+    @property
+    def fixed_k(self) -> np.ndarray:
+        return np.zeros(len(self.stages), bool) if self.fixed is None else self.fixed
+
+    @property
+    def has_detector(self) -> bool:
+        """Some stage is a DNN detector (graded or fixed): accuracy depends on the knobs."""
+        return bool(self.tunable.any() or self.fixed_k.any())
 
     @property
     def grid_idx(self) -> np.ndarray:
@@ -135,12 +182,13 @@ class Candidates:
         w, h = self.width[sel], self.height[sel]
         total = np.zeros(np.shape(w))
         for k in range(len(self.stages)):
-            total = total + stage_gflops(bool(self.tunable[k]), w * h, self.grade_idx[sel])
+            total = total + stage_gflops(bool(self.tunable[k]), w * h, self.grade_idx[sel], bool(self.fixed_k[k]))
         return total * self.fps[sel]
 
     def golden_compute(self) -> float:
         w, h = self.res[-1][1], self.res[-1][2]
-        per_frame = sum(float(stage_gflops(bool(t), np.array(w * h), np.array(len(GRADES) - 1))) for t in self.tunable)
+        per_frame = sum(float(stage_gflops(bool(t), np.array(w * h), np.array(len(GRADES) - 1), bool(f)))
+                        for t, f in zip(self.tunable, self.fixed_k))
         return per_frame * self.src_fps
 
     def find(self, res: str, fps: float, grade_idx: int, quality: int, mapping: tuple[int, ...]) -> int | None:
@@ -224,6 +272,7 @@ def build_candidates(inp: PlanningInput, dag: DagSpec | None = None) -> Candidat
         options.append(opts)
     mappings = np.array(_mappings(options), dtype=np.int64)
     tunable = np.array([is_tunable(s) for s in services])
+    fixed = np.array([is_fixed(s) for s in services])
     res = tuple(resolution_options(inp.source.width, inp.source.height))
     fpss = fps_options(inp.source.fps)
     grades = range(len(GRADES)) if tunable.any() else [len(GRADES) - 1]
@@ -238,7 +287,7 @@ def build_candidates(inp: PlanningInput, dag: DagSpec | None = None) -> Candidat
         quality=np.repeat(grid[:, 3].astype(np.int64), n_map),
         mapping=np.tile(mappings, (n_conf, 1)),
         src_fps=float(max(1.0, inp.source.fps)), src_height=int(res[-1][2]), source_node=src_node,
-        n_map=n_map,
+        n_map=n_map, fixed=fixed,
     )
 
 

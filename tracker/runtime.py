@@ -68,6 +68,13 @@ class _JobStats:
 OnJobEnd = Callable[[str, JobState, str], None]
 
 
+def renders(dag: DagSpec) -> bool:
+    """Whether some stage draws a picture for the viewers (an `image` output)."""
+    from services.registry import get_service
+
+    return any("image" in get_service(s.service).outputs for s in dag.stages)
+
+
 def has_detection_stage(dag: DagSpec) -> bool:
     """Stages whose accuracy can be profiled against the golden config."""
     from services.registry import get_service
@@ -88,8 +95,10 @@ class JobRunner:
 
     def __init__(self, settings: Settings, celery: Celery, job_uid: str, dag: DagSpec, source: str,
                  active: ActivePlan, first_seq: int, start_ts: float, pace: float, backpressure: str,
-                 on_end: OnJobEnd, results_queue: str | None = None) -> None:
+                 on_end: OnJobEnd, results_queue: str | None = None,
+                 preview: Callable[[str, int, bytes], None] | None = None) -> None:
         self.settings = settings
+        self.preview = preview
         self.celery = celery
         self.on_end = on_end
         self.results_queue = results_queue or settings.results_queue
@@ -121,11 +130,16 @@ class JobRunner:
         if self.thread is not threading.current_thread():
             self.thread.join(timeout)
 
+    def _dispatch(self, env: Envelope) -> None:
+        dispatch_frame(self.celery, env)
+        if self.preview and env.image:
+            self.preview(self.job_uid, env.seq, env.image)
+
     def _run(self) -> None:
         try:
             source = open_source(self.source)
             self.generator = FrameGenerator(
-                self.job_uid, source, lambda: self.active, lambda env: dispatch_frame(self.celery, env),
+                self.job_uid, source, lambda: self.active, self._dispatch,
                 self.window, self.stop_event, origin_node=self.settings.node,
                 results_queue=self.results_queue, pace=self.pace,
                 backpressure=self.backpressure, first_seq=self.first_seq, start_ts=self.start_ts,
@@ -300,7 +314,8 @@ class Runtime:
         if job.node != self.settings.node:
             return  # another node reads this job's source (tracker.edge polls for it)
         runner = JobRunner(self.settings, self.celery, job_uid, dag, job.source, self._active_plan(job, *current),
-                           first_seq, start_ts, self.pace, self.backpressure, on_end=self.finish_job)
+                           first_seq, start_ts, self.pace, self.backpressure, on_end=self.finish_job,
+                           preview=None if renders(dag) else self.hub.publish)
         with self._runners_lock:
             old = self.runners.pop(job_uid, None)
             self.runners[job_uid] = runner
@@ -338,7 +353,15 @@ class Runtime:
         # after a 0.1 s flush a window of 8 capped a job at ~40 frames/s (bench/pipeline.py).
         # The record is already pending, and finish_job's forced flush waits on _flush_lock,
         # so an empty window still means every received frame is stored before DONE.
-        self.acks.ack(env.origin, env.job, env.seq)
+        self._ack(env.origin, env.job, env.seq)
+
+    def _ack(self, origin: str | None, job_uid: str, seq: int) -> None:
+        """Tell the frame's generator that it is settled: directly when the generator runs in
+        this process, else through the broker to its node's ack queue."""
+        if origin in (None, self.settings.node):
+            self.on_ack(job_uid, seq)
+        else:
+            self.acks.ack(origin, job_uid, seq)
 
     def on_ack(self, job_uid: str, seq: int) -> None:
         with self._runners_lock:
@@ -392,7 +415,7 @@ class Runtime:
                     log.exception("record observer failed")
         for record, origin in batch:
             if record.lost:  # received frames were acked in on_frame
-                self.acks.ack(origin or self.settings.node, record.job_uid, record.seq)
+                self._ack(origin, record.job_uid, record.seq)
 
     def _observations(self, job_uid: str, records: list[FrameRecord]) -> list[Observation]:
         out = []
