@@ -54,10 +54,6 @@ MAX_WINDOW_FRAMES = 30
 JOB_ACC_SD = np.array([0.1, 0.25, 0.25])
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
 @dataclass
 class _JobState:
     constraint: tuple[float, float] | None = None
@@ -93,6 +89,7 @@ class BayesPlanner:
         background: bool = True,
         refresh_interval_s: float = 5.0,
         delay_prob: float = 0.95,
+        cold_delay_prob: float = 0.8,
         n_draws: int = 64,
         shortlist: int = 48,
         keep_margin: float = 0.004,
@@ -111,6 +108,7 @@ class BayesPlanner:
         self.model = model or BayesModel()
         L = self.model.layout
         self.delay_prob, self.n_draws, self.shortlist = delay_prob, n_draws, shortlist
+        self.cold_delay_prob = cold_delay_prob
         self.keep_margin, self.explore_margin = keep_margin, explore_margin
         self.explore_every, self.explore_delay_prob = explore_every, explore_delay_prob
         self.aim_margin, self.window_s, self.shift_cooldown = aim_margin, window_s, shift_cooldown
@@ -230,6 +228,10 @@ class BayesPlanner:
 
     def refresh_now(self) -> Snapshot:
         """Sample the posterior from the current observations and publish it (blocking)."""
+        with bayes.blas_single():
+            return self._refresh()
+
+    def _refresh(self) -> Snapshot:
         now = time.time()
         self._wake.clear()
         with self._lock:
@@ -402,6 +404,10 @@ class BayesPlanner:
 
     # ---- decision -----------------------------------------------------------------------------
     def plan(self, inp: PlanningInput) -> Plan:
+        with bayes.blas_single():
+            return self._plan(inp)
+
+    def _plan(self, inp: PlanningInput) -> Plan:
         t0 = time.perf_counter()
         self.start()
         st = self._jobs.setdefault(inp.job_uid, _JobState())
@@ -467,7 +473,10 @@ class BayesPlanner:
         ef1 = f1.mean(axis=1)
         cost = S.cost[short]
         eu = knobs.utility(f1, cost[:, None], np.ones_like(f1, bool), aim).mean(axis=1) * p_ok
-        feasible = p_ok >= self.delay_prob
+        # On the prior alone (no measurement yet) the spread is mostly parameter uncertainty
+        # that the first window removes: ask for less certainty rather than start at 1 fps.
+        need = self.delay_prob if snap.source == "posterior" else self.cold_delay_prob
+        feasible = p_ok >= need
         if inp.constraint.accuracy > 0 and (feasible & (ef1 >= inp.constraint.accuracy)).any():
             feasible &= ef1 >= inp.constraint.accuracy
         pos_last = int(np.flatnonzero(short == last)[0]) if last is not None and last in short else None
@@ -487,7 +496,11 @@ class BayesPlanner:
             else:
                 pick, why = best, "best"
         else:
-            pick = int(np.lexsort((np.median(delay, axis=1), -p_ok))[0])
+            # Nothing is likely enough: among the plans nearly as likely to meet the delay as the
+            # likeliest, the most useful (not the slowest-rate plan that is only marginally safer).
+            near = p_ok >= p_ok.max() - 0.05
+            pick = int(np.argmax(np.where(near, eu, -np.inf))) if p_ok.max() > 0 else \
+                int(np.argmin(np.median(delay, axis=1)))
             why = "no plan meets the delay bound; most likely to"
         st.rounds += 1
         i = int(short[pick])

@@ -285,3 +285,89 @@ def test_bayes_beats_baselines_on_all_scenarios(model):
         share = sum(s.utility for s in bayes.stats) / sum(s.oracle_utility for s in bayes.stats)
         assert viol <= 0.15, scn.name
         assert share >= 0.75, scn.name
+
+
+# ---- fixed-model detector (person_detection: one trained checkpoint, no grade knob) -----------
+PERSON_DAG = ["person_detection", "object_count", "render"]
+
+
+def _person_input(nodes=None, **kw) -> PlanningInput:
+    return PlanningInput(job_uid=kw.pop("uid", "p"), dag=dag_from_pipeline(PERSON_DAG),
+                         nodes=nodes or [NodeInfo(name="cpu", cpu_count=2, n_process=1)],
+                         source=SourceInfo(width=768, height=576, fps=10, node="cpu"),
+                         constraint=UserConstraint(delay=1.0), **kw)
+
+
+def test_person_detection_is_a_fixed_model_dnn_stage():
+    assert knobs.stage_kind("person_detection") == knobs.FIXED
+    assert knobs.stage_kind("yolo_detection") == knobs.GRADED
+    assert knobs.stage_kind("object_count") == knobs.LIGHT == knobs.stage_kind("render")
+    assert not knobs.is_tunable("person_detection") and knobs.is_dnn("person_detection")
+    c = knobs.build_candidates(_person_input())
+    assert c.tunable.tolist() == [False, False, False] and c.fixed_k.tolist() == [True, False, False]
+    assert [r[0] for r in c.res] == ["360p", "480p", "720p"]  # 720p is the 576-line source
+    assert len(set(c.grade_idx)) == 1  # no grade knob: one grid row per (res, fps, quality)
+    # Compute follows the pixels (a DNN), not a light stage's fixed few MFLOPs.
+    per_frame = c.compute() / c.fps
+    lo, hi = per_frame[c.res_idx == 0].max(), per_frame[c.res_idx == 2].max()
+    assert lo > 20 * knobs.NON_DNN_GFLOPS and hi / lo == pytest.approx((768 * 576 + 0.0) / (480 * 360), rel=0.05)
+    assert c.golden_compute() == pytest.approx(c.compute().max())
+    # Its latency prior sits between YOLO11 s and m on the same pixels (DESIGN.md s.5).
+    r = knobs.grade_latency_ratio()
+    assert r[1] < knobs.fixed_latency_ratio() < r[2]
+    plan = knobs.to_plan(c, 0, _person_input().nodes, "t", "")
+    assert plan.flow_mapping["person_detection"].grade is None
+
+
+def test_cold_plan_for_a_person_job_is_sensible():
+    p = BayesPlanner(background=False)
+    inp = _person_input()
+    plan = p.plan(inp)
+    vc = plan.video_conf
+    assert not (vc.resolution == "360p" and vc.fps == 1), plan.reason
+    assert plan.flow_mapping["person_detection"].grade is None
+    # The prior knows detection is the heavy stage: ~0.2 s at 640x480 on a 2-core CPU.
+    c, _ = p._candidates(inp)
+    d = p._draws(p.snapshot, 64)
+    t = np.exp(np.median(p._service_draws(d, p.snapshot, c), axis=-1))   # [K, J, R, G]
+    assert 0.1 < t[0, 0, 1, 0] < 0.4
+    assert t[1, 0, 1, 0] < 0.02 and t[2, 0, 1, 0] < 0.02
+    # A 4-core node with two workers affords a higher resolution and/or rate.
+    big = p.plan(_person_input([NodeInfo(name="cpu", cpu_count=4, n_process=2)], uid="p2"))
+    px = lambda pl: knobs.RESOLUTION_HEIGHTS[pl.video_conf.resolution] * (pl.video_conf.fps or 10)  # noqa: E731
+    assert px(big) >= px(plan)
+
+
+def test_person_job_learns_its_resolution_trade_off(model):
+    """Profiled F1 (vs the same model at source resolution) steers a fixed-model detector's
+    resolution: with F1 falling steeply at low resolution the planner stays at >= 480p."""
+    scn = sm.Scenario("person", rounds=12, delay=1.0, n_jobs=1, person=True)
+    sim = _run(scn, lambda: BayesPlanner(model, background=False, seed=4))
+    late = _window(sim, 4, 12)
+    assert not any(s.violated for s in late)
+    assert all(not s.config.startswith("360p") for s in late), [s.config for s in late]
+    assert np.mean([s.f1 for s in late]) > 0.85
+    assert all("grade" not in s.config for s in sim.stats)
+
+
+def test_accuracy_model_is_log_linear_with_per_job_slopes(model):
+    from scheduler import bayes
+
+    assert bayes.stale_s(30, 30) == 0 and bayes.stale_s(5, 10) == pytest.approx(0.1)
+    p = BayesPlanner(model, background=False, seed=6)
+    inp = _person_input(nodes=[NodeInfo(name="cpu", cpu_count=4, n_process=2)])
+    # The job's profiled F1 falls steeply with resolution: 0.6 at 360p, 0.85 at 480p, 1 at 576p.
+    obs = []
+    for t, (w, h, f1) in enumerate([(480, 360, 0.6), (640, 480, 0.85), (768, 576, 1.0)] * 4):
+        obs.append(Observation(stage="person_detection", node="cpu", width=w, height=h, fps=5, quality=90,
+                               service_s=0.1, ts=float(t), accuracy=f1))
+    p.plan(inp.model_copy(update={"observations": obs}))
+    p.refresh_now()
+    p.plan(inp.model_copy(update={"observations": obs}))
+    c, S = p._candidates(inp)
+    st = p._jobs[inp.job_uid]
+    f1 = p._f1_draws(p._draws(p.snapshot, 64), S, p.snapshot.version, st.f1_coef).mean(axis=1)
+    at = {c.res[int(c.res_idx[r])][0]: f1[i] for i, r in enumerate(S.rows)
+          if c.fps[r] == 5 and c.quality[r] == 90}
+    assert at["360p"] == pytest.approx(0.6, abs=0.08) and at["480p"] == pytest.approx(0.85, abs=0.08)
+    assert at["720p"] > 0.93

@@ -9,14 +9,26 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from dataclasses import dataclass
 
+from scheduler.interface import Plan
 from services.records import FrameRecord
+
+
+@dataclass(frozen=True)
+class LivePlan:
+    """What a result poll needs besides frames: the stage order and the plan in force."""
+
+    stage_order: tuple[str, ...]
+    plan_id: int
+    plan: Plan
 
 
 class RecentResults:
     def __init__(self, per_job: int = 512) -> None:
         self.per_job = per_job
         self._frames: dict[str, deque[FrameRecord]] = {}
+        self._plans: dict[str, LivePlan] = {}
         self._lock = threading.Lock()
 
     def add(self, job_uid: str, records: list[FrameRecord]) -> None:
@@ -27,9 +39,18 @@ class RecentResults:
                     ring.clear()  # a gap (e.g. after a restart): start a new contiguous run
                 ring.append(r)
 
+    def set_plan(self, job_uid: str, live: LivePlan) -> None:
+        with self._lock:
+            self._plans[job_uid] = live
+
+    def plan(self, job_uid: str) -> LivePlan | None:
+        with self._lock:
+            return self._plans.get(job_uid)
+
     def forget(self, job_uid: str) -> None:
         with self._lock:
             self._frames.pop(job_uid, None)
+            self._plans.pop(job_uid, None)
 
     def after(self, job_uid: str, after_seq: int, limit: int) -> list[FrameRecord] | None:
         """Frames with seq > after_seq, or None when memory does not hold all of them."""

@@ -26,6 +26,7 @@ from services.sources import SourceError, open_source, probe_source
 from tasks.consumers import AckListener, AckPublisher, ResultConsumer
 from tasks.stage import dispatch_frame
 from tracker.jobs import Job, JobState
+from tracker.recent_results import LivePlan, RecentResults
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,8 @@ class Runtime:
         self.ack_listener: AckListener | None = None
         self.scheduler = None
         # Called with (job_uid, records) after each batch is stored: metrics, elasticity.
-        self.record_observers: list[Callable[[str, list[FrameRecord]], None]] = []
+        self.recent = RecentResults()  # newest stored frames and plans, for result polls
+        self.record_observers: list[Callable[[str, list[FrameRecord]], None]] = [self.recent.add]
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> "Runtime":
@@ -292,6 +294,7 @@ class Runtime:
 
     def _apply_plan(self, job_uid: str, plan_id: int, plan: Plan) -> None:
         job = self.store.get_job(job_uid)
+        self.recent.set_plan(job_uid, LivePlan(tuple(job.dag.topological_order()), plan_id, plan))
         if job.state == JobState.UNSCHED:
             self.store.transition(job_uid, JobState.EXEC, f"planned by {plan.planner}")
             self.start_generator(job_uid)

@@ -304,15 +304,17 @@ def submit_job_user_constraint():
 @user_bp.get("/user/sync_job_result/<job_uid>")
 def sync_job_result(job_uid: str):
     ctx = tracker_context()
-    job = _job_or_404(ctx, job_uid)
-    order = job.dag.topological_order()
     n = max(APPENDED_FRAMES, DELAY_WINDOW)
-    frames = ctx.recent.recent(job.uid, n)
-    if frames is None:
+    live, frames = ctx.recent.plan(job_uid), ctx.recent.recent(job_uid, n)
+    if live is None or frames is None:  # not running here: read the store
+        job = _job_or_404(ctx, job_uid)
+        current = ctx.store.current_plan(job.uid)
+        order = job.dag.topological_order()
         frames = ctx.store.recent_results(job.uid, n)
+    else:
+        current, order = (live.plan_id, live.plan), list(live.stage_order)
     appended = [appended_entry(f.outputs, order, f.seq) for f in frames if not f.lost][-APPENDED_FRAMES:]
     latest: dict[str, Any] = {}
-    current = ctx.store.current_plan(job.uid)
     if current is not None:
         plan_id, plan = current
         window = [f for f in frames if not f.lost and f.plan_id == plan_id] or [f for f in frames if not f.lost]

@@ -21,7 +21,6 @@ from tracker.heartbeat import NODE_TIMEOUT_S, NodeUpkeep
 from tracker.metrics import EXTENSION as METRICS
 from tracker.metrics import ClusterMetrics
 from tracker.nodes import register_local_node
-from tracker.recent_results import RecentResults
 from tracker.runtime import Runtime
 from tracker.store import Store
 from tracker.viewer.hub import ViewerHub
@@ -64,7 +63,6 @@ class TrackerServer:
         self.celery = None
         self.worker: InProcessWorker | None = None
         self.hub = ViewerHub()
-        self.recent = RecentResults()
         self.runtime: Runtime | None = None
         self.app = None
         self.servers: list[HttpServer] = []
@@ -95,12 +93,11 @@ class TrackerServer:
         self.runtime = Runtime(self.settings, self.store, self.hub, self.celery, planner=self.planner_factory,
                                pace=self.pace, backpressure=self.backpressure,
                                scheduler_interval_s=self.scheduler_interval_s)
-        self.runtime.record_observers.append(self.recent.add)  # polls read the newest frames from memory
         self.runtime.start()
 
     def start_app(self) -> None:
         self.app = create_app(self.settings, store=self.store, control=self.runtime, hub=self.hub,
-                              recent=self.recent)
+                              recent=self.runtime.recent)
         if not self.serve_http:
             return
         api = HttpServer(self.app, self.host, self.settings.api_port, "vdag-http-api")
