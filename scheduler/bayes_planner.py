@@ -14,8 +14,12 @@ Decision (per job, a few ms, all numpy over the posterior draws):
    the plan most likely to meet the delay.
 
 Between posterior refreshes the draws are recalibrated per job from its latest window: per
-(service, node) the log residual of the measured service times, and per job the logit residual
-of its profiled F1 (content differs between jobs), each computed per draw and shrunk.
+(service, node) the log residual of the measured service times, and per job a ridge fit of the
+log residual of its profiled F1 on (1, log height ratio, staleness) (content differs between
+jobs: small objects, fast motion), each computed per draw and shrunk toward the pooled model.
+On the prior alone (cold start) a plan needs P(delay <= D) >= cold_delay_prob (0.8), not 0.95:
+the first window's measurements remove most of that uncertainty. Decisions and refreshes run
+with numpy's BLAS on one thread (bayes.blas_single): small matrices, contended cores.
 A shift (constraint change, a node gone or added, a measured window far outside the
 predictive) drops the job's older observations on the affected nodes, asks the refresher to
 run now, and disables keep and exploration for a few rounds. Exploration is bounded: at most

@@ -2,8 +2,12 @@
 
 The simulated truth is deliberately *not* the planner's model: a steeper pixel exponent,
 node speeds that differ from what the node advertises, load slowing CPU nodes, an accuracy
-surface that is a product of grade, resolution, frame-rate and JPEG factors (not logit-
-linear), noisy per-frame latencies and noisy F1 on profiled frames.
+surface that is a product of grade, resolution, frame-rate and JPEG factors whose shapes
+differ from the planner's log-linear terms (a power of the lost height, an exponential in
+skipped frames, a quadratic in JPEG quality), noisy per-frame latencies and noisy F1 on
+profiled frames. Known limit: an overloaded node's delay is capped at OVERLOAD_FRAMES of work
+(the generator drops frames) and the dropped frames cost no F1, so the hindsight oracle may
+pick saturated plans that no planner respecting the queue model would choose.
 
 Each round (a planning window of `round_s` seconds): every job gets a plan from its planner
 (given the last rounds' observations), the simulator computes the true expected delay and
