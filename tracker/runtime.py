@@ -443,12 +443,37 @@ class Runtime:
         for key in [k for k in list(self._busy) if k[0] == job_uid]:
             self._busy.pop(key, None)
 
+    def worker_busy(self, node: str, now: float | None = None) -> float | None:
+        """Busy share of a node's worker processes over the last LOAD_WINDOW_S, summed over
+        every job this aggregator sees. This, not the host's CPU utilisation, is the planner's
+        node load: the planner treats load as work queued on the node's workers, while other
+        processes sharing the CPU only slow the service times, which it learns from
+        observations (reading psutil's CPU here counted that contention twice and made every
+        plan look infeasible on a busy host)."""
+        now = time.time() if now is None else now
+        nodes = self._node_table(now)
+        if node not in nodes:
+            return None
+        total = 0.0
+        for (_, busy_node), busy in list(self._busy.items()):
+            if busy_node == node:
+                total += sum(t for at, t in list(busy) if at >= now - LOAD_WINDOW_S)
+        return round(min(total / LOAD_WINDOW_S / nodes[node][1], 1.0), 3)
+
+    def _node_table(self, now: float) -> dict[str, tuple[float, int]]:
+        read_at, nodes = self._node_loads
+        if now - read_at >= NODES_EVERY_S:
+            try:
+                nodes = {n.name: (n.cpu_ratio, max(n.n_process, 1)) for n in self.store.list_nodes()}
+            except Exception:
+                log.debug("node table not readable for node_load", exc_info=True)
+            self._node_loads = (now, nodes)
+        return nodes
+
     def _background_load(self, job_uid: str, node: str, now: float) -> float | None:
-        """The node's load apart from this job's own work: its cpu_ratio minus this job's busy
-        share of its worker processes over the last LOAD_WINDOW_S, the same quantity the
-        planner subtracts at decision time (fps x own work / n_process). A frame is not slowed
-        by the job's other frames on a worker that serves one at a time, so the service times
-        are fitted against the load that is not the job's; None when the node is unknown."""
+        """The node's load apart from this job's own work: the workers' busy share minus this
+        job's own, the same quantity the planner subtracts at decision time (fps x own work /
+        n_process); None when the node is unknown."""
         read_at, nodes = self._node_loads
         if now - read_at >= NODES_EVERY_S:
             try:
@@ -461,9 +486,9 @@ class Runtime:
             busy.popleft()
         if node not in nodes:
             return None
-        cpu_ratio, n_process = nodes[node]
+        n_process = nodes[node][1]
         own = sum(t for _, t in busy) / LOAD_WINDOW_S / n_process
-        return round(min(max(cpu_ratio - own, 0.0), 1.0), 3)
+        return round(min(max((self.worker_busy(node, now) or 0.0) - own, 0.0), 1.0), 3)
 
     def _stored_plan(self, plan_id: int) -> Plan | None:
         """Plans of jobs whose generator runs on another node are not cached at dispatch."""
@@ -532,7 +557,11 @@ class Runtime:
 
     # -- planning inputs ---------------------------------------------------------------------
     def planning_input(self, job: Job) -> PlanningInput:
+        now = time.time()
         nodes = [n.info() for n in self.store.list_nodes()]
+        for n in nodes:
+            busy = self.worker_busy(n.name, now)
+            n.cpu_ratio = busy if busy is not None else 0.0  # see worker_busy
         current = self.store.current_plan(job.uid)
         src = job.source_info or {}
         return PlanningInput(
