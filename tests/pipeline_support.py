@@ -60,6 +60,17 @@ def all_results(client, uid: str) -> list[dict]:
         after = page["items"][-1]["seq"]
 
 
+def rabbit_up(url: str = AMQP_URL) -> bool:
+    from kombu import Connection
+
+    try:
+        with Connection(url, connect_timeout=3) as conn:
+            conn.connect()
+        return True
+    except Exception:
+        return False
+
+
 def purge_queues(*names: str) -> None:
     from kombu import Connection
 

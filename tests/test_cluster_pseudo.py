@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from tests.cluster_support import CONF_ENV, PIN_ENV, PseudoSystem
-from tests.pipeline_support import AMQP_URL
+from tests.pipeline_support import AMQP_URL, rabbit_up
 
 pytestmark = pytest.mark.integration
 
@@ -29,18 +29,7 @@ FACES = [
 ]
 
 
-def _rabbit_up() -> bool:
-    from kombu import Connection
-
-    try:
-        with Connection(AMQP_URL, connect_timeout=3) as conn:
-            conn.connect()
-        return True
-    except Exception:
-        return False
-
-
-if not _rabbit_up():
+if not rabbit_up():
     pytest.skip(f"RabbitMQ not reachable at {AMQP_URL}", allow_module_level=True)
 
 

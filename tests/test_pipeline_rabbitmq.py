@@ -11,8 +11,8 @@ import msgpack
 import pytest
 from kombu import Connection, Exchange, Producer
 
-from tests.pipeline_support import (AMQP_URL, VTEST, all_results, fixed_plan, settings_for, start_worker_process,
-                                    stop_process, submit, wait_state)
+from tests.pipeline_support import (AMQP_URL, VTEST, all_results, fixed_plan, rabbit_up, settings_for,
+                                    start_worker_process, stop_process, submit, wait_state)
 from tracker.server import TrackerServer
 
 pytestmark = pytest.mark.integration
@@ -23,16 +23,7 @@ PEOPLE = [
 ]
 
 
-def _rabbit_up() -> bool:
-    try:
-        with Connection(AMQP_URL, connect_timeout=3) as conn:
-            conn.connect()
-        return True
-    except Exception:
-        return False
-
-
-if not _rabbit_up():
+if not rabbit_up():
     pytest.skip(f"RabbitMQ not reachable at {AMQP_URL}", allow_module_level=True)
 
 

@@ -1,7 +1,7 @@
 """What request handlers reach through `current_app.extensions["vdag"]`."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from flask import current_app
@@ -51,7 +51,13 @@ class TrackerContext:
     store: "Store"
     hub: "ViewerHub"
     control: JobControl
-    recent: "RecentResults"
+    recent: "RecentResults" = field(default_factory=lambda: _recent_results())
+
+
+def _recent_results() -> "RecentResults":
+    from tracker.recent_results import RecentResults
+
+    return RecentResults()
 
 
 def tracker_context() -> TrackerContext:

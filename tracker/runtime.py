@@ -474,13 +474,7 @@ class Runtime:
         """The node's load apart from this job's own work: the workers' busy share minus this
         job's own, the same quantity the planner subtracts at decision time (fps x own work /
         n_process); None when the node is unknown."""
-        read_at, nodes = self._node_loads
-        if now - read_at >= NODES_EVERY_S:
-            try:
-                nodes = {n.name: (n.cpu_ratio, max(n.n_process, 1)) for n in self.store.list_nodes()}
-            except Exception:
-                log.debug("node table not readable for node_load", exc_info=True)
-            self._node_loads = (now, nodes)
+        nodes = self._node_table(now)
         busy = self._busy[(job_uid, node)]
         while busy and busy[0][0] < now - LOAD_WINDOW_S:
             busy.popleft()
