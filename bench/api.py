@@ -34,9 +34,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from bench.common import (AMQP_URL, ROOT, VTEST, ArrivalClock, fixed_plan, machine, median, pct, print_table,
-                          rabbit_tracker, rabbit_up, start_worker, stop_process, unique_node, wait_job, write_clip,
-                          write_json)
+from bench.common import (ROOT, ArrivalClock, fixed_plan, machine, median, missing_prerequisite, pct, print_table,
+                          rabbit_tracker, start_worker, stop_process, unique_node, wait_job, write_clip, write_json)
 
 STAGES = [
     {"name": "probe", "service": "frame_probe", "inputs": {"image": "generator.image"}},
@@ -242,11 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         base, count, timeout = args.viewer_client
         viewer_client(base, int(count), float(timeout))
         return 0
-    if not rabbit_up():
-        print(f"RabbitMQ not reachable at {AMQP_URL}", file=sys.stderr)
-        return 2
-    if not VTEST.exists():
-        print(f"{VTEST} missing: apt-get install opencv-doc", file=sys.stderr)
+    missing = missing_prerequisite()
+    if missing:
+        print(missing, file=sys.stderr)
         return 2
     cfg = TINY if args.tiny else QUICK if args.quick else DEFAULT
     import logging

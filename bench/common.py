@@ -135,6 +135,26 @@ def rabbit_up(url: str = AMQP_URL) -> bool:
         return False
 
 
+def missing_prerequisite() -> str | None:
+    """Why a bench cannot run here (no broker, no test video), or None."""
+    if not rabbit_up():
+        return f"RabbitMQ not reachable at {AMQP_URL}"
+    if not VTEST.exists():
+        return f"{VTEST} missing: apt-get install opencv-doc"
+    return None
+
+
+def all_results(client, uid: str) -> list[dict]:
+    """Every stored frame of a job, paging through GET /api/v1/jobs/<id>/results."""
+    out, after = [], -1
+    while True:
+        page = client.get(f"/api/v1/jobs/{uid}/results?after_seq={after}&limit=1000").get_json()
+        if not page["items"]:
+            return out
+        out.extend(page["items"])
+        after = page["items"][-1]["seq"]
+
+
 def delete_queues(*names: str, url: str = AMQP_URL) -> None:
     from kombu import Connection
 

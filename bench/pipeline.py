@@ -29,7 +29,8 @@ from pathlib import Path
 
 import msgpack
 
-from bench.common import (AMQP_URL, RESULTS_DIR, VTEST, ArrivalClock, CpuMeter, delete_queues, process_tree, rabbit_pids, fixed_plan, machine, median, pct,
+from bench.common import (AMQP_URL, RESULTS_DIR, ArrivalClock, CpuMeter, all_results, delete_queues, fixed_plan,
+                          machine, median, pct, process_tree, rabbit_pids,
                           print_table, rabbit_tracker, read_frames, run_job, start_worker, stop_process,
                           unique_node, write_clip, write_json)
 
@@ -112,14 +113,7 @@ def bench_inference(cfg: dict, tmp: Path, log_dir: Path) -> dict:
 
 
 def _results(server, uid: str) -> list[dict]:
-    client = server.app.test_client()
-    out, after = [], -1
-    while True:
-        page = client.get(f"/api/v1/jobs/{uid}/results?after_seq={after}&limit=1000").get_json()
-        if not page["items"]:
-            return out
-        out.extend(page["items"])
-        after = page["items"][-1]["seq"]
+    return all_results(server.app.test_client(), uid)
 
 
 # -- plumbing ------------------------------------------------------------------------------
@@ -376,13 +370,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.raw_consumer:
         raw_consumer(*args.raw_consumer)
         return 0
-    from bench.common import rabbit_up
+    from bench.common import missing_prerequisite
 
-    if not rabbit_up():
-        print(f"RabbitMQ not reachable at {AMQP_URL}", file=sys.stderr)
-        return 2
-    if not VTEST.exists():
-        print(f"{VTEST} missing: apt-get install opencv-doc", file=sys.stderr)
+    missing = missing_prerequisite()
+    if missing:
+        print(missing, file=sys.stderr)
         return 2
     cfg = TINY if args.tiny else QUICK if args.quick else DEFAULT
     parts = args.only or ["inference", "plumbing", "latency"] + (["sweep"] if args.sweep else [])

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import cv2
 
-from bench.common import (AMQP_URL, RESULTS_DIR, VTEST, delete_queues, machine, median, node_queues, pct,
+from bench.common import (AMQP_URL, RESULTS_DIR, VTEST, all_results, delete_queues, machine, median, node_queues, pct,
                           print_table, rabbit_up, start_worker, stop_process, unique_node, write_json)
 
 log = logging.getLogger("bench.planner_real")
@@ -76,7 +75,7 @@ def run_planner(name: str, *, node: str, delay: float, video_s: float, tmp: Path
         runner.thread.join(5)
         gen_stats = runner.generator.stats.as_dict() if runner.generator else {}
         _drain(server, uid, gen_stats.get("frames_sent", 0))
-        results = _all_results(client, uid)
+        results = all_results(client, uid)
         plans = client.get(f"/api/v1/jobs/{uid}/plans?limit=500").get_json()["items"][::-1]
         observations = server.store.recent_observations(uid, limit=100_000)
         job = client.get(f"/api/v1/jobs/{uid}").get_json()
@@ -141,16 +140,6 @@ def _drain(server, uid: str, sent: int, timeout: float = 60.0) -> None:
     if server.store.result_count(uid) < sent:
         log.warning("job %s: %d of %d sent frames stored after %.0f s", uid, server.store.result_count(uid),
                     sent, timeout)
-
-
-def _all_results(client, uid: str) -> list[dict]:
-    out, after = [], -1
-    while True:
-        page = client.get(f"/api/v1/jobs/{uid}/results?after_seq={after}&limit=1000").get_json()
-        if not page["items"]:
-            return out
-        out.extend(page["items"])
-        after = page["items"][-1]["seq"]
 
 
 # -- offline golden ----------------------------------------------------------------------------

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench.common import all_results  # noqa: F401  (the tests import it from here)
+from bench.common import rabbit_up as bench_rabbit_up
 from services.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,25 +52,8 @@ def wait_state(client, uid: str, states=TERMINAL, timeout: float = 120.0) -> dic
     raise AssertionError(f"job {uid} still {job['state']} after {timeout}s: {job.get('stats')}")
 
 
-def all_results(client, uid: str) -> list[dict]:
-    out, after = [], -1
-    while True:
-        page = client.get(f"/api/v1/jobs/{uid}/results?after_seq={after}&limit=1000").get_json()
-        out.extend(page["items"])
-        if not page["items"]:
-            return out
-        after = page["items"][-1]["seq"]
-
-
 def rabbit_up(url: str = AMQP_URL) -> bool:
-    from kombu import Connection
-
-    try:
-        with Connection(url, connect_timeout=3) as conn:
-            conn.connect()
-        return True
-    except Exception:
-        return False
+    return bench_rabbit_up(url)
 
 
 def purge_queues(*names: str) -> None:
