@@ -29,7 +29,7 @@ from tasks.app import make_celery
 from tasks.consumers import AckListener
 from tracker.heartbeat import HEARTBEAT_EVERY_S, HeartbeatSender, PeriodicLoop, node_resources
 from tracker.jobs import JobState
-from tracker.runtime import JobRunner, build_route
+from tracker.runtime import JobRunner, active_plan
 
 log = logging.getLogger(__name__)
 
@@ -286,10 +286,9 @@ class EdgeAgent:
         log.info("job %s: generator started on %s (plan %s, from seq %s)", uid, self.node, spec["plan_id"],
                  spec.get("first_seq", 0))
 
-    @staticmethod
-    def _active(dag: DagSpec, spec: dict) -> ActivePlan:
-        plan = Plan.model_validate(spec["plan"])
-        return ActivePlan(plan_id=int(spec["plan_id"]), video_conf=plan.video_conf, route=build_route(dag, plan))
+    def _active(self, dag: DagSpec, spec: dict) -> ActivePlan:
+        return active_plan(self.settings, dag, int(spec["plan_id"]), Plan.model_validate(spec["plan"]),
+                           planned=bool(spec.get("planned", True)))
 
     def _on_end(self, job_uid: str, state: JobState, reason: str) -> None:
         """A generator thread ended by itself (end of file, source failure)."""

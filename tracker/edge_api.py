@@ -65,6 +65,7 @@ def node_jobs():
             "constraint": job.constraint.model_dump(mode="json"),
             "plan_id": current[0],
             "plan": current[1].model_dump(mode="json"),
+            "planned": job.fixed_plan is None,
             "first_seq": last[0] + 1 if last else 0,
             "start_ts": last[1] if last and last[1] >= 0 else 0.0,
         })

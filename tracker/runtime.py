@@ -69,6 +69,14 @@ class _JobStats:
 OnJobEnd = Callable[[str, JobState, str], None]
 
 
+def active_plan(settings: Settings, dag: DagSpec, plan_id: int, plan: Plan, planned: bool) -> ActivePlan:
+    """What a generator (cloud or edge) needs of a plan. Accuracy profiling only helps a
+    planner that is choosing, so fixed plans are not profiled."""
+    profile = settings.profile_every if planned and has_detection_stage(dag) else 0
+    return ActivePlan(plan_id=plan_id, video_conf=plan.video_conf, route=build_route(dag, plan),
+                      profile_every=profile, golden_grade=settings.golden_grade)
+
+
 def renders(dag: DagSpec) -> bool:
     """Whether some stage draws a picture for the viewers (an `image` output)."""
     from services.registry import get_service
@@ -286,11 +294,7 @@ class Runtime:
 
     def _active_plan(self, job: Job, plan_id: int, plan: Plan) -> ActivePlan:
         self._plans[plan_id] = plan
-        dag = job.dag
-        # Accuracy profiling only helps a planner that is choosing: not for fixed plans.
-        profile = self.settings.profile_every if job.fixed_plan is None and has_detection_stage(dag) else 0
-        return ActivePlan(plan_id=plan_id, video_conf=plan.video_conf, route=build_route(dag, plan),
-                          profile_every=profile, golden_grade=self.settings.golden_grade)
+        return active_plan(self.settings, job.dag, plan_id, plan, planned=job.fixed_plan is None)
 
     def _apply_plan(self, job_uid: str, plan_id: int, plan: Plan) -> None:
         job = self.store.get_job(job_uid)
