@@ -68,7 +68,7 @@ class _JobState:
     shift_why: str = ""
     stale: dict[str, float] = field(default_factory=dict)  # node -> drop this job's obs there before ts
     f1_coef: np.ndarray | None = None      # [3, n] per-draw correction of this job's log F1
-    f1_version: int = -1
+    priors_seen: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,8 @@ class BayesPlanner:
         # (service slot, node slot) -> (per-draw log correction, window ts, snapshot version)
         self._lat_delta: dict[tuple[int, int], tuple[np.ndarray, float, int]] = {}
         self.refresh_times: list[float] = []
-        self.decision_times: list[float] = []
+        self.decision_times: list[float] = []      # wall seconds per decision
+        self.decision_cpu_times: list[float] = []  # this thread's CPU seconds (excludes time descheduled)
         self.shifts: list[tuple[str, int, str]] = []  # (job, round, why), for reports and tests
         self._background = background
         self._stop = threading.Event()
@@ -188,12 +189,15 @@ class BayesPlanner:
         rows = [(o, services.get(o.stage, o.stage), float(inp.source.height), float(inp.source.fps))
                 for o in inp.observations[-self.obs_per_job:]
                 if o.stage in services and o.ts >= st.stale.get(o.node, -math.inf)]
-        for n in inp.nodes:
-            self._node_mu[self.node_slot(n.name)] = bayes.node_prior(n)
-            self._node_gpu[self.node_slot(n.name)] = float(n.gpu)
-        for svc in set(services.values()):
-            self._svc_mu[self.svc_slot(svc)] = bayes.service_prior(svc)
-            self._svc_sd[self.svc_slot(svc)] = bayes.service_prior_sd(svc)
+        seen = (tuple((n.name, n.gpu, n.cpu_count) for n in inp.nodes), tuple(sorted(set(services.values()))))
+        if seen != st.priors_seen:  # priors depend only on what a node is and which services run
+            st.priors_seen = seen
+            for n in inp.nodes:
+                self._node_mu[self.node_slot(n.name)] = bayes.node_prior(n)
+                self._node_gpu[self.node_slot(n.name)] = float(n.gpu)
+            for svc in seen[1]:
+                self._svc_mu[self.svc_slot(svc)] = bayes.service_prior(svc)
+                self._svc_sd[self.svc_slot(svc)] = bayes.service_prior_sd(svc)
         if self._snapshot.source == "prior":  # cold start: draw the prior of the services seen
             key = (self._svc_mu.tobytes(), self._svc_sd.tobytes(), self._node_mu.tobytes())
             if key != self._prior_key:
@@ -336,26 +340,29 @@ class BayesPlanner:
     def _recalibrate(self, inp: PlanningInput, st: _JobState, snap: Snapshot, d: dict[str, np.ndarray]) -> list[str]:
         """Per-draw corrections from the job's latest window; returns nodes whose window was a surprise."""
         services = {s.name: s.service for s in inp.dag.stages}
-        obs = [o for o in inp.observations if o.stage in services and o.ts >= st.stale.get(o.node, -math.inf)]
         surprised: list[str] = []
         if self._lat_delta and next(iter(self._lat_delta.values()))[2] != snap.version:
             self._lat_delta.clear()
-        if obs:
-            last_ts = max(o.ts for o in obs)
-            groups: dict[tuple[str, str], list[Observation]] = {}
-            for o in obs:
-                if o.ts >= last_ts - 1e-9 and o.service_s > 0:
-                    groups.setdefault((services[o.stage], o.node), []).append(o)
-            for (svc, node), os_ in groups.items():
-                y = float(np.mean(np.log([o.service_s for o in os_])))
-                mu = self._obs_log_mu(d, snap, svc, os_[0])
-                resid = y - mu                                       # [n]
-                n = len(os_)
-                sd = math.sqrt(float(np.var(mu)) + float(np.mean(d["sig"] ** 2)) / n)
-                heavy = math.exp(y) > 0.05 * inp.constraint.delay  # a light stage's wobble is no shift
-                if heavy and abs(float(np.median(resid))) > max(SURPRISE_LOG, 3 * sd):
-                    surprised.append(node)
-                self._lat_delta[(self.svc_slot(svc), self.node_slot(node))] = (resid * n / (n + 2.0), last_ts, snap.version)
+        # One pass: the measured stages of the latest window, per (service, node).
+        groups: dict[tuple[str, str], list[Observation]] = {}
+        last_ts = -math.inf
+        for o in inp.observations:
+            if o.service_s <= 0 or o.stage not in services or o.ts < st.stale.get(o.node, -math.inf) \
+                    or o.ts < last_ts - 1e-9:
+                continue
+            if o.ts > last_ts + 1e-9:
+                groups, last_ts = {}, o.ts
+            groups.setdefault((services[o.stage], o.node), []).append(o)
+        for (svc, node), os_ in groups.items():
+            y = float(np.mean(np.log([o.service_s for o in os_])))
+            mu = self._obs_log_mu(d, snap, svc, os_[0])
+            resid = y - mu                                       # [n]
+            n = len(os_)
+            sd = math.sqrt(float(np.var(mu)) + float(np.mean(d["sig"] ** 2)) / n)
+            heavy = math.exp(y) > 0.05 * inp.constraint.delay  # a light stage's wobble is no shift
+            if heavy and abs(float(np.median(resid))) > max(SURPRISE_LOG, 3 * sd):
+                surprised.append(node)
+            self._lat_delta[(self.svc_slot(svc), self.node_slot(node))] = (resid * n / (n + 2.0), last_ts, snap.version)
         # Accuracy: this job's profiled F1 vs the pooled model, per draw: a Bayesian ridge fit of
         # an offset and slopes on resolution and staleness (content differs between jobs: small
         # objects make resolution matter more, fast motion makes skipped frames cost more).
@@ -365,7 +372,8 @@ class BayesPlanner:
             h, f = float(inp.source.height), float(inp.source.fps)
             g = np.array([GRADES.index(o.grade) if o.grade in GRADES else len(GRADES) - 1 for o in acc])
             logh = np.log(np.minimum(np.array([o.height for o in acc]) / max(h, 1), 1.0))
-            stale = np.array([float(bayes.stale_s(o.fps, f)) if o.fps else 0.0 for o in acc])
+            fps = np.array([o.fps for o in acc])
+            stale = np.where(fps > 0, bayes.stale_s(fps, f), 0.0)
             logq = np.log(np.array([o.quality for o in acc]) / 100.0)
             eta = (d["th"][:, g] + d["kappa"][:, None] * logh + d["lam"][:, None] * stale + d["rho"][:, None] * logq)
             y = bayes.log_f1([o.accuracy for o in acc])
@@ -412,7 +420,7 @@ class BayesPlanner:
             return self._plan(inp)
 
     def _plan(self, inp: PlanningInput) -> Plan:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.thread_time()
         self.start()
         st = self._jobs.setdefault(inp.job_uid, _JobState())
         self._ingest(inp, st)
@@ -511,6 +519,7 @@ class BayesPlanner:
         reason = self._reason(c, short, pick, p_ok, f1, cost, D, why, snap, ef1_rows[S.grid], i)
         plan = knobs.to_plan(c, i, inp.nodes, self.name, reason)
         self.decision_times.append(time.perf_counter() - t0)
+        self.decision_cpu_times.append(time.thread_time() - cpu0)
         return plan
 
     def _f1_draws(self, d: dict[str, np.ndarray], S: _Static, version: int, coef: np.ndarray | None) -> np.ndarray:

@@ -70,17 +70,27 @@ def plan_delay(
     svc_time: per-frame service time per stage [M, K, D]; mean_time: its mean (for load).
     When a node is over RHO_MAX the delay is inf, or, if overload_frames is given (the
     simulator: the generator caps frames in flight), that many frames of work.
+    Works stage by stage rather than node by node: a plan uses at most K of the cluster's
+    nodes, and a decision scores every candidate, so [M, K] beats [M, nodes] on a big cluster.
     """
-    fps = c.fps[idx][:, None, None]
-    work = node_work(c, idx, mean_time)
-    used = work > 0
-    rho = bg[None, :, None] + fps * work / cap[None, :, None]
-    per = work / cap[None, :, None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        wait = np.where(rho < RHO_MAX, rho / (2 * (1 - rho)) * per + qdepth[None, :, None] * per, np.inf)
-    if overload_frames is not None:
-        wait = np.where(np.isinf(wait), overload_frames * per, wait)
-    wait = np.where(used, wait, 0.0)
-    delay = svc_time.sum(axis=1) + wait.sum(axis=1) + transfer[:, None]
-    peak = np.where(used, rho, 0.0).max(axis=1)
+    fps = c.fps[idx][:, None]
+    mapping = c.mapping[idx]
+    K = mapping.shape[1]
+    delay = svc_time.sum(axis=1) + transfer[:, None]
+    peak = np.zeros_like(delay)
+    for k in range(K):
+        j = mapping[:, k]
+        same = mapping == j[:, None]                               # stages on stage k's node
+        work = np.einsum("mkd,mk->md", mean_time, same.astype(mean_time.dtype))
+        per = work / cap[j][:, None]
+        rho = bg[j][:, None] + fps * per
+        with np.errstate(divide="ignore", invalid="ignore"):
+            wait = np.where(rho < RHO_MAX, rho / (2 * (1 - rho)) * per + qdepth[j][:, None] * per, np.inf)
+        if overload_frames is not None:
+            wait = np.where(np.isinf(wait), overload_frames * per, wait)
+        if k == 0 or not same[:, :k].any():                         # fast path: no node repeats
+            delay = delay + wait
+        else:
+            delay = delay + np.where(same[:, :k].any(axis=1)[:, None], 0.0, wait)  # a node waits once
+        peak = np.maximum(peak, rho)
     return delay, peak

@@ -5,9 +5,10 @@ node speeds that differ from what the node advertises, load slowing CPU nodes, a
 surface that is a product of grade, resolution, frame-rate and JPEG factors whose shapes
 differ from the planner's log-linear terms (a power of the lost height, an exponential in
 skipped frames, a quadratic in JPEG quality), noisy per-frame latencies and noisy F1 on
-profiled frames. Known limit: an overloaded node's delay is capped at OVERLOAD_FRAMES of work
-(the generator drops frames) and the dropped frames cost no F1, so the hindsight oracle may
-pick saturated plans that no planner respecting the queue model would choose.
+profiled frames. An overloaded node cannot serve every frame: the generator caps frames in
+flight, so the delay stays near OVERLOAD_FRAMES frames of work, and the node serves every
+job's frames at the same reduced rate (the rest are dropped): F1 is that of the frames served,
+compute is what the plan asks for.
 
 Each round (a planning window of `round_s` seconds): every job gets a plan from its planner
 (given the last rounds' observations), the simulator computes the true expected delay and
@@ -26,7 +27,7 @@ from typing import Callable
 import numpy as np
 
 from scheduler import knobs
-from scheduler.delay import DEFAULT_BW, node_arrays, plan_delay, transfer_s
+from scheduler.delay import DEFAULT_BW, RHO_MAX, node_arrays, node_work, plan_delay, transfer_s
 from scheduler.interface import NodeInfo, Observation, Plan, Planner, PlanningInput, SourceInfo, UserConstraint
 from services.dag import DagSpec, dag_from_pipeline
 from services.video_conf import GRADES
@@ -85,6 +86,8 @@ class RoundStat:
     utility: float
     oracle_utility: float
     decision_ms: float
+    oracle_config: str = ""
+    oracle_f1: float = 0.0
 
 
 def true_f1(height: np.ndarray, src_h: float, fps: np.ndarray, src_fps: float, grade_idx: np.ndarray,
@@ -95,6 +98,18 @@ def true_f1(height: np.ndarray, src_h: float, fps: np.ndarray, src_fps: float, g
     f = np.exp(-0.012 * motion * skip)
     q = 1 - 0.12 * ((100 - np.asarray(quality, float)) / 90) ** 2
     return np.clip(g * r * f * q, 0, 1)
+
+
+@dataclass(frozen=True)
+class Truth:
+    """What candidates really do under the simulated truth (arrays over candidates)."""
+
+    delay: np.ndarray     # expected per-frame delay (s)
+    f1: np.ndarray        # F1 vs golden of the frames served
+    cost: np.ndarray      # compute share of golden the plan asks for
+    served: np.ndarray    # share of the plan's frames the bottleneck node can serve
+    transfer: np.ndarray  # seconds on the wire per frame
+    service: np.ndarray   # mean service time per stage [M, K]
 
 
 class Simulator:
@@ -151,19 +166,31 @@ class Simulator:
             out[:, k] = t * slow
         return out
 
-    def _evaluate(self, job: SimJob, c: knobs.Candidates, idx: np.ndarray, bg: np.ndarray):
-        """True expected delay and F1 for candidates idx, given background load per node."""
+    def _evaluate(self, job: SimJob, c: knobs.Candidates, idx: np.ndarray, load: np.ndarray,
+                  base: np.ndarray | None = None) -> Truth:
+        """True expected delay, F1 and compute share for candidates idx, given the load per node
+        (`base`: its background part, the rest being other jobs' work)."""
         infos = {n.name: n for n in self.node_infos({})}
         nodes = [infos[n] for n in c.nodes]
         _, cap, qdepth, bw = node_arrays(c, nodes)
-        mt = self._true_mean_times(c, idx, bg)[:, :, None]
+        mt = self._true_mean_times(c, idx, load)[:, :, None]
         nbytes = knobs.frame_bytes(c.width[idx], c.height[idx], c.quality[idx])
         tr = transfer_s(c, idx, nbytes, bw)
-        delay, _ = plan_delay(c, idx, mt, mt, bg, cap, qdepth, tr, overload_frames=OVERLOAD_FRAMES)
+        delay, _ = plan_delay(c, idx, mt, mt, load, cap, qdepth, tr, overload_frames=OVERLOAD_FRAMES)
+        # An overloaded node serves every job's frames at the same reduced rate (processor
+        # sharing); the bottleneck node of a plan sets the share of its frames that get a result.
+        base = load if base is None else base
+        own = c.fps[idx][:, None] * node_work(c, idx, mt)[:, :, 0] / cap[None, :]
+        demand = (load - base)[None, :] + own
+        with np.errstate(divide="ignore", invalid="ignore"):
+            share = np.where(own > 0, np.maximum(RHO_MAX - base, 0.0)[None, :] / demand, np.inf)
+        served = np.clip(share.min(axis=1), 0.0, 1.0)
+        fps = np.maximum(c.fps[idx] * served, 0.1)
         tun = bool(c.tunable.any())
-        f1 = true_f1(c.height[idx], c.src_height, c.fps[idx], c.src_fps, c.grade_idx[idx], c.quality[idx], job.motion, tun,
+        f1 = true_f1(c.height[idx], c.src_height, fps, c.src_fps, c.grade_idx[idx], c.quality[idx], job.motion, tun,
                      job.res_sens)
-        return delay[:, 0], f1, tr, mt[:, :, 0]
+        # Compute is what the plan asks of the cluster per second of video, served or not.
+        return Truth(delay[:, 0], f1, c.compute(idx) / c.golden_compute(), served, tr, mt[:, :, 0])
 
     def _candidates(self, job: SimJob, inp: PlanningInput) -> knobs.Candidates:
         key = knobs.candidates_key(inp)
@@ -171,33 +198,47 @@ class Simulator:
             self._cands[key] = knobs.build_candidates(inp)
         return self._cands[key]
 
-    def _job_work(self, job: SimJob, c: knobs.Candidates, i: int, bg: np.ndarray) -> np.ndarray:
-        """Utilisation a job adds to each node (in c.nodes order)."""
-        mt = self._true_mean_times(c, np.array([i]), bg)[0]
-        util = np.zeros(len(c.nodes))
+    def _job_work(self, c: knobs.Candidates, i: int, load: dict[str, float]) -> dict[str, float]:
+        """Utilisation a job adds to each of its nodes, its service slowed by the node's other load."""
+        mt = self._true_mean_times(c, np.array([i]), np.clip(np.array([load[n] for n in c.nodes]), 0, 0.99))[0]
+        util: dict[str, float] = {}
         for k in range(len(c.stages)):
-            j = c.mapping[i, k]
-            util[j] += c.fps[i] * mt[k] / max(self.nodes[c.nodes[j]].n_process, 1)
+            n = c.nodes[int(c.mapping[i, k])]
+            util[n] = util.get(n, 0.0) + c.fps[i] * mt[k] / max(self.nodes[n].n_process, 1)
         return util
+
+    @staticmethod
+    def _total(bg: dict[str, float], work: dict[str, dict[str, float]]) -> dict[str, float]:
+        total = dict(bg)
+        for w in work.values():
+            for n, u in w.items():
+                total[n] = total.get(n, 0.0) + u
+        return total
+
+    def _settle(self, placed: dict[str, tuple[knobs.Candidates, int]], bg: dict[str, float]) -> dict[str, dict[str, float]]:
+        """Every placed job's work per node, each slowed by everything else on its nodes (a few
+        fixed-point passes), so that the load nodes report matches the service times jobs see."""
+        work = {uid: self._job_work(c, i, bg) for uid, (c, i) in placed.items()}
+        for _ in range(2):
+            total = self._total(bg, work)
+            work = {uid: self._job_work(c, i, {n: total[n] - work[uid].get(n, 0.0) for n in total})
+                    for uid, (c, i) in placed.items()}
+        return work
 
     # ---- one round ------------------------------------------------------------------------------
     def step(self, planners: dict[str, Planner], events: Callable[["Simulator", int], None] | None = None) -> list[RoundStat]:
         if events:
             events(self, self.round)
-        names = [n for n, v in self.nodes.items() if v.alive]
-        bg = {n: self.nodes[n].bg_load for n in names}
-        # Loads the planners see: background + every job's work under its current plan.
-        util = dict(bg)
+        bg = {n: v.bg_load for n, v in self.nodes.items() if v.alive}
         placed: dict[str, tuple[knobs.Candidates, int]] = {}
         for job in self.jobs:
-            inp = self.planning_input(job, bg)
-            c = self._candidates(job, inp)
+            c = self._candidates(job, self.planning_input(job, bg))
             i = c.index_of_plan(job.plan)
             if i is not None:
                 placed[job.uid] = (c, i)
-                w = self._job_work(job, c, i, np.array([bg[n] for n in c.nodes]))
-                for j, n in enumerate(c.nodes):
-                    util[n] = util[n] + w[j]
+        # Loads the planners see: background + every job's work under its current plan.
+        work = self._settle(placed, bg)
+        util = self._total(bg, work)
         out = []
         for job in self.jobs:
             inp = self.planning_input(job, util)
@@ -210,56 +251,48 @@ class Simulator:
             dt_ms = (time.perf_counter() - t0) * 1000
             c = self._candidates(job, inp)
             i = c.index_of_plan(plan)
-            if i is None:  # e.g. a stage still mapped to a dead node: the window's frames are lost
-                stat = RoundStat(self.round, job.uid, "invalid plan", math.inf, math.inf, job.constraint.delay,
-                                 True, 0.0, 1.0, 0.0, self._oracle(job, c, bg), dt_ms)
-                job.plan = plan
-                job.obs.append([])
-                out.append(stat)
-                continue
-            # True background for this job = background + other jobs' work.
-            others = dict(bg)
-            for uid, (oc, oi) in placed.items():
-                if uid == job.uid:
-                    continue
-                w = self._job_work(job, oc, oi, np.array([bg[n] for n in oc.nodes]))
-                for j, n in enumerate(oc.nodes):
-                    if n in others:
-                        others[n] += w[j]
-            load = np.clip(np.array([others[n] for n in c.nodes]), 0, 0.99)
-            stat = self._score(job, c, i, load, plan, dt_ms)
-            # The scheduler knows the plans it just made: later jobs this round see their load.
-            if job.uid in placed:
-                pc, pi = placed[job.uid]
-                w = self._job_work(job, pc, pi, np.array([bg[n] for n in pc.nodes]))
-                for j, n in enumerate(pc.nodes):
-                    util[n] -= w[j]
-            w = self._job_work(job, c, i, np.array([bg[n] for n in c.nodes]))
-            for j, n in enumerate(c.nodes):
-                util[n] += w[j]
+            # What this job's frames meet on each node: background + the other jobs' work.
+            own = work.pop(job.uid, {})
+            others = {n: u - own.get(n, 0.0) for n, u in util.items()}
             job.plan = plan
-            placed[job.uid] = (c, i)
-            out.append(stat)
+            if i is None:  # e.g. a stage still mapped to a dead node: the window's frames are lost
+                ou, of1, odesc = self._oracle(job, c, np.clip(np.array([others[n] for n in c.nodes]), 0, 0.99),
+                                              np.array([bg[n] for n in c.nodes]))
+                out.append(RoundStat(self.round, job.uid, "invalid plan", math.inf, math.inf, job.constraint.delay,
+                                     True, 0.0, 1.0, 0.0, ou, dt_ms, odesc, of1))
+                job.obs.append([])
+                util = others
+                continue
+            load = np.clip(np.array([others[n] for n in c.nodes]), 0, 0.99)
+            out.append(self._score(job, c, i, load, np.array([bg[n] for n in c.nodes]), plan, dt_ms))
+            # The scheduler knows the plans it just made: later jobs this round see their load.
+            work[job.uid] = self._job_work(c, i, others)
+            util = self._total(others, {job.uid: work[job.uid]})
         self.stats.extend(out)
         self.round += 1
         return out
 
-    def _oracle(self, job: SimJob, c: knobs.Candidates, bg: dict[str, float]) -> float:
-        load = np.clip(np.array([bg[n] for n in c.nodes]), 0, 0.99)
-        d_all, f_all, _, _ = self._evaluate(job, c, np.arange(len(c)), load)
+    def _oracle(self, job: SimJob, c: knobs.Candidates, load: np.ndarray,
+                base: np.ndarray | None = None) -> tuple[float, float, str]:
+        """The best fixed plan for this window under the same load: (utility, F1, description)."""
+        every = self._evaluate(job, c, np.arange(len(c)), load, base)
         target = job.constraint.accuracy or knobs.ACCURACY_TARGET
-        return float(knobs.utility(f_all, c.compute() / c.golden_compute(), d_all <= job.constraint.delay, target).max())
+        u_all = knobs.utility(every.f1, every.cost, every.delay <= job.constraint.delay, target)
+        best = int(np.argmax(u_all))
+        desc = f"{knobs.describe(c, best)} f1={every.f1[best]:.3f} d={every.delay[best]:.3f}"
+        return float(u_all[best]), float(every.f1[best]), desc
 
-    def _score(self, job: SimJob, c: knobs.Candidates, i: int, load: np.ndarray, plan: Plan, dt_ms: float) -> RoundStat:
+    def _score(self, job: SimJob, c: knobs.Candidates, i: int, load: np.ndarray, base: np.ndarray, plan: Plan,
+               dt_ms: float) -> RoundStat:
         D = job.constraint.delay
-        idx = np.array([i])
-        exp_delay, f1, tr, mt = self._evaluate(job, c, idx, load)
-        # Sample frames of the window: service noise per stage, queueing from the expectation.
-        n_frames = int(max(1, min(30, c.fps[i] * self.round_s)))
+        t = self._evaluate(job, c, np.array([i]), load, base)
+        mt, tr, exp_delay = t.service[0], float(t.transfer[0]), float(t.delay[0])
+        # Sample the served frames of the window: service noise per stage, queueing from the expectation.
+        n_frames = int(max(1, min(30, c.fps[i] * t.served[0] * self.round_s)))
         noise = np.exp(self.rng.normal(-TRUE_NOISE**2 / 2, TRUE_NOISE, (n_frames, len(c.stages))))
-        svc = mt[0][None, :] * noise
-        queue_total = max(exp_delay[0] - mt[0].sum() - tr[0], 0.0)
-        frame_delay = svc.sum(axis=1) + queue_total * self.rng.exponential(1.0, n_frames) + tr[0]
+        svc = mt[None, :] * noise
+        queue_total = max(exp_delay - mt.sum() - tr, 0.0)
+        frame_delay = svc.sum(axis=1) + queue_total * self.rng.exponential(1.0, n_frames) + tr
         window_delay = float(frame_delay.mean())
         obs = []
         ts = self.round * self.round_s
@@ -272,23 +305,21 @@ class Simulator:
                     stage=stage, node=node, grade=grade if c.tunable[k] else None, width=int(c.width[i]),
                     height=int(c.height[i]), fps=float(c.fps[i]), quality=int(c.quality[i]), frame_bytes=nbytes,
                     service_s=float(svc[f, k]), queue_s=float(queue_total / len(c.stages)),
-                    transfer_s=float(tr[0] / len(c.stages)), ts=ts, node_load=float(load[c.mapping[i, k]]),
+                    transfer_s=tr / len(c.stages), ts=ts, node_load=float(load[c.mapping[i, k]]),
                 ))
-        measured = float(np.clip(f1[0] + self.rng.normal(0, 0.03), 0, 1))
+        f1 = float(t.f1[0])
+        measured = float(np.clip(f1 + self.rng.normal(0, 0.03), 0, 1))
         obs[0] = obs[0].model_copy(update={"accuracy": measured})
         job.obs.append(obs)
-        golden = c.golden_compute()
-        cost = float(c.compute(idx)[0] / golden)
+        cost = float(t.cost[0])
         target = job.constraint.accuracy or knobs.ACCURACY_TARGET
-        u = float(knobs.utility(f1, [cost], exp_delay <= D, target)[0])
-        # Oracle: best fixed plan for this window under the same load.
-        all_idx = np.arange(len(c))
-        d_all, f_all, _, _ = self._evaluate(job, c, all_idx, load)
-        u_all = knobs.utility(f_all, c.compute() / golden, d_all <= D, target)
+        u = float(knobs.utility(f1, cost, exp_delay <= D, target))
+        oracle_u, oracle_f1, oracle_desc = self._oracle(job, c, load, base)
         return RoundStat(
             round=self.round, job=job.uid, config=knobs.describe(c, i), delay_s=window_delay,
-            delay_expected_s=float(exp_delay[0]), constraint_s=D, violated=window_delay > D, f1=float(f1[0]),
-            cost_share=cost, utility=u, oracle_utility=float(u_all.max()), decision_ms=dt_ms,
+            delay_expected_s=exp_delay, constraint_s=D, violated=window_delay > D, f1=f1,
+            cost_share=cost, utility=u, oracle_utility=oracle_u, decision_ms=dt_ms,
+            oracle_config=oracle_desc, oracle_f1=oracle_f1,
         )
 
 

@@ -11,9 +11,11 @@ from collections import Counter
 from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from services.models import LoadedModel, ModelCache, coco_names, default_cache, trained_person_weights
+from services.models import (
+    LoadedModel, ModelCache, check_weights_name, coco_names, default_cache, trained_person_weights,
+)
 from services.registry import Service, ServiceContext, register
 
 Grade = Literal["n", "s", "m", "l", "x"]
@@ -28,8 +30,12 @@ class _YoloParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     weights: str | None = Field(
-        None, min_length=1, max_length=512,
-        description="a .pt checkpoint or .yaml model on the worker; pins the model, so grade must not be set too",
+        None, min_length=1, max_length=255,
+        description=(
+            "pins the model, so grade must not be set too: the bare file name of a .pt checkpoint in the "
+            "workers' models directory (VDAG_MODELS_DIR), or a model config ultralytics ships, e.g. "
+            "yolo11n.yaml (untrained)"
+        ),
     )
     conf: float = Field(0.25, ge=0.0, le=1.0, description="minimum detection confidence")
     imgsz: int | None = Field(
@@ -37,20 +43,21 @@ class _YoloParams(BaseModel):
         description="inference size of the longer side; default: the frame's longer side rounded up to 32",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_model(cls, data: Any) -> Any:
+        # With weights pinned, a grade would be silently ignored, so say so instead. Before
+        # the fields, so that this is the error reported even when the weights are also bad.
+        if isinstance(data, Mapping) and data.get("grade") is not None and data.get("weights") is not None:
+            raise ValueError("set either grade or weights, not both")
+        return data
+
     @field_validator("weights")
     @classmethod
-    def _weights_suffix(cls, v: str | None) -> str | None:
-        if v is not None and not v.endswith((".pt", ".yaml", ".yml")):
-            raise ValueError("weights must name a .pt checkpoint or a .yaml model")
-        return v
-
-
-def _grade_without_weights(cls, v: str | None, info: ValidationInfo) -> str | None:
-    # Runs only for an explicitly given grade (defaults are not validated): with weights
-    # pinned, a grade would be silently ignored, so say so instead.
-    if v is not None and info.data.get("weights") is not None:
-        raise ValueError("set either grade or weights, not both")
-    return v
+    def _weights_policy(cls, v: str | None) -> str | None:
+        # Loading a .pt unpickles it: a job may only name one, never give a path. Whether the
+        # file is in the models directory is checked on the worker that loads it.
+        return None if v is None else check_weights_name(v)
 
 
 class DetectionParams(_YoloParams):
@@ -58,8 +65,6 @@ class DetectionParams(_YoloParams):
     classes: list[str] | None = Field(
         None, min_length=1, max_length=80, description="class names to keep (COCO names for grade models); all if omitted",
     )
-
-    _one_model = field_validator("grade")(_grade_without_weights)
 
     @field_validator("classes")
     @classmethod
@@ -77,14 +82,10 @@ class PersonParams(_YoloParams):
         None, description="use YOLO11 of this grade (COCO 'person') instead of the trained person checkpoint",
     )
 
-    _one_model = field_validator("grade")(_grade_without_weights)
-
 
 class CarParams(_YoloParams):
     grade: Grade = Field("n", description="YOLO11 grade, n (fastest) to x (most accurate); the planner tunes it")
     classes: list[Vehicle] = Field(list(VEHICLES), min_length=1, description="vehicle classes to detect and count")
-
-    _one_model = field_validator("grade")(_grade_without_weights)
 
 
 def default_imgsz(frame: np.ndarray) -> int:
@@ -138,29 +139,36 @@ def _person_label(name: str) -> str:
     return "person" if name.lower() in PERSON_LABELS else name
 
 
+def _model(params: _YoloParams, ctx: ServiceContext, default: str) -> LoadedModel:
+    """A job's own weights through the models-directory policy; `default` is trusted config."""
+    if params.weights:
+        return _cache(ctx).get_user(params.weights, ctx.device)
+    return _cache(ctx).get(default, ctx.device)
+
+
 def run_yolo_detection(frame, inputs: Mapping[str, Any], params: DetectionParams, ctx: ServiceContext) -> dict:
     frame = _need_frame(frame, "yolo_detection")
-    model = _cache(ctx).get(params.weights or params.grade, ctx.device)
+    model = _model(params, ctx, params.grade)
     keep = set(params.classes) if params.classes else None
     return {"detections": detect(frame, model, conf=params.conf, imgsz=params.imgsz, keep=keep)}
 
 
 def person_weights(params: PersonParams, ctx: ServiceContext) -> str:
-    """Explicit weights, then an explicit grade, then the configured or installed trained
+    """Without job weights: an explicit grade, then the configured or installed trained
     person detector, then YOLO11n (untrained when offline)."""
-    return params.weights or params.grade or ctx.person_weights or trained_person_weights() or "n"
+    return params.grade or ctx.person_weights or trained_person_weights() or "n"
 
 
 def run_person_detection(frame, inputs: Mapping[str, Any], params: PersonParams, ctx: ServiceContext) -> dict:
     frame = _need_frame(frame, "person_detection")
-    model = _cache(ctx).get(person_weights(params, ctx), ctx.device)
+    model = _model(params, ctx, person_weights(params, ctx))
     dets = detect(frame, model, conf=params.conf, imgsz=params.imgsz, keep={"person"}, label=_person_label)
     return {"detections": dets}
 
 
 def run_car_detection(frame, inputs: Mapping[str, Any], params: CarParams, ctx: ServiceContext) -> dict:
     frame = _need_frame(frame, "car_detection")
-    model = _cache(ctx).get(params.weights or params.grade, ctx.device)
+    model = _model(params, ctx, params.grade)
     dets = detect(frame, model, conf=params.conf, imgsz=params.imgsz, keep=set(params.classes))
     counted = Counter(d["cls"] for d in dets)
     # Every requested class appears, zero included, so a viewer's display keeps stable keys.

@@ -1,5 +1,9 @@
 """Loading YOLO models: weight names, the offline fallback, the device, a per-process cache.
 
+Loading a .pt unpickles it, so weights named by a job (network input) go through
+`user_weights`: a bare name of a checkpoint in the models directory, or a model .yaml that
+ultralytics ships. `resolve_weights` is for operator config (grades, person_weights).
+
 torch and ultralytics are imported inside functions, so importing this module (or the
 service registry that imports it) stays cheap for the tracker and the planner.
 """
@@ -8,6 +12,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+import os
 import re
 import threading
 from dataclasses import dataclass, field
@@ -21,6 +26,9 @@ GRADES = ("n", "s", "m", "l", "x")
 _ASSET_NAME = re.compile(r"^(yolo11|yolov8)([nsmlx])\.pt$")
 _warned_fallback: set[str] = set()
 _warned_lock = threading.Lock()
+# A job's weights: one file name, nothing that a path could be built from.
+_BARE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,254}$")
+_FROM_ENV = object()  # ModelCache's models_dir when not given: Settings from the environment
 
 
 def _local_weight_dirs() -> list[Path]:
@@ -51,6 +59,8 @@ def resolve_weights(grade_or_path: str) -> str:
         if candidate.is_file():
             return str(candidate)
     fallback = f"{match.group(1)}{match.group(2)}.yaml"
+    # The shipped file, so that a same-named YAML in the working directory cannot stand in.
+    fallback = shipped_model_yaml(fallback) or fallback
     with _warned_lock:
         first = value not in _warned_fallback
         _warned_fallback.add(value)
@@ -61,6 +71,76 @@ def resolve_weights(grade_or_path: str) -> str:
             value, ", ".join(str(d) for d in _local_weight_dirs()), fallback,
         )
     return fallback
+
+
+def _ultralytics_dir() -> Path:
+    spec = importlib.util.find_spec("ultralytics")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("ultralytics is not installed")
+    return Path(spec.submodule_search_locations[0])
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped_model_yamls() -> dict[str, Path]:
+    root = _ultralytics_dir() / "cfg" / "models"
+    return {p.name: p for p in sorted(root.rglob("*.yaml"))}
+
+
+def shipped_model_yaml(name: str) -> str | None:
+    """The absolute path to hand to YOLO() for a model config that ultralytics ships, else None.
+
+    "yolo11n.yaml" is not a file: ultralytics reads yolo11.yaml and takes the scale (n) from
+    the name, so for such a name the path is the shipped file's directory plus the name.
+    """
+    shipped = _shipped_model_yamls()
+    if name in shipped:
+        return str(shipped[name])
+    unified = re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", name)  # as ultralytics' yaml_model_load
+    if unified != name and unified in shipped:
+        return str(shipped[unified].parent / name)
+    return None
+
+
+def check_weights_name(name: str) -> str:
+    """What can be checked of a job's `weights` without knowing the worker's models directory.
+
+    Raises ValueError with a message meant for the user who submitted the job.
+    """
+    if not _BARE_NAME.fullmatch(name) or ".." in name:
+        raise ValueError(
+            f"weights must be a bare file name (no directory, '..' or absolute path), got {name!r}; "
+            "a .pt checkpoint is looked up in the workers' models directory"
+        )
+    if name.endswith((".yaml", ".yml")):
+        # A model YAML names Python callables to build, so only ultralytics' own are safe.
+        if shipped_model_yaml(name) is None:
+            raise ValueError(f"weights {name!r} is not a model config shipped with ultralytics (e.g. yolo11n.yaml)")
+    elif not name.endswith(".pt"):
+        raise ValueError(f"weights must name a .pt checkpoint or a .yaml model, got {name!r}")
+    return name
+
+
+def user_weights(name: str, models_dir: str | Path | None) -> str:
+    """A job's `weights` -> what to hand to YOLO(), or ValueError.
+
+    A .pt must be a file in `models_dir` once symlinks are resolved; an official name such
+    as yolo11n.pt that is not there means what its grade means.
+    """
+    check_weights_name(name)
+    if name.endswith((".yaml", ".yml")):
+        return shipped_model_yaml(name)  # type: ignore[return-value]  # checked above
+    if models_dir is not None:
+        root = os.path.realpath(os.path.expanduser(str(models_dir)))
+        path = os.path.realpath(os.path.join(root, name))
+        if os.path.commonpath([root, path]) != root:
+            raise ValueError(f"weights {name!r} leads out of the models directory {str(models_dir)!r}")
+        if os.path.isfile(path):
+            return path
+    if _ASSET_NAME.match(name):
+        return resolve_weights(name)  # what its grade loads: nothing a job could not already ask for
+    if models_dir is None:
+        raise ValueError(f"weights {name!r}: this worker loads no job-supplied checkpoints (VDAG_MODELS_DIR is empty)")
+    raise ValueError(f"weights {name!r} is not in the models directory {str(models_dir)!r}; copy the checkpoint there")
 
 
 def pick_device(setting: str = "auto") -> str:
@@ -103,10 +183,7 @@ def coco_names() -> dict[int, str]:
     a DAG's class filter does not import torch."""
     import yaml
 
-    spec = importlib.util.find_spec("ultralytics")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("ultralytics is not installed")
-    path = Path(spec.submodule_search_locations[0]) / "cfg" / "datasets" / "coco.yaml"
+    path = _ultralytics_dir() / "cfg" / "datasets" / "coco.yaml"
     return {int(k): str(v) for k, v in yaml.safe_load(path.read_text())["names"].items()}
 
 
@@ -133,14 +210,36 @@ class LoadedModel:
 
 
 class ModelCache:
-    """Models loaded once per worker process, keyed by (resolved weights, device)."""
+    """Models loaded once per worker process, keyed by (resolved weights, device).
 
-    def __init__(self) -> None:
+    `models_dir` is where jobs' own checkpoints may come from; by default VDAG_MODELS_DIR
+    (Settings.models_dir), read when a job first names weights.
+    """
+
+    def __init__(self, models_dir: str | Path | None = _FROM_ENV) -> None:  # type: ignore[assignment]
         self._lock = threading.Lock()
         self._models: dict[tuple[str, str], LoadedModel] = {}
+        self._models_dir = models_dir
+
+    @property
+    def models_dir(self) -> Path | None:
+        if self._models_dir is _FROM_ENV:
+            from services.settings import settings_from_env
+
+            self._models_dir = settings_from_env().models_dir
+        return None if self._models_dir is None else Path(self._models_dir)
 
     def get(self, weights: str, device: str = "cpu") -> LoadedModel:
-        key = (resolve_weights(weights), pick_device(device))
+        """Operator-chosen weights only (a grade, person_weights): any path is loaded."""
+        return self._get(resolve_weights(weights), device)
+
+    def get_user(self, weights: str, device: str = "cpu") -> LoadedModel:
+        """Weights named by a job. Checked again here, not only at submit: a message put on
+        the queue directly never passed the tracker."""
+        return self._get(user_weights(weights, self.models_dir), device)
+
+    def _get(self, resolved: str, device: str) -> LoadedModel:
+        key = (resolved, pick_device(device))
         with self._lock:
             # Loading under the lock: two first requests for one model must not both load it.
             if key not in self._models:

@@ -38,6 +38,11 @@ class Settings(BaseModel):
     prefetch: int = Field(4, ge=1, le=256)
     device: str = Field("auto", description="auto | cpu | cuda:N")
     person_weights: str | None = Field(None, description="path of a trained person detector (.pt)")
+    models_dir: Path | None = Field(Path("models"), description=(
+        "the only place a job's `weights` param may name a .pt checkpoint, by bare file name "
+        "(relative = to the worker's working directory; symlinks out of it are refused); "
+        "None (VDAG_MODELS_DIR set empty) = jobs may not load their own checkpoints. "
+        "Grades, ultralytics' own .yaml configs and person_weights are not affected"))
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -56,6 +61,8 @@ def settings_from_env(environ: os._Environ | dict | None = None, **overrides) ->
             values[name] = tuple(Path(p) for p in _split(raw))
         elif name == "allowed_url_schemes":
             values[name] = _split(raw)
+        elif name == "models_dir":
+            values[name] = Path(raw.strip()) if raw.strip() else None  # Path("") would be the cwd
         else:
             values[name] = raw
     values.update({k: v for k, v in overrides.items() if v is not None})

@@ -23,7 +23,7 @@ def service_context(settings: Settings) -> ServiceContext:
 
             _context = ServiceContext(
                 device=pick_device(settings.device),
-                models=ModelCache(),
+                models=ModelCache(models_dir=settings.models_dir),
                 person_weights=settings.person_weights or trained_person_weights(),
             )
             _context_pid = os.getpid()
