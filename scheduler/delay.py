@@ -81,7 +81,7 @@ def plan_delay(
     for k in range(K):
         j = mapping[:, k]
         same = mapping == j[:, None]                               # stages on stage k's node
-        work = np.einsum("mkd,mk->md", mean_time, same.astype(mean_time.dtype))
+        work = (mean_time * same[:, :, None]).sum(axis=1)
         per = work / cap[j][:, None]
         rho = bg[j][:, None] + fps * per
         with np.errstate(divide="ignore", invalid="ignore"):

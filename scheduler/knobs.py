@@ -271,6 +271,15 @@ def build_candidates(inp: PlanningInput, dag: DagSpec | None = None) -> Candidat
             raise PlanningError(f"no live node can run stage {stage!r} (service {service!r})")
         options.append(opts)
     mappings = np.array(_mappings(options), dtype=np.int64)
+    # A light stage on another node than the stage before it only adds a hop (the frame travels
+    # on; the stage's few ms of work save nothing): such mappings are dominated, and are kept
+    # only where the previous stage's node cannot run the light stage.
+    keep = np.ones(len(mappings), bool)
+    for k in range(1, len(services)):
+        if not is_dnn(services[k]):
+            prev_can = np.isin(mappings[:, k - 1], options[k])
+            keep &= ~prev_can | (mappings[:, k] == mappings[:, k - 1])
+    mappings = mappings[keep]
     tunable = np.array([is_tunable(s) for s in services])
     fixed = np.array([is_fixed(s) for s in services])
     res = tuple(resolution_options(inp.source.width, inp.source.height))

@@ -59,6 +59,36 @@ def test_candidates_capped_at_source_and_enumerate_live_nodes():
     assert c.golden_compute() == pytest.approx(c.compute().max())
 
 
+def test_light_stage_follows_the_stage_before_it_unless_that_node_cannot_run_it():
+    nodes = [NodeInfo(name="a"), NodeInfo(name="b"), NodeInfo(name="c", gpu=True)]
+    dag = dag_from_pipeline(["yolo_detection", "object_count"])
+    c = knobs.build_candidates(PlanningInput(job_uid="j", dag=dag, nodes=nodes))
+    assert sorted(map(tuple, c.mapping[: c.n_map].tolist())) == [(0, 0), (1, 1), (2, 2)]
+    # The GPU node cannot count: counting then goes to any node that can.
+    nodes[2] = NodeInfo(name="c", gpu=True, services=["yolo_detection"])
+    c = knobs.build_candidates(PlanningInput(job_uid="j", dag=dag, nodes=nodes))
+    assert sorted(map(tuple, c.mapping[: c.n_map].tolist())) == [(0, 0), (1, 1), (2, 0), (2, 1)]
+
+
+def test_simulator_drops_what_an_overloaded_node_cannot_serve():
+    sim = sm.scenarios(4)[0].build()
+    job = sim.jobs[0]
+    c = knobs.build_candidates(sim.planning_input(job, {}))
+    edge = c.nodes.index("edge-1")
+    golden_on_edge = next(i for i in range(len(c)) if c.fps[i] == c.src_fps and c.grade_idx[i] == 4
+                          and c.res_idx[i] == len(c.res) - 1 and c.quality[i] == max(knobs.QUALITY_LEVELS)
+                          and set(c.mapping[i]) == {edge})
+    light = np.zeros(len(c.nodes))
+    idle = sim._evaluate(job, c, np.array([golden_on_edge]), light)
+    assert idle.served[0] < 0.1                     # YOLO11x at 1080p/30 fps on a 2-core CPU
+    assert idle.f1[0] < 0.8                         # served frames are far apart
+    assert np.isfinite(idle.delay[0])               # the generator's window bounds the delay
+    assert idle.cost[0] == pytest.approx(1.0)       # compute is what the plan asks for
+    # Another job's work on the node cuts this job's frames too (processor sharing).
+    busy = sim._evaluate(job, c, np.array([golden_on_edge]), light + 0.5, base=light)
+    assert busy.served[0] < idle.served[0]
+
+
 def test_prior_planner_meets_tight_delay_where_golden_misses(model):
     scn = sm.Scenario("tight", rounds=12, delay=0.3, n_jobs=1)
     golden = _run(scn, GoldenPlanner)
