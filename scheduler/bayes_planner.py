@@ -28,8 +28,11 @@ with P(delay <= D) >= explore_delay_prob.
 
 Threads: `plan` may be called from one thread (the scheduler loop) while the refresher
 thread samples; they share only the immutable Snapshot (swapped under a lock) and the
-observation buffer (under a lock). The compiled model is used by the refresher thread only
-(or by the caller of `refresh_now` when there is no refresher).
+observation buffer (under a lock). The model compiles on its own thread (~25 s); until then
+the refresher publishes the Gaussian posterior at plug-in noise scales (bayes.gaussian_snapshot,
+milliseconds), so a tracker's first jobs do not plan on the prior for the whole compile. The
+compiled model is used by the refresher thread only (or by the caller of `refresh_now` when
+there is no refresher).
 """
 from __future__ import annotations
 
@@ -167,19 +170,22 @@ class BayesPlanner:
 
     def _refresh_loop(self) -> None:
         log.info("posterior refresher started (every %.1f s, or at once after a shift)", self.refresh_interval_s)
-        try:
-            self.model.compile()  # compiled in this thread, used only here
-        except Exception:
-            log.exception("model compile failed; planning stays on the prior")
-            return
+        # The nutpie compile takes ~25 s; until it is done, refreshes use the Gaussian
+        # approximation. The compiled model is used by this thread only, after the join.
+        compiler = threading.Thread(target=self._compile, name="vdag-compile", daemon=True)
+        compiler.start()
         while not self._stop.is_set():
             self._wake.clear()
             if self._dirty:
                 try:
-                    self.refresh_now()
+                    if self.model.compiled:
+                        compiler.join()
+                        self.refresh_now()
+                    else:
+                        self.refresh_gaussian()
                 except Exception:
                     log.exception("posterior refresh failed; keeping the previous posterior")
-            self._wake.wait(self.refresh_interval_s)
+            self._wake.wait(self.refresh_interval_s if self.model.compiled or not compiler.is_alive() else 1.0)
         log.info("posterior refresher stopped")
 
     @property
@@ -237,12 +243,27 @@ class BayesPlanner:
             self._jobs.pop(job_uid, None)
             self._acc.pop(job_uid, None)
 
+    def _compile(self) -> None:
+        try:
+            self.model.compile()
+        except Exception:
+            log.exception("model compile failed; planning stays on the Gaussian approximation")
+
     def refresh_now(self) -> Snapshot:
         """Sample the posterior from the current observations and publish it (blocking)."""
         with bayes.blas_single():
-            return self._refresh()
+            return self._refresh(lambda data: self.model.sample(data, seed=self._seed + len(self.refresh_times)))
 
-    def _refresh(self) -> Snapshot:
+    def refresh_gaussian(self) -> Snapshot:
+        """Publish the Gaussian approximation of the posterior (no compiled model needed)."""
+        def gaussian(data: bayes.ModelData) -> Snapshot:
+            t0 = time.perf_counter()
+            snap = bayes.gaussian_snapshot(data, self.model.layout, seed=self._seed + len(self.refresh_times))
+            return Snapshot(**{**snap.__dict__, "refresh_s": time.perf_counter() - t0})
+        with bayes.blas_single():
+            return self._refresh(gaussian)
+
+    def _refresh(self, sample) -> Snapshot:
         now = time.time()
         self._wake.clear()
         with self._lock:
@@ -255,10 +276,11 @@ class BayesPlanner:
             svc_sd = self._svc_sd.copy()
         data = bayes.build_data(rows, self.model.layout, self.svc_slot, self.node_slot, svc_mu, node_mu, node_gpu,
                                 svc_sd=svc_sd)
-        snap = self.model.sample(data, seed=self._seed + len(self.refresh_times))
+        snap = sample(data)
         with self._lock:
             self._snapshot = Snapshot(**{**snap.__dict__, "version": self._snapshot.version + 1})
-        self.refresh_times.append(snap.refresh_s)
+        if snap.source == "posterior":
+            self.refresh_times.append(snap.refresh_s)
         log.debug("posterior refreshed: %d latency, %d accuracy obs in %.2f s", snap.n_lat, snap.n_acc, snap.refresh_s)
         return self._snapshot
 
@@ -501,7 +523,7 @@ class BayesPlanner:
         eu = knobs.utility(f1, cost[:, None], np.ones_like(f1, bool), aim).mean(axis=1) * p_ok
         # On the prior alone (no measurement yet) the spread is mostly parameter uncertainty
         # that the first window removes: ask for less certainty rather than start at 1 fps.
-        need = self.delay_prob if snap.source == "posterior" else self.cold_delay_prob
+        need = self.cold_delay_prob if snap.source == "prior" else self.delay_prob
         feasible = p_ok >= need
         if inp.constraint.accuracy > 0 and (feasible & (ef1 >= inp.constraint.accuracy)).any():
             feasible &= ef1 >= inp.constraint.accuracy

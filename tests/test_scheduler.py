@@ -153,6 +153,27 @@ def test_background_refresher_publishes_posterior(model):
     assert p._thread is None
 
 
+def test_gaussian_refresh_learns_before_any_compile():
+    """Until nutpie has compiled (~25 s after start), refreshes use the Gaussian posterior:
+    a node measured 5x slower than its prior says is planned as slow at once."""
+    p = BayesPlanner(BayesModel(), background=False, seed=2)  # a model never compiled
+    sim = sm.Scenario("g", rounds=1, delay=2.0, n_jobs=1).build()
+    job = sim.jobs[0]
+    inp = sim.planning_input(job, {})
+    plan = p.plan(inp)
+    node = plan.flow_mapping["yolo_detection"].node
+    o = Observation(stage="yolo_detection", node=node, grade=plan.flow_mapping["yolo_detection"].grade,
+                    width=640, height=360, fps=5, service_s=1.0, ts=1.0)
+    predicted = lambda: float(np.exp(p._obs_log_mu(p.snapshot.draws, p.snapshot, "yolo_detection", o)).mean())
+    before = predicted()
+    measured = [o.model_copy(update={"service_s": float(s), "ts": 1.0 + i // 10})
+                for i, s in enumerate(5 * before * np.exp(np.random.default_rng(0).normal(0, 0.1, 40)))]
+    p.plan(inp.model_copy(update={"observations": measured, "last_plan": plan}))
+    snap = p.refresh_gaussian()
+    assert snap.source == "gaussian" and snap.n_lat == 40 and not p.model.compiled
+    assert predicted() == pytest.approx(5 * before, rel=0.25)
+
+
 def test_seed_function_shape_returns_seed_dicts():
     seed_dag = {
         "generator": "SingleFrameGenerator",
