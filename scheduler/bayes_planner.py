@@ -196,9 +196,9 @@ class BayesPlanner:
     # ---- data ---------------------------------------------------------------------------------
     def _ingest(self, inp: PlanningInput, st: _JobState) -> None:
         services = {s.name: s.service for s in inp.dag.stages}
-        rows = [(o, services.get(o.stage, o.stage), float(inp.source.height), float(inp.source.fps))
-                for o in inp.observations[-self.obs_per_job:]
-                if o.stage in services and o.ts >= st.stale.get(o.node, -math.inf)]
+        h, f, stale = float(inp.source.height), float(inp.source.fps), st.stale
+        rows = [(o, services[o.stage], h, f) for o in inp.observations[-self.obs_per_job:]
+                if o.stage in services and (not stale or o.ts >= stale.get(o.node, -math.inf))]
         seen = (tuple((n.name, n.gpu, n.cpu_count) for n in inp.nodes), tuple(sorted(set(services.values()))))
         if seen != st.priors_seen:  # priors depend only on what a node is and which services run
             st.priors_seen = seen
@@ -377,15 +377,17 @@ class BayesPlanner:
         surprised: list[str] = []
         if self._lat_delta and next(iter(self._lat_delta.values()))[2] != snap.version:
             self._lat_delta.clear()
-        # One pass: the measured stages of the latest window, per (service, node).
+        # The measured stages of the latest window, per (service, node): observations come
+        # oldest first, so read from the end and stop at the first older one.
         groups: dict[tuple[str, str], list[Observation]] = {}
-        last_ts = -math.inf
-        for o in inp.observations:
-            if o.service_s <= 0 or o.stage not in services or o.ts < st.stale.get(o.node, -math.inf) \
-                    or o.ts < last_ts - 1e-9:
+        last_ts = math.inf
+        for o in reversed(inp.observations):
+            if o.ts < last_ts - 1e-9 and groups:
+                break
+            if o.service_s <= 0 or o.stage not in services or o.ts < st.stale.get(o.node, -math.inf):
                 continue
-            if o.ts > last_ts + 1e-9:
-                groups, last_ts = {}, o.ts
+            if not groups:
+                last_ts = o.ts
             groups.setdefault((services[o.stage], o.node), []).append(o)
         for (svc, node), os_ in groups.items():
             y = float(np.mean(np.log([o.service_s for o in os_])))
@@ -570,10 +572,12 @@ class BayesPlanner:
             if len(self._eta) > 64:
                 self._eta.clear()
             self._eta[key] = eta
-        if coef is not None:
-            eta = eta + coef[0][None, : eta.shape[1]] + S.acc_x[:, 1:2] * coef[1][None, : eta.shape[1]] \
-                + S.acc_x[:, 2:3] * coef[2][None, : eta.shape[1]]
-        return np.exp(np.minimum(eta, 0.0))
+        if coef is None:
+            return np.exp(np.minimum(eta, 0.0))
+        # The job's offset and slopes on log height ratio and staleness, in one matmul.
+        x = np.column_stack([np.ones(len(S.acc_x)), S.acc_x[:, 1], S.acc_x[:, 2]])
+        eta = eta + x @ coef[:, : eta.shape[1]]                             # a new array: the cache stays
+        return np.exp(np.minimum(eta, 0.0, out=eta), out=eta)
 
     def _transfer_per_byte(self, c: knobs.Candidates, S: _Static, bw: np.ndarray) -> np.ndarray:
         """Seconds on the wire per frame byte of every candidate; links change rarely, so cached."""

@@ -111,7 +111,8 @@ class JobSource(Protocol):
 
     `running_jobs` returns one PlanningInput per job to (re)plan: its DAG, the live nodes,
     the constraint, its last plan and its recent observations (a sliding window, e.g. the
-    last 60 s; the planner replaces a job's window each call, it does not accumulate).
+    last 60 s, oldest first; the planner replaces a job's window each call, it does not
+    accumulate).
     Both methods are called from the scheduler thread only.
     """
 
