@@ -87,7 +87,14 @@ class _Static:
     rows: np.ndarray          # [R] first candidate of each grid row
     acc_x: np.ndarray         # [R, 4] grade, log h ratio, staleness (s), log q of each grid row
     frames: np.ndarray        # [C] frames in a planning window
-    memo: dict = field(default_factory=dict)  # per-set results reused while their inputs stay the same
+    memo: dict = field(default_factory=dict)  # name -> (key, value): results reused while the key holds
+
+    def cached(self, name: str, key, compute):
+        """compute() once per `key` for this candidate set (e.g. per posterior version)."""
+        hit = self.memo.get(name)
+        if hit is None or hit[0] != key:
+            hit = self.memo[name] = (key, compute())
+        return hit[1]
 
 
 class BayesPlanner:
@@ -144,7 +151,6 @@ class BayesPlanner:
         self._means: tuple[int, dict[str, np.ndarray]] | None = None
         self._cands: OrderedDict[tuple, tuple[knobs.Candidates, _Static]] = OrderedDict()
         self._jobs: dict[str, _JobState] = {}
-        self._eta: dict[tuple[int, int], np.ndarray] = {}  # (snapshot version, candidate set) -> F1 logits
         # (service slot, node slot) -> (per-draw log correction, window ts, snapshot version)
         self._lat_delta: dict[tuple[int, int], tuple[np.ndarray, float, int]] = {}
         self.refresh_times: list[float] = []
@@ -185,7 +191,7 @@ class BayesPlanner:
                         self.refresh_gaussian()
                 except Exception:
                     log.exception("posterior refresh failed; keeping the previous posterior")
-            self._wake.wait(self.refresh_interval_s if self.model.compiled or not compiler.is_alive() else 1.0)
+            self._wake.wait(1.0 if compiler.is_alive() else self.refresh_interval_s)
         log.info("posterior refresher stopped")
 
     @property
@@ -344,15 +350,6 @@ class BayesPlanner:
               + tun[None, :, None, None, None] * gam_j[:, None, :, None, :])
         return np.moveaxis(mu, 0, -1)                    # [K, J, R, G, n]
 
-    def _service_draws_cached(self, d: dict[str, np.ndarray], snap: Snapshot, c: knobs.Candidates,
-                              S: _Static) -> np.ndarray:
-        """_service_draws, once per posterior and candidate set (jobs of one DAG on one cluster
-        share it); a copy, since the caller adds its own window's corrections."""
-        key = (snap.version, self._svc_mu.tobytes(), self._node_mu.tobytes(), self._node_gpu.tobytes())
-        if S.memo.get("mu_key") != key:
-            S.memo["mu_key"], S.memo["mu"] = key, self._service_draws(d, snap, c)
-        return S.memo["mu"].copy()
-
     def _load_slope(self, d: dict[str, np.ndarray], gpu: np.ndarray) -> np.ndarray:
         """[J, n] coefficient of -log(1 - load) per node."""
         return d["b_load"][None, :] + gpu[:, None] * d["b_load_gpu"][None, :]
@@ -477,7 +474,10 @@ class BayesPlanner:
 
         j_idx = np.array([self.node_slot(name) for name in c.nodes])
         s_idx = np.array([self.svc_slot(s) for s in c.services])
-        mu = self._service_draws_cached(d, snap, c, S)                     # [K, J, R, G, n]
+        # Once per posterior and candidate set (jobs of one DAG on one cluster share it); a
+        # copy, since this job's window corrections are added to it.
+        mu_key = (snap.version, self._svc_mu.tobytes(), self._node_mu.tobytes(), self._node_gpu.tobytes())
+        mu = S.cached("service_draws", mu_key, lambda: self._service_draws(d, snap, c)).copy()  # [K, J, R, G, n]
         for k in range(len(c.stages)):                                     # recent-window corrections
             for j in range(len(c.nodes)):
                 hit = self._lat_delta.get((int(s_idx[k]), int(j_idx[j])))
@@ -501,7 +501,9 @@ class BayesPlanner:
         allidx = np.arange(len(c))
         K = len(c.stages)
         st_mean = np.stack([tbar[k, c.mapping[:, k], c.res_idx, c.grade_idx] for k in range(K)], axis=1)[:, :, None]
-        trans_all = self._transfer_per_byte(c, S, bw) * nbytes_all
+        # Seconds on the wire per frame byte: links change rarely.
+        per_byte = S.cached("wire_s_per_byte", bw.tobytes(), lambda: transfer_s(c, allidx, np.ones(len(c)), bw))
+        trans_all = per_byte * nbytes_all
         d_mean = plan_delay(c, allidx, st_mean, st_mean, bg, cap, qdepth, trans_all)[0][:, 0]
         u_mean = knobs.utility(ef1_rows[S.grid], S.cost, d_mean <= D, aim)
         short = self._shortlist(d_mean, u_mean, D, last)
@@ -562,29 +564,16 @@ class BayesPlanner:
 
     def _f1_draws(self, d: dict[str, np.ndarray], S: _Static, version: int, coef: np.ndarray | None) -> np.ndarray:
         """F1 draws per grid row [rows, n] (log-linear, capped at 1), with the job's correction."""
-        key = (version, id(S))
-        eta = self._eta.get(key)
-        if eta is None:
-            x = S.acc_x
-            g = x[:, 0].astype(np.int64)
-            eta = (d["th"][:, g] + d["kappa"][:, None] * x[:, 1] + d["lam"][:, None] * x[:, 2]
-                   + d["rho"][:, None] * x[:, 3]).T                      # [rows, n]
-            if len(self._eta) > 64:
-                self._eta.clear()
-            self._eta[key] = eta
+        x = S.acc_x
+        eta = S.cached("f1_logits", version, lambda: (
+            d["th"][:, x[:, 0].astype(np.int64)] + d["kappa"][:, None] * x[:, 1] + d["lam"][:, None] * x[:, 2]
+            + d["rho"][:, None] * x[:, 3]).T)                                # [rows, n]
         if coef is None:
             return np.exp(np.minimum(eta, 0.0))
         # The job's offset and slopes on log height ratio and staleness, in one matmul.
-        x = np.column_stack([np.ones(len(S.acc_x)), S.acc_x[:, 1], S.acc_x[:, 2]])
-        eta = eta + x @ coef[:, : eta.shape[1]]                             # a new array: the cache stays
+        x1 = np.column_stack([np.ones(len(x)), x[:, 1], x[:, 2]])
+        eta = eta + x1 @ coef[:, : eta.shape[1]]                             # a new array: the cache stays
         return np.exp(np.minimum(eta, 0.0, out=eta), out=eta)
-
-    def _transfer_per_byte(self, c: knobs.Candidates, S: _Static, bw: np.ndarray) -> np.ndarray:
-        """Seconds on the wire per frame byte of every candidate; links change rarely, so cached."""
-        key = bw.tobytes()
-        if S.memo.get("wire_key") != key:
-            S.memo["wire_key"], S.memo["s_per_byte"] = key, transfer_s(c, np.arange(len(c)), np.ones(len(c)), bw)
-        return S.memo["s_per_byte"]
 
     @staticmethod
     def _own_work(c: knobs.Candidates, i: int, tbar: np.ndarray) -> np.ndarray:

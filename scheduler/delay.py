@@ -88,9 +88,7 @@ def plan_delay(
             wait = np.where(rho < RHO_MAX, rho / (2 * (1 - rho)) * per + qdepth[j][:, None] * per, np.inf)
         if overload_frames is not None:
             wait = np.where(np.isinf(wait), overload_frames * per, wait)
-        if k == 0 or not same[:, :k].any():                         # fast path: no node repeats
-            delay = delay + wait
-        else:
-            delay = delay + np.where(same[:, :k].any(axis=1)[:, None], 0.0, wait)  # a node waits once
+        repeat = same[:, :k].any(axis=1)                            # node already counted: it waits once
+        delay = delay + (np.where(repeat[:, None], 0.0, wait) if repeat.any() else wait)
         peak = np.maximum(peak, rho)
     return delay, peak
