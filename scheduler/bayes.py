@@ -11,9 +11,12 @@ Latency (log-normal, per stage observation):
     small per-grade deviation), so measuring one grade on a node informs the others.
 Accuracy (relative F1 vs the golden config, on the log scale: the losses from a smaller
 grade, fewer pixels, skipped frames and JPEG compression multiply):
-    log F1 = th[g] + kappa * log(h / h_src) + lam * stale + rho * log(q / 100) + e
+    log F1 = th[g] + kappa * log(h / h_src) + lam * stale + tau * track + rho * log(q / 100) + e
+    F1 is frame-level (DESIGN.md s.6): over every source frame, the boxes shown for it.
     stale = 1 / fps - 1 / fps_src, the seconds a result goes stale between kept frames (the
     error of a skipped frame grows with how far the content moved since the last kept one);
+    track = ntracking / fps, the seconds a detected frame's boxes are carried by the tracker
+    (tracking drifts and misses newcomers, but far less than showing stale boxes);
     th centred on log of the published COCO mAP ratio of each grade to x, correlated across
     grades (one uncertain scale of the whole table), th[x] ~ 0 (x is golden). A fixed-model
     detector (no grade knob; its golden is the same model at the source resolution) uses th[x].
@@ -97,10 +100,21 @@ PRIORS = {
     "th_scale_sd": 0.6,
     "kappa": (0.3, 0.3),    # log F1 per log height ratio: ~-0.2 at half height, wide
     "lam": (-0.2, 0.3),     # log F1 per second of staleness
+    "tau": (-0.1, 0.2),     # log F1 per second of tracking (vtest.avi segments: about -0.06 to -0.13)
     "rho": (0.05, 0.1),     # log F1 per log(q / 100)
     "sig_a": 0.2,
 }
 LIGHT_SERVICE_S = 0.005  # prior for a non-DNN stage at reference pixels
+
+
+def track_s(fps: np.ndarray | float, ntracking: np.ndarray | float) -> np.ndarray:
+    """Seconds a detected frame's boxes are carried by the tracker (0 without tracking)."""
+    return np.asarray(ntracking, float) / np.maximum(np.asarray(fps, float), 0.1)
+
+
+def obs_rate(o: Observation, src_fps: float) -> float:
+    """The kept-frame rate an accuracy observation describes (fps 0 = the source's rate)."""
+    return float(o.fps) if o.fps else float(src_fps)
 
 
 def stale_s(fps: np.ndarray | float, src_fps: np.ndarray | float) -> np.ndarray:
@@ -163,7 +177,7 @@ class Layout:
 
     Latency theta: svc[S], node[N], sn[S*N], beta[S], gam[G-1] (grades s..x vs n), b_load,
     gam_gpu[G-1], beta_gpu, b_load_gpu (the GPU interactions).
-    Accuracy theta: th[G], kappa, lam, rho.
+    Accuracy theta: th[G], kappa, lam, rho, tau.
     """
 
     def __init__(self, S: int, N: int) -> None:
@@ -177,8 +191,9 @@ class Layout:
             i += n
         self.P = i
         self.acc = {"th": slice(0, N_GRADES), "kappa": slice(N_GRADES, N_GRADES + 1),
-                    "lam": slice(N_GRADES + 1, N_GRADES + 2), "rho": slice(N_GRADES + 2, N_GRADES + 3)}
-        self.PA = N_GRADES + 3
+                    "lam": slice(N_GRADES + 1, N_GRADES + 2), "rho": slice(N_GRADES + 2, N_GRADES + 3),
+                    "tau": slice(N_GRADES + 3, N_GRADES + 4)}
+        self.PA = N_GRADES + 4
 
     def lat_prior(self, svc_mu: np.ndarray, node_mu: np.ndarray,
                   svc_sd: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -212,10 +227,10 @@ class Layout:
     def acc_prior(self) -> tuple[np.ndarray, np.ndarray]:
         P = PRIORS
         lr = P["th"][0]
-        mean = np.concatenate([lr, [P["kappa"][0], P["lam"][0], P["rho"][0]]])
+        mean = np.concatenate([lr, [P["kappa"][0], P["lam"][0], P["rho"][0], P["tau"][0]]])
         cov = np.zeros((self.PA, self.PA))
         cov[:N_GRADES, :N_GRADES] = P["th_scale_sd"] ** 2 * np.outer(lr, lr) + P["th"][1] ** 2 * np.eye(N_GRADES)
-        cov[N_GRADES:, N_GRADES:] = np.diag([P["kappa"][1] ** 2, P["lam"][1] ** 2, P["rho"][1] ** 2])
+        cov[N_GRADES:, N_GRADES:] = np.diag([P["kappa"][1] ** 2, P["lam"][1] ** 2, P["rho"][1] ** 2, P["tau"][1] ** 2])
         return mean, cov
 
     def lat_rows(self, svc, node, grade, tun, logpix, load, gpu) -> np.ndarray:
@@ -236,11 +251,11 @@ class Layout:
         X[r, L["b_load_gpu"].start] = load * gpu
         return X
 
-    def acc_rows(self, grade, logh, stale, logq) -> np.ndarray:
+    def acc_rows(self, grade, logh, stale, logq, track=0.0) -> np.ndarray:
         X = np.zeros((len(grade), self.PA))
         r = np.arange(len(grade))
         X[r, np.asarray(grade)] = 1
-        X[:, N_GRADES], X[:, N_GRADES + 1], X[:, N_GRADES + 2] = logh, stale, logq
+        X[:, N_GRADES], X[:, N_GRADES + 1], X[:, N_GRADES + 2], X[:, N_GRADES + 3] = logh, stale, logq, track
         return X
 
     def unpack(self, theta: np.ndarray, sig: np.ndarray, theta_a: np.ndarray, sig_a: np.ndarray) -> dict[str, np.ndarray]:
@@ -255,6 +270,7 @@ class Layout:
             "beta_gpu": theta[:, L["beta_gpu"]][:, 0], "b_load_gpu": theta[:, L["b_load_gpu"]][:, 0],
             "th": theta_a[:, A["th"]], "kappa": theta_a[:, A["kappa"]][:, 0],
             "lam": theta_a[:, A["lam"]][:, 0], "rho": theta_a[:, A["rho"]][:, 0], "sig_a": np.asarray(sig_a),
+            "tau": theta_a[:, A["tau"]][:, 0],
         }
 
 
@@ -378,13 +394,14 @@ def build_data(
         round(math.log(min(o.height / max(h, 1), 1.0)), 3),
         round(float(stale_s(o.fps, f)) if o.fps else 0.0, 3),
         round(math.log(o.quality / 100.0), 3),
+        round(float(track_s(obs_rate(o, f), o.ntracking)), 3),
     ) for o, _, h, f in acc]
     ac, an, amean, ass = _cells(akeys, log_f1([o.accuracy for o, *_ in acc]) if acc else np.zeros(0))
-    ac = ac.reshape(-1, 4)
+    ac = ac.reshape(-1, 5)
     node_gpu = np.zeros(layout.N) if node_gpu is None else node_gpu
     X = layout.lat_rows(lc[:, 0].astype(int), lc[:, 1].astype(int), lc[:, 2].astype(int), lc[:, 3], lc[:, 4], lc[:, 5],
                         node_gpu[lc[:, 1].astype(int)])
-    XA = layout.acc_rows(ac[:, 0].astype(int), ac[:, 1], ac[:, 2], ac[:, 3])
+    XA = layout.acc_rows(ac[:, 0].astype(int), ac[:, 1], ac[:, 2], ac[:, 3], ac[:, 4])
     mu0, cov0 = layout.lat_prior(svc_mu, node_mu, svc_sd)
     mua0, cova0 = layout.acc_prior()
     m, L, sig_hat = _whiten(X, ln, lmean, lss, mu0, cov0, 0.2)

@@ -57,8 +57,8 @@ AIM_MARGIN = 0.01        # aim this far above the accuracy goal: E[F1] near the 
 SURPRISE_LOG = math.log(1.5)  # a window's service time this far (x or /) from the predictive is a shift
 MAX_WINDOW_FRAMES = 30
 # Prior sd of a job's own deviation from the pooled accuracy model: log F1 offset, slope on
-# log height ratio, slope per second of staleness.
-JOB_ACC_SD = np.array([0.1, 0.25, 0.25])
+# log height ratio, slope per second of staleness, slope per second of tracking.
+JOB_ACC_SD = np.array([0.1, 0.25, 0.25, 0.15])
 
 
 @dataclass
@@ -307,11 +307,13 @@ class BayesPlanner:
                 np.log(np.minimum(h[rows] / c.src_height, 1.0)),
                 bayes.stale_s(c.fps[rows], c.src_fps),
                 np.log(c.quality[rows] / 100.0),
+                bayes.track_s(c.fps[rows], c.ntrack[rows]),
             ], axis=1)
             static = _Static(
-                cost=c.compute() / c.golden_compute(), nbytes=knobs.frame_bytes(c.width, c.height, c.quality),
+                cost=c.compute() / c.golden_compute(),
+                nbytes=knobs.frame_bytes(c.width, c.height, c.quality) * (1 + c.ntrack),  # per message
                 grid=c.grid_idx, rows=rows, acc_x=acc_x,
-                frames=np.clip(c.fps * self.window_s, 1, MAX_WINDOW_FRAMES),
+                frames=np.clip(c.msg_rate * self.window_s, 1, MAX_WINDOW_FRAMES),
             )
             hit = self._cands[key] = (c, static)
             if len(self._cands) > 256:
@@ -407,14 +409,16 @@ class BayesPlanner:
             logh = np.log(np.minimum(np.array([o.height for o in acc]) / max(h, 1), 1.0))
             fps = np.array([o.fps for o in acc])
             stale = np.where(fps > 0, bayes.stale_s(fps, f), 0.0)
+            track = bayes.track_s([bayes.obs_rate(o, f) for o in acc], [o.ntracking for o in acc])
             logq = np.log(np.array([o.quality for o in acc]) / 100.0)
-            eta = (d["th"][:, g] + d["kappa"][:, None] * logh + d["lam"][:, None] * stale + d["rho"][:, None] * logq)
+            eta = (d["th"][:, g] + d["kappa"][:, None] * logh + d["lam"][:, None] * stale + d["rho"][:, None] * logq
+                   + d["tau"][:, None] * track)
             y = bayes.log_f1([o.accuracy for o in acc])
             R = (y[None, :] - eta).T                                        # [m, n]
-            X = np.stack([np.ones(len(acc)), logh, stale], axis=1)          # [m, 3]
+            X = np.stack([np.ones(len(acc)), logh, stale, track], axis=1)   # [m, 4]
             s2 = float(np.mean(d["sig_a"] ** 2)) + 1e-4
             A = X.T @ X / s2 + np.diag(1.0 / JOB_ACC_SD**2)
-            st.f1_coef = np.linalg.solve(A, X.T @ R / s2)                  # [3, n]
+            st.f1_coef = np.linalg.solve(A, X.T @ R / s2)                  # [4, n]
         else:
             st.f1_coef = None
         return surprised
@@ -489,7 +493,7 @@ class BayesPlanner:
         # includes this job's own work under its last plan, which is subtracted first.
         if last is not None:
             own = self._own_work(c, last, mean_t.mean(axis=-1))
-            bg = np.clip(bg - c.fps[last] * own / cap, 0.0, 0.99)
+            bg = np.clip(bg - c.msg_rate[last] * own / cap, 0.0, 0.99)
         slow = np.exp(self._load_slope(d, self._node_gpu[j_idx]) * bayes.load_term(bg)[:, None])   # [J, n]
         mean_t = mean_t * slow[None, :, None, None, :]
         tbar = mean_t.mean(axis=-1)
@@ -517,7 +521,7 @@ class BayesPlanner:
         stime = np.exp(lmu + sig**2 / 2 + sd_w * eps - sd_w**2 / 2) * slow[c.mapping[short], :]
         mt = np.stack([mean_t[k, c.mapping[short, k], c.res_idx[short], c.grade_idx[short]] for k in range(K)], axis=1)
         delay, _ = plan_delay(c, short, stime, mt, bg, cap, qdepth, trans_all[short])
-        wait = delay - stime.sum(axis=1) - trans_all[short][:, None]
+        wait = delay - c.per_message(short, stime).sum(axis=1) - trans_all[short][:, None] - c.group_wait(short)[:, None]
         qn = self._rng.standard_normal(delay.shape) / np.sqrt(nf[:, 0])
         delay = delay + np.where(np.isfinite(wait), wait * np.maximum(qn, -1.0), 0.0)
         p_ok = (delay <= D).mean(axis=1)
@@ -567,19 +571,22 @@ class BayesPlanner:
         x = S.acc_x
         eta = S.cached("f1_logits", version, lambda: (
             d["th"][:, x[:, 0].astype(np.int64)] + d["kappa"][:, None] * x[:, 1] + d["lam"][:, None] * x[:, 2]
-            + d["rho"][:, None] * x[:, 3]).T)                                # [rows, n]
+            + d["rho"][:, None] * x[:, 3] + d["tau"][:, None] * x[:, 4]).T)  # [rows, n]
         if coef is None:
             return np.exp(np.minimum(eta, 0.0))
-        # The job's offset and slopes on log height ratio and staleness, in one matmul.
-        x1 = np.column_stack([np.ones(len(x)), x[:, 1], x[:, 2]])
+        # The job's offset and slopes on log height ratio, staleness and tracking, in one matmul.
+        x1 = np.column_stack([np.ones(len(x)), x[:, 1], x[:, 2], x[:, 4]])
         eta = eta + x1 @ coef[:, : eta.shape[1]]                             # a new array: the cache stays
         return np.exp(np.minimum(eta, 0.0, out=eta), out=eta)
 
     @staticmethod
     def _own_work(c: knobs.Candidates, i: int, tbar: np.ndarray) -> np.ndarray:
+        """Seconds of work per message on each node under candidate i."""
+        per_frame = np.array([tbar[k, c.mapping[i, k], c.res_idx[i], c.grade_idx[i]] for k in range(len(c.stages))])
+        per_msg = c.per_message(np.array([i]), per_frame[None, :, None])[0, :, 0]
         work = np.zeros(len(c.nodes))
         for k in range(len(c.stages)):
-            work[c.mapping[i, k]] += tbar[k, c.mapping[i, k], c.res_idx[i], c.grade_idx[i]]
+            work[c.mapping[i, k]] += per_msg[k]
         return work
 
     def _shortlist(self, d_mean: np.ndarray, u_mean: np.ndarray, D: float, last: int | None) -> np.ndarray:

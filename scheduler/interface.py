@@ -77,12 +77,17 @@ class Observation(BaseModel):
     width: int
     height: int
     fps: float = 0.0
+    ntracking: int = Field(0, ge=0, description="kept frames tracked after each detected one")
     quality: int = 85
     frame_bytes: int = 0
     service_s: float = Field(..., ge=0, description="time inside the DNN service")
     queue_s: float = Field(0.0, ge=0, description="time waiting in the node queue")
     transfer_s: float = Field(0.0, ge=0, description="time on the wire before this stage")
-    accuracy: float | None = Field(None, ge=0, le=1, description="F1 vs golden on profiled frames")
+    accuracy: float | None = Field(
+        None, ge=0, le=1,
+        description="frame-level F1 vs golden: on a detected frame (fps 0, i.e. every frame) or over a profiled segment",
+    )
+    source: str = Field("frame", description="frame: a processed frame; segment: a profiling segment's score")
     ts: float = 0.0
     node_load: float | None = Field(None, ge=0, le=1, description="node cpu_ratio when served, if known")
 

@@ -22,6 +22,11 @@ log = logging.getLogger(__name__)
 RES_LABELS: tuple[str, ...] = tuple(RESOLUTION_HEIGHTS)  # 360p .. 1080p, cheapest first
 FPS_LEVELS: tuple[float, ...] = (1, 2, 5, 10, 15, 20, 30)
 QUALITY_LEVELS: tuple[int, ...] = (60, 75, 90)
+# Seed ntracking: kept frames after each detected frame whose boxes come from the tracker.
+NTRACKING_LEVELS: tuple[int, ...] = (0, 1, 2, 4)
+# Optical-flow tracking of one frame's boxes (services/tracking.py): ~1-3 ms at 360p-576p on
+# 2 CPU cores, plus the JPEG decode of the tracked frame.
+TRACK_S_PER_FRAME = 0.006
 GOLDEN_QUALITY = 90
 
 # Published YOLO11 figures (Ultralytics docs, 640x640): COCO mAP50-95 and GFLOPs per grade.
@@ -151,6 +156,35 @@ class Candidates:
     source_node: int                 # index in nodes, -1 = unknown / not live
     n_map: int                       # candidates are grid rows x mappings: c = row * n_map + map
     fixed: np.ndarray | None = None  # [K] bool: fixed-model detector (a DNN without a grade knob)
+    ntracking: np.ndarray | None = None  # [C] kept frames tracked after each detected one
+    n_track: int = 1                 # ntracking levels in the grid (its innermost dimension)
+
+    @property
+    def ntrack(self) -> np.ndarray:
+        return np.zeros(len(self.fps), np.int64) if self.ntracking is None else self.ntracking
+
+    @property
+    def msg_rate(self) -> np.ndarray:
+        """Messages (detected frames) per second of video: a message carries 1 + ntracking frames."""
+        return self.fps / (1 + self.ntrack)
+
+    @property
+    def dnn_k(self) -> np.ndarray:
+        return self.tunable | self.fixed_k
+
+    def per_message(self, idx: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """Per-frame stage times [M, K, D] -> per-message: a DNN runs once and tracks the other
+        frames; every other stage runs on each of the message's 1 + ntracking frames."""
+        k = self.ntrack[idx].astype(float)[:, None]
+        dnn = self.dnn_k[None, :]
+        mult = np.where(dnn, 1.0, 1.0 + k)
+        extra = np.where(dnn, k * TRACK_S_PER_FRAME, 0.0)
+        return t * mult[:, :, None] + extra[:, :, None]
+
+    def group_wait(self, idx: np.ndarray) -> np.ndarray:
+        """Seconds a detected frame waits for its tracked frames to be read (the message goes
+        when its last frame is in): the worst frame's share of the delay."""
+        return self.ntrack[idx] / np.maximum(self.fps[idx], 1e-6)
 
     @property
     def fixed_k(self) -> np.ndarray:
@@ -181,9 +215,11 @@ class Candidates:
         sel = slice(None) if idx is None else idx
         w, h = self.width[sel], self.height[sel]
         total = np.zeros(np.shape(w))
+        rate = self.msg_rate[sel]
         for k in range(len(self.stages)):
-            total = total + stage_gflops(bool(self.tunable[k]), w * h, self.grade_idx[sel], bool(self.fixed_k[k]))
-        return total * self.fps[sel]
+            per = stage_gflops(bool(self.tunable[k]), w * h, self.grade_idx[sel], bool(self.fixed_k[k]))
+            total = total + per * (rate if self.dnn_k[k] else self.fps[sel])
+        return total
 
     def golden_compute(self) -> float:
         w, h = self.res[-1][1], self.res[-1][2]
@@ -191,15 +227,20 @@ class Candidates:
                         for t, f in zip(self.tunable, self.fixed_k))
         return per_frame * self.src_fps
 
-    def find(self, res: str, fps: float, grade_idx: int, quality: int, mapping: tuple[int, ...]) -> int | None:
+    def find(self, res: str, fps: float, grade_idx: int, quality: int, mapping: tuple[int, ...],
+             ntracking: int = 0) -> int | None:
         """Index of one candidate, by arithmetic on the grid's layout (res x fps x grade x quality
-        rows, each repeated over the n_map mappings): no scan over every candidate."""
+        x ntracking rows, each repeated over the n_map mappings): no scan over every candidate."""
         labels = [r[0] for r in self.res]
         if res not in labels:
             return None
         n_q = len(QUALITY_LEVELS)
         n_g = len(GRADES) if self.tunable.any() else 1
-        per_fps = n_g * n_q * self.n_map
+        n_t = self.n_track
+        levels = NTRACKING_LEVELS[:n_t]
+        if ntracking not in levels:
+            return None
+        per_fps = n_g * n_q * n_t * self.n_map
         fpss = self.fps[: per_fps * (len(self.fps) // (per_fps * len(labels))): per_fps]
         fi = np.flatnonzero(np.isclose(fpss, fps))
         gi = grade_idx if n_g > 1 else (0 if grade_idx == len(GRADES) - 1 else -1)
@@ -209,6 +250,7 @@ class Candidates:
         if not len(mi):
             return None
         row = ((labels.index(res) * len(fpss) + int(fi[0])) * n_g + gi) * n_q + QUALITY_LEVELS.index(quality)
+        row = row * n_t + levels.index(ntracking)
         return row * self.n_map + int(mi[0])
 
     def index_of_plan(self, plan: Plan | None) -> int | None:
@@ -221,7 +263,8 @@ class Candidates:
         grade = next((plan.flow_mapping[s].grade for s in self.stages if plan.flow_mapping[s].grade), "x")
         gi = GRADES.index(grade) if grade in GRADES else len(GRADES) - 1
         fps = plan.video_conf.fps or self.src_fps
-        return self.find(plan.video_conf.resolution, fps, gi, plan.video_conf.quality, mapping)
+        return self.find(plan.video_conf.resolution, fps, gi, plan.video_conf.quality, mapping,
+                         plan.video_conf.ntracking)
 
 
 def _mappings(options: list[list[int]]) -> list[tuple[int, ...]]:
@@ -258,7 +301,8 @@ def _candidate_nodes(inp: PlanningInput) -> list[NodeInfo]:
     return [n for n in live if n.name in keep]
 
 
-def build_candidates(inp: PlanningInput, dag: DagSpec | None = None) -> Candidates:
+def build_candidates(inp: PlanningInput, dag: DagSpec | None = None, tracking: bool = True) -> Candidates:
+    """Every plan for the job; `tracking=False` leaves ntracking out (always 0)."""
     dag = dag or inp.dag
     order = dag.topological_order()
     services = tuple(dag.stage(s).service for s in order)
@@ -285,7 +329,9 @@ def build_candidates(inp: PlanningInput, dag: DagSpec | None = None) -> Candidat
     res = tuple(resolution_options(inp.source.width, inp.source.height))
     fpss = fps_options(inp.source.fps)
     grades = range(len(GRADES)) if tunable.any() else [len(GRADES) - 1]
-    grid = np.array(list(itertools.product(range(len(res)), fpss, grades, QUALITY_LEVELS)), float)
+    # Tracking needs a detector to track from; without one, ntracking only delays frames.
+    tracks = NTRACKING_LEVELS if tracking and (tunable.any() or fixed.any()) else (0,)
+    grid = np.array(list(itertools.product(range(len(res)), fpss, grades, QUALITY_LEVELS, tracks)), float)
     n_conf, n_map = len(grid), len(mappings)
     src_node = names.index(inp.source.node) if inp.source.node in names else -1
     return Candidates(
@@ -296,7 +342,7 @@ def build_candidates(inp: PlanningInput, dag: DagSpec | None = None) -> Candidat
         quality=np.repeat(grid[:, 3].astype(np.int64), n_map),
         mapping=np.tile(mappings, (n_conf, 1)),
         src_fps=float(max(1.0, inp.source.fps)), src_height=int(res[-1][2]), source_node=src_node,
-        n_map=n_map, fixed=fixed,
+        n_map=n_map, fixed=fixed, ntracking=np.repeat(grid[:, 4].astype(np.int64), n_map), n_track=len(tracks),
     )
 
 
@@ -315,6 +361,7 @@ def to_plan(c: Candidates, i: int, nodes: list[NodeInfo], planner: str, reason: 
         resolution=c.res[int(c.res_idx[i])][0],  # type: ignore[arg-type]
         fps=0 if fps >= c.src_fps else fps,
         quality=int(c.quality[i]),
+        ntracking=int(c.ntrack[i]),
     )
     mapping = {}
     for k, stage in enumerate(c.stages):
@@ -331,7 +378,8 @@ def describe(c: Candidates, i: int) -> str:
     grade = f" grade {GRADES[int(c.grade_idx[i])]}" if c.tunable.any() else ""
     where = list(dict.fromkeys(c.nodes[int(n)] for n in c.mapping[i]))
     fps = float(c.fps[i])
-    return f"{c.res[int(c.res_idx[i])][0]}@{fps:g}fps{grade} q{int(c.quality[i])} on {'+'.join(where)}"
+    track = f" track {int(c.ntrack[i])}" if c.ntrack[i] else ""
+    return f"{c.res[int(c.res_idx[i])][0]}@{fps:g}fps{track}{grade} q{int(c.quality[i])} on {'+'.join(where)}"
 
 
 # ---- utility -----------------------------------------------------------------------------

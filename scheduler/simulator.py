@@ -45,6 +45,7 @@ TRUE_GRADE_F1 = np.array([0.80, 0.90, 0.96, 0.985, 1.0])
 # A fixed-model detector (person_detection): ~1.5x YOLO11 s per pixel (the planner assumes 1.4).
 TRUE_FIXED_RATIO = float(knobs.grade_latency_ratio()[1] * 1.5)
 TRUE_RES_SENS = 0.28  # F1 lost at a vanishing resolution, for typical content
+TRUE_TRACK_DECAY = 0.003  # log F1 per tracked source frame per unit motion (carry-forward: 0.012 per skipped one)
 
 
 @dataclass
@@ -91,13 +92,19 @@ class RoundStat:
 
 
 def true_f1(height: np.ndarray, src_h: float, fps: np.ndarray, src_fps: float, grade_idx: np.ndarray,
-            quality: np.ndarray, motion: float, tunable: bool = True, res_sens: float = TRUE_RES_SENS) -> np.ndarray:
+            quality: np.ndarray, motion: float, tunable: bool = True, res_sens: float = TRUE_RES_SENS,
+            ntracking: np.ndarray | float = 0) -> np.ndarray:
+    """Frame-level F1 (DESIGN.md s.6): every source frame scored with the boxes it is shown.
+    A skipped frame shows the last kept frame's boxes (error grows with the gap and motion); a
+    tracked frame shows tracked boxes, which drift about a quarter as fast per source frame."""
     g = TRUE_GRADE_F1[grade_idx] if tunable else 1.0
     r = 1 - res_sens * (1 - np.minimum(np.asarray(height, float) / src_h, 1.0)) ** 1.3
-    skip = np.maximum(src_fps / np.asarray(fps, float) - 1, 0)
+    step = src_fps / np.asarray(fps, float)
+    skip = np.maximum(step - 1, 0)
     f = np.exp(-0.012 * motion * skip)
+    tr = np.exp(-TRUE_TRACK_DECAY * motion * np.asarray(ntracking, float) * np.maximum(step, 1.0))
     q = 1 - 0.12 * ((100 - np.asarray(quality, float)) / 90) ** 2
-    return np.clip(g * r * f * q, 0, 1)
+    return np.clip(g * r * f * tr * q, 0, 1)
 
 
 @dataclass(frozen=True)
@@ -174,13 +181,13 @@ class Simulator:
         nodes = [infos[n] for n in c.nodes]
         _, cap, qdepth, bw = node_arrays(c, nodes)
         mt = self._true_mean_times(c, idx, load)[:, :, None]
-        nbytes = knobs.frame_bytes(c.width[idx], c.height[idx], c.quality[idx])
+        nbytes = knobs.frame_bytes(c.width[idx], c.height[idx], c.quality[idx]) * (1 + c.ntrack[idx])
         tr = transfer_s(c, idx, nbytes, bw)
         delay, _ = plan_delay(c, idx, mt, mt, load, cap, qdepth, tr, overload_frames=OVERLOAD_FRAMES)
         # An overloaded node serves every job's frames at the same reduced rate (processor
         # sharing); the bottleneck node of a plan sets the share of its frames that get a result.
         base = load if base is None else base
-        own = c.fps[idx][:, None] * node_work(c, idx, mt)[:, :, 0] / cap[None, :]
+        own = c.msg_rate[idx][:, None] * node_work(c, idx, c.per_message(idx, mt))[:, :, 0] / cap[None, :]
         demand = (load - base)[None, :] + own
         with np.errstate(divide="ignore", invalid="ignore"):
             share = np.where(own > 0, np.maximum(RHO_MAX - base, 0.0)[None, :] / demand, np.inf)
@@ -188,7 +195,7 @@ class Simulator:
         fps = np.maximum(c.fps[idx] * served, 0.1)
         tun = bool(c.tunable.any())
         f1 = true_f1(c.height[idx], c.src_height, fps, c.src_fps, c.grade_idx[idx], c.quality[idx], job.motion, tun,
-                     job.res_sens)
+                     job.res_sens, c.ntrack[idx])
         # Compute is what the plan asks of the cluster per second of video, served or not.
         return Truth(delay[:, 0], f1, c.compute(idx) / c.golden_compute(), served, tr, mt[:, :, 0])
 
@@ -200,11 +207,13 @@ class Simulator:
 
     def _job_work(self, c: knobs.Candidates, i: int, load: dict[str, float]) -> dict[str, float]:
         """Utilisation a job adds to each of its nodes, its service slowed by the node's other load."""
-        mt = self._true_mean_times(c, np.array([i]), np.clip(np.array([load[n] for n in c.nodes]), 0, 0.99))[0]
+        idx = np.array([i])
+        mt = self._true_mean_times(c, idx, np.clip(np.array([load[n] for n in c.nodes]), 0, 0.99))
+        mt = c.per_message(idx, mt[:, :, None])[0, :, 0]
         util: dict[str, float] = {}
         for k in range(len(c.stages)):
             n = c.nodes[int(c.mapping[i, k])]
-            util[n] = util.get(n, 0.0) + c.fps[i] * mt[k] / max(self.nodes[n].n_process, 1)
+            util[n] = util.get(n, 0.0) + c.msg_rate[i] * mt[k] / max(self.nodes[n].n_process, 1)
         return util
 
     @staticmethod
@@ -288,11 +297,13 @@ class Simulator:
         t = self._evaluate(job, c, np.array([i]), load, base)
         mt, tr, exp_delay = t.service[0], float(t.transfer[0]), float(t.delay[0])
         # Sample the served frames of the window: service noise per stage, queueing from the expectation.
-        n_frames = int(max(1, min(30, c.fps[i] * t.served[0] * self.round_s)))
+        n_frames = int(max(1, min(30, c.msg_rate[i] * t.served[0] * self.round_s)))  # messages
         noise = np.exp(self.rng.normal(-TRUE_NOISE**2 / 2, TRUE_NOISE, (n_frames, len(c.stages))))
         svc = mt[None, :] * noise
-        queue_total = max(exp_delay - mt.sum() - tr, 0.0)
-        frame_delay = svc.sum(axis=1) + queue_total * self.rng.exponential(1.0, n_frames) + tr
+        per_msg = c.per_message(np.array([i]), mt[None, :, None])[0, :, 0]
+        wait = float(c.group_wait(np.array([i]))[0])
+        queue_total = max(exp_delay - per_msg.sum() - tr - wait, 0.0)
+        frame_delay = svc.sum(axis=1) * per_msg.sum() / mt.sum() + queue_total * self.rng.exponential(1.0, n_frames) + tr + wait
         window_delay = float(frame_delay.mean())
         obs = []
         ts = self.round * self.round_s
@@ -303,7 +314,8 @@ class Simulator:
                 node = c.nodes[int(c.mapping[i, k])]
                 obs.append(Observation(
                     stage=stage, node=node, grade=grade if c.tunable[k] else None, width=int(c.width[i]),
-                    height=int(c.height[i]), fps=float(c.fps[i]), quality=int(c.quality[i]), frame_bytes=nbytes,
+                    height=int(c.height[i]), fps=float(c.fps[i]), ntracking=int(c.ntrack[i]),
+                    quality=int(c.quality[i]), frame_bytes=nbytes,
                     service_s=float(svc[f, k]), queue_s=float(queue_total / len(c.stages)),
                     transfer_s=tr / len(c.stages), ts=ts, node_load=float(load[c.mapping[i, k]]),
                 ))

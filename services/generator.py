@@ -1,4 +1,5 @@
-"""The generator: reads a source, applies the current plan, enqueues one message per frame.
+"""The generator: reads a source, applies the current plan, enqueues one message per
+detected frame (carrying the `ntracking` kept frames after it, for the tracker).
 
 It never buffers without bound. A window counts frames in flight (enqueued, not yet
 acknowledged by the aggregator); when it is full the frame is dropped and counted
@@ -13,11 +14,16 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
-from services.codec import Envelope, Hop
+import cv2
+
+from services.codec import Envelope, Hop, TrackedFrame
 from services.sources import SourceError, VideoSource
 from services.video_conf import FrameSkipper, VideoConf, encode_jpeg, resize_to
 
 log = logging.getLogger(__name__)
+
+# Detectors whose accuracy a profiling segment scores (the others have no golden config).
+SEGMENT_SERVICES = frozenset({"person_detection", "yolo_detection", "car_detection"})
 
 
 @dataclass(frozen=True)
@@ -27,8 +33,31 @@ class ActivePlan:
     plan_id: int
     video_conf: VideoConf
     route: tuple[Hop, ...]
-    profile_every: int = 0  # mark every Nth frame for golden-config profiling; 0 = never
+    profile_every: int = 0  # mark every Nth message for golden-config profiling; 0 = never
     golden_grade: str = "m"
+    # Chameleon-style profiling: every segment_every_s of video, send segment_frames consecutive
+    # source frames on which the worker scores candidate configs against the golden one.
+    segment_every_s: float = 0.0
+    segment_frames: int = 10
+
+
+@dataclass
+class _Group:
+    """A detected frame and the kept frames tracked after it, sent as one message."""
+
+    plan: ActivePlan
+    seq: int
+    ts: float
+    read_at: float
+    jpeg: bytes
+    width: int
+    height: int
+    golden: bytes | None
+    tracked: list[TrackedFrame] = field(default_factory=list)
+
+    @property
+    def full(self) -> bool:
+        return len(self.tracked) >= self.plan.video_conf.ntracking
 
 
 class InFlightWindow:
@@ -89,6 +118,8 @@ class GeneratorStats:
     skipped: int = 0  # not kept by the fps / nskip knob
     sent: int = 0
     dropped: int = 0  # kept, but the window was full
+    tracked: int = 0  # kept frames sent for the tracker (after a detected frame, same message)
+    segments: int = 0  # profiling segments sent
     peak_in_flight: int = 0
     started_at: float = field(default_factory=time.time)
 
@@ -99,6 +130,8 @@ class GeneratorStats:
             "frames_skipped": self.skipped,
             "frames_sent": self.sent,
             "frames_dropped": self.dropped,
+            "frames_tracked": self.tracked,
+            "profile_segments": self.segments,
             "peak_in_flight": self.peak_in_flight,
             "fps_in": round(self.sent / elapsed, 2),
         }
@@ -144,6 +177,10 @@ class FrameGenerator:
         self._skipper = FrameSkipper()
         # ClipGenerator: each message also carries the previous kept frames, oldest first.
         self._clip: deque[bytes] = deque(maxlen=clip_len) if clip_len else deque(maxlen=0)
+        self._group: _Group | None = None
+        self._messages = 0
+        self._segment: list[bytes] | None = None
+        self._next_segment_ts: float | None = None
 
     def run(self) -> None:
         wall0 = time.monotonic()
@@ -159,16 +196,23 @@ class FrameGenerator:
                     if ahead > 0 and self.stop.wait(ahead):
                         return
                 plan = self.current_plan()
+                self._collect_segment(frame.image, frame.ts, plan)
                 if not self._skipper.keep(plan.video_conf, frame.ts):
                     self.stats.skipped += 1
+                    continue
+                if self._group is not None:  # a tracked frame of the open group
+                    self._add_tracked(frame.image, frame.ts)
                     continue
                 if not self._admit():
                     if self.stop.is_set():
                         return
                     self.stats.dropped += 1
                     continue
-                self._send(frame.image, frame.ts, plan)
+                self._open_group(frame.image, frame.ts, plan)
+            if self._group is not None and not self.stop.is_set():
+                self._send(self._group)  # end of file: the last group goes as far as it got
         finally:
+            self._group = None
             self.source.close()
 
     def _admit(self) -> bool:
@@ -181,42 +225,107 @@ class FrameGenerator:
                 return True
         return False
 
-    def _send(self, image, ts: float, plan: ActivePlan) -> None:
+    def _open_group(self, image, ts: float, plan: ActivePlan) -> None:
         resized = resize_to(image, plan.video_conf.resolution)
-        jpeg = encode_jpeg(resized, plan.video_conf.quality)
-        profile = bool(plan.profile_every) and self.seq % plan.profile_every == 0
+        profile = bool(plan.profile_every) and self._messages % plan.profile_every == 0
         # The golden config sees the source frame at high quality, not the planned one.
-        golden = encode_jpeg(image, 95) if profile else None
+        group = _Group(plan=plan, seq=self.seq, ts=ts, read_at=time.time(),
+                       jpeg=encode_jpeg(resized, plan.video_conf.quality), width=resized.shape[1],
+                       height=resized.shape[0], golden=encode_jpeg(image, 95) if profile else None)
+        self.seq += 1
+        if group.full:
+            self._send(group)
+        else:
+            self._group = group
+
+    def _add_tracked(self, image, ts: float) -> None:
+        """Tracked frames follow the plan their group started with: one resolution per message."""
+        group = self._group
+        assert group is not None
+        resized = resize_to(image, group.plan.video_conf.resolution)
+        if resized.shape[1] != group.width or resized.shape[0] != group.height:
+            resized = cv2.resize(resized, (group.width, group.height), interpolation=cv2.INTER_AREA)
+        group.tracked.append(TrackedFrame(seq=self.seq, capture_ts=ts, read_at=time.time(),
+                                          image=encode_jpeg(resized, group.plan.video_conf.quality)))
+        self.seq += 1
+        if group.full:
+            self._group = None
+            self._send(group)
+
+    def _send(self, group: _Group) -> None:
+        plan = group.plan
         if self._clip.maxlen:
-            self._clip.append(jpeg)
+            self._clip.append(group.jpeg)
         now = time.time()
         env = Envelope(
             job=self.job_uid,
-            seq=self.seq,
+            seq=group.seq,
             plan=plan.plan_id,
-            capture_ts=ts,
+            capture_ts=group.ts,
             sent_at=now,
+            read_at=group.read_at,
             enqueued_at=now,
-            width=resized.shape[1],
-            height=resized.shape[0],
-            image=jpeg,
-            frame_bytes=len(jpeg),
+            width=group.width,
+            height=group.height,
+            image=group.jpeg,
+            frame_bytes=len(group.jpeg) + sum(len(t.image or b"") for t in group.tracked),
             clip=list(self._clip),
             route=list(plan.route),
             origin=self.origin_node,
             results_queue=self.results_queue,
-            profile=profile,
-            golden_image=golden,
+            profile=group.golden is not None,
+            golden_image=group.golden,
             golden_grade=plan.golden_grade,
+            tracked=group.tracked,
         )
         try:
             self.dispatch(env)
         except Exception:
-            self.window.release(self.seq)
+            self.window.release(group.seq)
             raise
-        self.seq += 1
-        self.stats.sent += 1
+        self._messages += 1
+        self.stats.sent += 1 + len(group.tracked)
+        self.stats.tracked += len(group.tracked)
         self.stats.peak_in_flight = max(self.stats.peak_in_flight, len(self.window))
+
+    # -- profiling segments ---------------------------------------------------------------------
+    def _collect_segment(self, image, ts: float, plan: ActivePlan) -> None:
+        """Every segment_every_s of video, the next segment_frames source frames (all of them,
+        kept or not: frame-level accuracy is scored on every source frame) go to a worker."""
+        if not plan.segment_every_s or plan.segment_frames < 2:
+            return
+        if self._segment is None:
+            if self._next_segment_ts is None:
+                self._next_segment_ts = ts + min(1.0, plan.segment_every_s)
+            if ts < self._next_segment_ts:
+                return
+            self._segment = []
+        self._segment.append(encode_jpeg(image, 90))
+        if len(self._segment) >= plan.segment_frames:
+            frames, self._segment = self._segment, None
+            self._next_segment_ts = ts + plan.segment_every_s
+            self._send_segment(frames, ts, plan, image.shape)
+
+    def profile_soon(self) -> None:
+        """Content changed (or the planner asks): take the next segment now."""
+        self._next_segment_ts = 0.0
+
+    def _send_segment(self, frames: list[bytes], ts: float, plan: ActivePlan, shape) -> None:
+        detector = [h for h in plan.route if h.service in SEGMENT_SERVICES][:1]
+        if not detector:
+            return
+        now = time.time()
+        h, w = shape[:2]
+        env = Envelope(job=self.job_uid, seq=0, plan=plan.plan_id, capture_ts=ts, sent_at=now, read_at=now,
+                       enqueued_at=now, width=w, height=h, route=detector, origin=self.origin_node,
+                       results_queue=self.results_queue, kind="profile", segment=frames,
+                       segment_fps=self.source.info.fps or 10.0, golden_grade=plan.golden_grade,
+                       frame_bytes=sum(map(len, frames)))
+        try:
+            self.dispatch(env)
+            self.stats.segments += 1
+        except Exception:
+            log.warning("profiling segment of job %s not sent", self.job_uid, exc_info=True)
 
 
 __all__ = ["ActivePlan", "FrameGenerator", "GeneratorStats", "InFlightWindow", "SourceError"]

@@ -27,3 +27,4 @@ class FrameRecord:
     stages: list[StageRecord] = field(default_factory=list)
     frame_bytes: int = 0
     lost: bool = False  # never arrived within the reorder wait; outputs empty
+    produced: str = "detected"  # "tracked": boxes carried by the tracker from the detected frame before it

@@ -23,7 +23,10 @@ class VideoConf(BaseModel):
     nskip: int = Field(0, ge=0, le=1000, description="seed-003: after each kept frame skip nskip frames")
     quality: int = Field(85, ge=10, le=100, description="JPEG quality of the enqueued frame")
     encoder: Literal["JPEG", "H264"] = Field("JPEG", description="accepted for seed compatibility; frames are JPEG")
-    ntracking: int = Field(0, ge=0, le=1000, description="accepted for seed compatibility")
+    ntracking: int = Field(
+        0, ge=0, le=32,
+        description="seed-003: after each detected frame the next ntracking kept frames get tracked boxes",
+    )
 
     @model_validator(mode="after")
     def _one_rate_knob(self) -> "VideoConf":

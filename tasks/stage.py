@@ -18,12 +18,17 @@ from services.codec import BadEnvelope, Envelope, StageTiming, decode_envelope, 
 from services.dag import GENERATOR_NAMES, GENERATOR_STAGE
 from services.registry import ServiceContext, get_service
 from services.settings import Settings
-from services.video_conf import decode_jpeg
+from services.profiling import score_segment, step_options
+from services.tracking import track_detections
+from services.video_conf import RESOLUTION_HEIGHTS, decode_jpeg
 from tasks.queues import EXCHANGE, STAGE_TASK, node_queue, results_queue
 
 log = logging.getLogger(__name__)
 _GENERATORS = {GENERATOR_STAGE, *GENERATOR_NAMES}
 _HOST = os.uname().nodename
+# The frame rates a profiling segment scores; the planner's own levels (scheduler.knobs), here
+# because tasks/ must not import the scheduler.
+FPS_LEVELS_FOR_PROFILE = (1, 2, 5, 10, 15, 30)
 
 
 class StageFailed(RuntimeError):
@@ -50,19 +55,72 @@ def execute_hop(env: Envelope, ctx: ServiceContext, node: str, worker: str) -> E
     started = time.time()
     service = get_service(hop.service)
     params = service.validate_params(hop.params)
-    inputs = _resolve_inputs(env, hop.inputs)
-    frame = None
-    if service.image_input and service.image_input in inputs:
-        frame = decode_jpeg(inputs[service.image_input])
-    outputs = service.run(frame, inputs, params, ctx)
-    finished = time.time()
-    if env.profile and env.golden_image and "detections" in outputs:
-        outputs["accuracy"] = _golden_f1(env, service, hop.params, inputs, outputs, ctx)
+    if env.kind == "profile":
+        outputs = {"profile": _profile_segment(env, service, hop.params, ctx)}
+        finished = started  # profiling is not stage latency
+    else:
+        inputs = _resolve_inputs(env, hop.inputs)
+        frame = None
+        if service.image_input and service.image_input in inputs:
+            frame = decode_jpeg(inputs[service.image_input])
+        outputs = service.run(frame, inputs, params, ctx)
+        # The detected frame's own service time is what the planner learns per frame; tracking
+        # and the light stages on tracked frames it models per tracked frame (knobs.per_message).
+        finished = time.time()
+        if env.tracked:
+            _run_on_tracked(env, hop, service, params, ctx, frame, outputs)
+        if env.profile and env.golden_image and "detections" in outputs:
+            outputs["accuracy"] = _golden_f1(env, service, hop.params, inputs, outputs, ctx)
     env.outputs[hop.stage] = outputs
     env.timings.append(StageTiming(stage=hop.stage, node=node, worker=worker,
                                    enqueued=env.enqueued_at, started=started, finished=finished))
     env.route = env.route[1:]
     return env
+
+
+def _tracks(service) -> bool:
+    """A detector on images: its boxes on tracked frames come from the tracker, not from it."""
+    return "detections" in service.outputs and service.image_input is not None
+
+
+def _run_on_tracked(env: Envelope, hop, service, params, ctx: ServiceContext, frame, outputs: dict) -> None:
+    """The message's tracked frames: a detector's boxes move with optical flow from frame to
+    frame; every other stage runs on each frame as it ran on the detected one."""
+    if _tracks(service):
+        prev, dets = frame, outputs["detections"]
+        for tf in env.tracked:
+            image = decode_jpeg(tf.image) if tf.image else prev
+            dets = track_detections(prev, image, dets) if prev is not None else dets
+            tf.outputs[hop.stage] = {"detections": dets, "tracked": True}
+            prev = image
+        return
+    for tf in env.tracked:
+        view = env.model_copy(update={"image": tf.image, "outputs": {**env.outputs, **tf.outputs}, "clip": []})
+        inputs = _resolve_inputs(view, hop.inputs)
+        tracked_frame = None
+        if service.image_input and service.image_input in inputs:
+            tracked_frame = decode_jpeg(inputs[service.image_input])
+        tf.outputs[hop.stage] = service.run(tracked_frame, inputs, params, ctx)
+
+
+def _profile_segment(env: Envelope, service, params: dict, ctx: ServiceContext) -> list[dict]:
+    """Score candidate configs on the segment against the golden config (services/profiling.py)."""
+    frames = [decode_jpeg(b) for b in env.segment]
+    golden_params = dict(params)
+    if service.tunable_grade and "weights" not in golden_params:
+        golden_params["grade"] = env.golden_grade
+    golden_params.pop("imgsz", None)
+    gp = service.validate_params(golden_params)
+    cp = service.validate_params({k: v for k, v in params.items() if k != "imgsz"})
+
+    def run(p, image):
+        return service.run(image, {"image": b""}, p, ctx)["detections"]
+
+    golden = [run(gp, f) for f in frames]
+    src_h = frames[0].shape[0]
+    resolutions = [r for r, h in RESOLUTION_HEIGHTS.items() if h < src_h] + ["source"]
+    steps = step_options(env.segment_fps, FPS_LEVELS_FOR_PROFILE)
+    return score_segment(frames, lambda image: run(cp, image), golden, resolutions, steps)
 
 
 def _golden_f1(env: Envelope, service, params: dict, inputs: dict, outputs: dict, ctx: ServiceContext) -> float:
@@ -85,6 +143,9 @@ def _strip_for_results(env: Envelope) -> Envelope:
     env.image = None
     env.clip = []
     env.golden_image = None
+    env.segment = []
+    for tf in env.tracked:
+        tf.image = None
     return env
 
 

@@ -62,3 +62,46 @@ def test_missing_input_is_a_clear_error(frame, ctx):
                                  inputs={"detections": "detect.detections"})])
     with pytest.raises(StageFailed, match="detect.detections"):
         execute_hop(env, ctx, "cloud", "w")
+
+
+def _frames(start: int, n: int) -> list:
+    cap = cv2.VideoCapture(str(VTEST))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, start)
+    out = [cap.read()[1] for _ in range(n)]
+    assert all(f is not None for f in out)
+    return out
+
+
+def test_tracked_frames_get_boxes_from_the_tracker_and_counts_from_every_stage(ctx):
+    from services.codec import TrackedFrame
+
+    frames = [resize_to(f, "480p") for f in _frames(300, 4)]
+    env = _env(frames[0], route=[
+        Hop(stage="detect", service="person_detection", node="cloud", inputs={"image": "generator.image"}),
+        Hop(stage="count", service="object_count", node="cloud", inputs={"detections": "detect.detections"}),
+    ], tracked=[TrackedFrame(seq=i, capture_ts=i / 10, read_at=0.0, image=encode_jpeg(f, 85))
+                for i, f in enumerate(frames[1:], start=1)])
+    env = execute_hop(execute_hop(env, ctx, "cloud", "w"), ctx, "cloud", "w")
+    n = len(env.outputs["detect"]["detections"])
+    assert n >= 3
+    for tf in env.tracked:
+        assert tf.outputs["detect"]["tracked"] is True and len(tf.outputs["detect"]["detections"]) == n
+        assert tf.outputs["count"]["total"] == n
+    # People walk: tracked boxes move, but stay near where the detector put them a frame before.
+    first = env.outputs["detect"]["detections"][0]["box"]
+    later = env.tracked[-1].outputs["detect"]["detections"][0]["box"]
+    assert first != later and max(abs(a - b) for a, b in zip(first, later)) < 0.1
+
+
+def test_profiling_segment_scores_configs_against_the_golden_detector(ctx):
+    frames = _frames(400, 6)
+    env = Envelope(job="j", seq=0, plan=1, capture_ts=0, sent_at=0, width=768, height=576, kind="profile",
+                   segment=[encode_jpeg(f, 90) for f in frames], segment_fps=10.0,
+                   route=[Hop(stage="detect", service="person_detection", node="cloud",
+                              inputs={"image": "generator.image"})])
+    rows = execute_hop(env, ctx, "cloud", "w").outputs["detect"]["profile"]
+    by = {(r["resolution"], r["step"], r["ntracking"]): r["f1"] for r in rows}
+    assert by[("source", 1, 0)] == 1.0  # the golden config against itself
+    assert by[("360p", 1, 0)] < by[("source", 1, 0)]
+    assert {r["resolution"] for r in rows} == {"360p", "480p", "source"}
+    assert all(r["step"] * (r["ntracking"] + 1) <= 6 for r in rows)

@@ -16,7 +16,7 @@ from typing import Callable
 from celery import Celery
 
 from scheduler.interface import Observation, Plan, PlanningInput, SourceInfo, UserConstraint
-from services.aggregator import ReorderBuffer, record_from_envelope, rendered_jpeg
+from services.aggregator import ReorderBuffer, profile_rows, records_from_envelope, rendered_jpegs
 from services.codec import Envelope, Hop
 from services.dag import DagSpec
 from services.generator import ActivePlan, FrameGenerator, InFlightWindow
@@ -64,6 +64,7 @@ class _JobStats:
     stage_latency: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     last_out: list[float] = field(default_factory=list)  # wall times of recent outputs, for fps_out
     last_viewer_seq: int = -1
+    segments_scored: int = 0
 
 
 OnJobEnd = Callable[[str, JobState, str], None]
@@ -72,9 +73,11 @@ OnJobEnd = Callable[[str, JobState, str], None]
 def active_plan(settings: Settings, dag: DagSpec, plan_id: int, plan: Plan, planned: bool) -> ActivePlan:
     """What a generator (cloud or edge) needs of a plan. Accuracy profiling only helps a
     planner that is choosing, so fixed plans are not profiled."""
-    profile = settings.profile_every if planned and has_detection_stage(dag) else 0
+    profiled = planned and has_detection_stage(dag)
     return ActivePlan(plan_id=plan_id, video_conf=plan.video_conf, route=build_route(dag, plan),
-                      profile_every=profile, golden_grade=settings.golden_grade)
+                      profile_every=settings.profile_every if profiled else 0, golden_grade=settings.golden_grade,
+                      segment_every_s=settings.profile_segment_every_s if profiled else 0.0,
+                      segment_frames=settings.profile_segment_frames)
 
 
 def renders(dag: DagSpec) -> bool:
@@ -141,8 +144,11 @@ class JobRunner:
 
     def _dispatch(self, env: Envelope) -> None:
         dispatch_frame(self.celery, env)
-        if self.preview and env.image:
+        if self.preview and env.kind == "frame" and env.image:
             self.preview(self.job_uid, env.seq, env.image)
+            for tf in env.tracked:
+                if tf.image:
+                    self.preview(self.job_uid, tf.seq, tf.image)
 
     def _run(self) -> None:
         try:
@@ -346,21 +352,48 @@ class Runtime:
     # -- aggregator -------------------------------------------------------------------------
     def on_frame(self, env: Envelope) -> None:
         now = time.monotonic()
-        record = record_from_envelope(env, time.time())
-        emitted = self.reorder.push(record, now)
+        if env.kind == "profile":
+            self._on_profile(env)
+            return
+        records = records_from_envelope(env, time.time())
+        emitted = []
+        for record in records:
+            emitted.extend(self.reorder.push(record, now).records)
         with self._stats_lock:
             st = self._stats[env.job]
-            if env.seq > st.last_viewer_seq:
-                st.last_viewer_seq = env.seq
-                jpeg = rendered_jpeg(env)
-                if jpeg:
-                    self.hub.publish(env.job, env.seq, jpeg)
-        self._queue_records(emitted.records, env.origin)
+            for seq, _, jpeg in rendered_jpegs(env):
+                if seq > st.last_viewer_seq:
+                    st.last_viewer_seq = seq
+                    self.hub.publish(env.job, seq, jpeg)
+        self._queue_records(emitted, env.origin)
         # Free the generator's window slot on receipt, not after the batched store: with acks
         # after a 0.1 s flush a window of 8 capped a job at ~40 frames/s (bench/pipeline.py).
         # The record is already pending, and finish_job's forced flush waits on _flush_lock,
         # so an empty window still means every received frame is stored before DONE.
         self._ack(env.origin, env.job, env.seq)
+
+    def _on_profile(self, env: Envelope) -> None:
+        """A scored profiling segment: frame-level F1 of candidate configs, for the planner."""
+        scored = profile_rows(env)
+        if not scored:
+            return
+        stage, rows = scored
+        plan = self._plans.get(env.plan) or self._stored_plan(env.plan)
+        mapping = plan.flow_mapping.get(stage) if plan else None
+        src_fps = env.segment_fps or 10.0
+        node = env.timings[-1].node if env.timings else (mapping.node if mapping else "cloud")
+        now = time.time()
+        obs = [Observation(stage=stage, node=node, grade=mapping.grade if mapping else None,
+                           width=int(round(env.width * r["height"] / env.height)), height=int(r["height"]),
+                           fps=0.0 if r["step"] <= 1 else src_fps / r["step"], ntracking=int(r["ntracking"]),
+                           quality=90, service_s=0.0, ts=now, accuracy=float(r["f1"]), source="segment")
+               for r in rows if 0.0 <= float(r.get("f1", -1)) <= 1.0]
+        try:
+            self.store.add_observations(env.job, obs)
+        except Exception:
+            log.exception("profiled accuracy of job %s not stored", env.job)
+        with self._stats_lock:
+            self._stats[env.job].segments_scored += 1
 
     def _ack(self, origin: str | None, job_uid: str, seq: int) -> None:
         """Tell the frame's generator that it is settled: directly when the generator runs in
@@ -429,16 +462,20 @@ class Runtime:
         now = time.time()
         for r in records:
             plan = self._plans.get(r.plan_id) or self._stored_plan(r.plan_id)
-            if r.lost or plan is None:
-                continue
+            if r.lost or plan is None or r.produced == "tracked":
+                continue  # a tracked frame's stage timings are its message's, counted once
             for s in r.stages:
                 mapping = plan.flow_mapping.get(s.stage)
                 self._busy[(job_uid, s.node)].append((now, s.service_s))
+                # Golden F1 on the detected frame itself: no frame skipped or tracked in it,
+                # so it is labelled as the every-frame, no-tracking config at this resolution.
+                accuracy = _accuracy(r.outputs.get(s.stage))
                 out.append(Observation(
                     stage=s.stage, node=s.node, grade=mapping.grade if mapping else None,
-                    width=r.width, height=r.height, fps=plan.video_conf.fps, quality=plan.video_conf.quality,
+                    width=r.width, height=r.height, fps=0.0 if accuracy is not None else plan.video_conf.fps,
+                    ntracking=plan.video_conf.ntracking, quality=plan.video_conf.quality,
                     frame_bytes=r.frame_bytes, service_s=s.service_s, queue_s=s.queue_s, ts=now,
-                    accuracy=_accuracy(r.outputs.get(s.stage)),
+                    accuracy=accuracy,
                 ))
         loads = {node: self._background_load(job_uid, node, now) for node in {o.node for o in out}}
         return [o.model_copy(update={"node_load": loads[o.node]}) if loads[o.node] is not None else o for o in out]
@@ -539,6 +576,7 @@ class Runtime:
                 "slo_violations": st.slo_violations,
                 "fps_out": round(len(window) / 5.0, 2),
                 "mean_latency_s": round(st.latency_sum / st.frames_out, 4) if st.frames_out else None,
+                "segments_scored": st.segments_scored,
                 "stage_latency_s": {k: round(sum(v) / len(v), 4) for k, v in st.stage_latency.items() if v},
             }
         with self._runners_lock:

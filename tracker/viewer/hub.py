@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAXSIZE = 4
+DEFAULT_MAXSIZE = 16  # a message carries up to 1 + ntracking frames, published at once
 MAX_MAXSIZE = 256
 
 
