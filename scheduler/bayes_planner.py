@@ -104,6 +104,7 @@ class BayesPlanner:
         self,
         model: BayesModel | None = None,
         *,
+        tracking: bool = True,
         background: bool = True,
         refresh_interval_s: float = 5.0,
         delay_prob: float = 0.95,
@@ -124,6 +125,9 @@ class BayesPlanner:
         seed: int = 0,
     ) -> None:
         self.model = model or BayesModel()
+        self.tracking = tracking  # False: ntracking stays 0 (the "bayes without tracking" baseline)
+        if not tracking:
+            self.name = "bayes-notrack"
         L = self.model.layout
         self.delay_prob, self.n_draws, self.shortlist = delay_prob, n_draws, shortlist
         self.cold_delay_prob = cold_delay_prob
@@ -170,6 +174,9 @@ class BayesPlanner:
     def close(self, timeout: float = 10.0) -> None:
         self._stop.set()
         self._wake.set()
+        close_model = getattr(self.model, "close", None)  # a sampler process (ProcessBayesModel)
+        if callable(close_model):
+            close_model()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -299,7 +306,7 @@ class BayesPlanner:
         key = knobs.candidates_key(inp)
         hit = self._cands.get(key)
         if hit is None:
-            c = knobs.build_candidates(inp)
+            c = knobs.build_candidates(inp, tracking=self.tracking)
             rows = np.arange(len(c) // c.n_map) * c.n_map
             h = c.height.astype(float)
             acc_x = np.stack([
@@ -311,7 +318,7 @@ class BayesPlanner:
             ], axis=1)
             static = _Static(
                 cost=c.compute() / c.golden_compute(),
-                nbytes=knobs.frame_bytes(c.width, c.height, c.quality) * (1 + c.ntrack),  # per message
+                nbytes=knobs.frame_bytes(c.width, c.height, c.quality),
                 grid=c.grid_idx, rows=rows, acc_x=acc_x,
                 frames=np.clip(c.msg_rate * self.window_s, 1, MAX_WINDOW_FRAMES),
             )
@@ -521,7 +528,7 @@ class BayesPlanner:
         stime = np.exp(lmu + sig**2 / 2 + sd_w * eps - sd_w**2 / 2) * slow[c.mapping[short], :]
         mt = np.stack([mean_t[k, c.mapping[short, k], c.res_idx[short], c.grade_idx[short]] for k in range(K)], axis=1)
         delay, _ = plan_delay(c, short, stime, mt, bg, cap, qdepth, trans_all[short])
-        wait = delay - c.per_message(short, stime).sum(axis=1) - trans_all[short][:, None] - c.group_wait(short)[:, None]
+        wait = delay - stime.sum(axis=1) - trans_all[short][:, None]
         qn = self._rng.standard_normal(delay.shape) / np.sqrt(nf[:, 0])
         delay = delay + np.where(np.isfinite(wait), wait * np.maximum(qn, -1.0), 0.0)
         p_ok = (delay <= D).mean(axis=1)

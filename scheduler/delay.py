@@ -68,18 +68,19 @@ def plan_delay(
     """Per-frame delay [M, D] and peak node utilisation [M, D].
 
     svc_time: per-frame service time per stage [M, K, D]; mean_time: its mean (for load).
-    A message carries a detected frame and its ntracking tracked frames (knobs.per_message);
-    the delay is its first frame's, which also waits for the others to be read.
+    With ntracking, a node's load is that of each detected frame and the frames tracked after
+    it (knobs.per_message) at the detected-frame rate; the delay is a detected frame's (its own
+    stages plus the queue): the tracked frames after it take a few ms and at most wait for it.
     When a node is over RHO_MAX the delay is inf, or, if overload_frames is given (the
     simulator: the generator caps frames in flight), that many frames of work.
     Works stage by stage rather than node by node: a plan uses at most K of the cluster's
     nodes, and a decision scores every candidate, so [M, K] beats [M, nodes] on a big cluster.
     """
     fps = c.msg_rate[idx][:, None]
-    svc_time, mean_time = c.per_message(idx, svc_time), c.per_message(idx, mean_time)
+    mean_time = c.per_message(idx, mean_time)
     mapping = c.mapping[idx]
     K = mapping.shape[1]
-    delay = svc_time.sum(axis=1) + transfer[:, None] + c.group_wait(idx)[:, None]
+    delay = svc_time.sum(axis=1) + transfer[:, None]
     peak = np.zeros_like(delay)
     for k in range(K):
         j = mapping[:, k]

@@ -165,7 +165,7 @@ class Candidates:
 
     @property
     def msg_rate(self) -> np.ndarray:
-        """Messages (detected frames) per second of video: a message carries 1 + ntracking frames."""
+        """Detected frames per second of video: each is followed by ntracking tracked ones."""
         return self.fps / (1 + self.ntrack)
 
     @property
@@ -173,18 +173,14 @@ class Candidates:
         return self.tunable | self.fixed_k
 
     def per_message(self, idx: np.ndarray, t: np.ndarray) -> np.ndarray:
-        """Per-frame stage times [M, K, D] -> per-message: a DNN runs once and tracks the other
-        frames; every other stage runs on each of the message's 1 + ntracking frames."""
+        """Per-frame stage times [M, K, D] -> the work of one detected frame and the ntracking
+        frames tracked after it (each its own message): the DNN runs once and tracks the others;
+        every other stage runs on each of the 1 + ntracking frames."""
         k = self.ntrack[idx].astype(float)[:, None]
         dnn = self.dnn_k[None, :]
         mult = np.where(dnn, 1.0, 1.0 + k)
         extra = np.where(dnn, k * TRACK_S_PER_FRAME, 0.0)
         return t * mult[:, :, None] + extra[:, :, None]
-
-    def group_wait(self, idx: np.ndarray) -> np.ndarray:
-        """Seconds a detected frame waits for its tracked frames to be read (the message goes
-        when its last frame is in): the worst frame's share of the delay."""
-        return self.ntrack[idx] / np.maximum(self.fps[idx], 1e-6)
 
     @property
     def fixed_k(self) -> np.ndarray:

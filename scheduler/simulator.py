@@ -181,7 +181,7 @@ class Simulator:
         nodes = [infos[n] for n in c.nodes]
         _, cap, qdepth, bw = node_arrays(c, nodes)
         mt = self._true_mean_times(c, idx, load)[:, :, None]
-        nbytes = knobs.frame_bytes(c.width[idx], c.height[idx], c.quality[idx]) * (1 + c.ntrack[idx])
+        nbytes = knobs.frame_bytes(c.width[idx], c.height[idx], c.quality[idx])
         tr = transfer_s(c, idx, nbytes, bw)
         delay, _ = plan_delay(c, idx, mt, mt, load, cap, qdepth, tr, overload_frames=OVERLOAD_FRAMES)
         # An overloaded node serves every job's frames at the same reduced rate (processor
@@ -297,13 +297,11 @@ class Simulator:
         t = self._evaluate(job, c, np.array([i]), load, base)
         mt, tr, exp_delay = t.service[0], float(t.transfer[0]), float(t.delay[0])
         # Sample the served frames of the window: service noise per stage, queueing from the expectation.
-        n_frames = int(max(1, min(30, c.msg_rate[i] * t.served[0] * self.round_s)))  # messages
+        n_frames = int(max(1, min(30, c.msg_rate[i] * t.served[0] * self.round_s)))  # detected frames
         noise = np.exp(self.rng.normal(-TRUE_NOISE**2 / 2, TRUE_NOISE, (n_frames, len(c.stages))))
         svc = mt[None, :] * noise
-        per_msg = c.per_message(np.array([i]), mt[None, :, None])[0, :, 0]
-        wait = float(c.group_wait(np.array([i]))[0])
-        queue_total = max(exp_delay - per_msg.sum() - tr - wait, 0.0)
-        frame_delay = svc.sum(axis=1) * per_msg.sum() / mt.sum() + queue_total * self.rng.exponential(1.0, n_frames) + tr + wait
+        queue_total = max(exp_delay - mt.sum() - tr, 0.0)
+        frame_delay = svc.sum(axis=1) + queue_total * self.rng.exponential(1.0, n_frames) + tr
         window_delay = float(frame_delay.mean())
         obs = []
         ts = self.round * self.round_s

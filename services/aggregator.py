@@ -26,9 +26,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def records_from_envelope(env: Envelope, received_at: float) -> list[FrameRecord]:
-    """One record per frame of the message: the detected frame, then each tracked one. Delay
-    counts from when the generator read each frame, so waiting for the group is delay too."""
+def record_from_envelope(env: Envelope, received_at: float) -> FrameRecord:
     stages = [
         StageRecord(
             stage=t.stage,
@@ -39,46 +37,20 @@ def records_from_envelope(env: Envelope, received_at: float) -> list[FrameRecord
         )
         for t in env.timings
     ]
-    first = FrameRecord(
+    tracked = any(isinstance(out, dict) and out.get("tracked") is True for out in env.outputs.values())
+    return FrameRecord(
         job_uid=env.job,
         seq=env.seq,
         plan_id=env.plan,
         capture_ts=env.capture_ts,
         width=env.width,
         height=env.height,
-        latency_s=max(received_at - (env.read_at or env.sent_at), 0.0),
+        latency_s=max(received_at - env.sent_at, 0.0),
         outputs={stage: _jsonable(out) for stage, out in env.outputs.items()},
         stages=stages,
         frame_bytes=env.frame_bytes,
+        produced="tracked" if tracked else "detected",
     )
-    tracked = [
-        FrameRecord(
-            job_uid=env.job, seq=tf.seq, plan_id=env.plan, capture_ts=tf.capture_ts, width=env.width,
-            height=env.height, latency_s=max(received_at - tf.read_at, 0.0),
-            outputs={stage: _jsonable(out) for stage, out in tf.outputs.items()},
-            stages=stages, produced="tracked",
-        )
-        for tf in env.tracked
-    ]
-    return [first, *tracked]
-
-
-def record_from_envelope(env: Envelope, received_at: float) -> FrameRecord:
-    return records_from_envelope(env, received_at)[0]
-
-
-def rendered_jpegs(env: Envelope) -> list[tuple[int, float, bytes]]:
-    """(seq, capture_ts, picture) for viewers, per frame of the message, in order."""
-    out = []
-    first = rendered_jpeg(env)
-    if first:
-        out.append((env.seq, env.capture_ts, first))
-    for tf in env.tracked:
-        image = next((o["image"] for o in reversed(list(tf.outputs.values()))
-                      if isinstance(o.get("image"), (bytes, bytearray))), None)
-        if image:
-            out.append((tf.seq, tf.capture_ts, bytes(image)))
-    return out
 
 
 def rendered_jpeg(env: Envelope) -> bytes | None:

@@ -41,20 +41,6 @@ class StageTiming(BaseModel):
     finished: float
 
 
-class TrackedFrame(BaseModel):
-    """A kept frame after the detected one, carried in the same message (seed `ntracking`):
-    the detector runs on the message's frame, the tracker gives these their boxes, and every
-    other stage runs on each of them as on the detected frame."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    seq: int = Field(..., ge=0)
-    capture_ts: float
-    read_at: float = Field(..., description="wall time the generator read the frame; its delay counts from here")
-    image: bytes | None = None
-    outputs: dict[str, dict[str, Any]] = Field(default_factory=dict)
-
-
 class Envelope(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -79,7 +65,9 @@ class Envelope(BaseModel):
     golden_image: bytes | None = None  # the frame at source resolution, on profiled frames
     golden_grade: str = "m"
     read_at: float = 0.0  # wall time the generator read this frame (0: sent_at); delay counts from here
-    tracked: list[TrackedFrame] = Field(default_factory=list, max_length=64)
+    # Seed ntracking: >= 0 on a frame whose detector stage tracks the boxes of kept frame
+    # `track_from` (the kept frame just before it) instead of running the detector; -1 = detect.
+    track_from: int = Field(-1, ge=-1)
     # kind "profile": `segment` holds consecutive source frames (source resolution) on which the
     # worker scores candidate configs against the golden one (services/profiling.py).
     kind: Literal["frame", "profile"] = "frame"

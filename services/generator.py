@@ -1,5 +1,6 @@
-"""The generator: reads a source, applies the current plan, enqueues one message per
-detected frame (carrying the `ntracking` kept frames after it, for the tracker).
+"""The generator: reads a source, applies the current plan, enqueues one message per kept
+frame. After each detected frame, the next `ntracking` kept frames are marked for tracking
+(their detector stage tracks the boxes of the frame before; services/tracking.py).
 
 It never buffers without bound. A window counts frames in flight (enqueued, not yet
 acknowledged by the aggregator); when it is full the frame is dropped and counted
@@ -16,7 +17,7 @@ from typing import Callable, Literal
 
 import cv2
 
-from services.codec import Envelope, Hop, TrackedFrame
+from services.codec import Envelope, Hop
 from services.sources import SourceError, VideoSource
 from services.video_conf import FrameSkipper, VideoConf, encode_jpeg, resize_to
 
@@ -33,31 +34,12 @@ class ActivePlan:
     plan_id: int
     video_conf: VideoConf
     route: tuple[Hop, ...]
-    profile_every: int = 0  # mark every Nth message for golden-config profiling; 0 = never
+    profile_every: int = 0  # mark every Nth detected frame for golden-config profiling; 0 = never
     golden_grade: str = "m"
     # Chameleon-style profiling: every segment_every_s of video, send segment_frames consecutive
     # source frames on which the worker scores candidate configs against the golden one.
     segment_every_s: float = 0.0
     segment_frames: int = 10
-
-
-@dataclass
-class _Group:
-    """A detected frame and the kept frames tracked after it, sent as one message."""
-
-    plan: ActivePlan
-    seq: int
-    ts: float
-    read_at: float
-    jpeg: bytes
-    width: int
-    height: int
-    golden: bytes | None
-    tracked: list[TrackedFrame] = field(default_factory=list)
-
-    @property
-    def full(self) -> bool:
-        return len(self.tracked) >= self.plan.video_conf.ntracking
 
 
 class InFlightWindow:
@@ -118,7 +100,7 @@ class GeneratorStats:
     skipped: int = 0  # not kept by the fps / nskip knob
     sent: int = 0
     dropped: int = 0  # kept, but the window was full
-    tracked: int = 0  # kept frames sent for the tracker (after a detected frame, same message)
+    tracked: int = 0  # kept frames whose boxes come from the tracker (ntracking)
     segments: int = 0  # profiling segments sent
     peak_in_flight: int = 0
     started_at: float = field(default_factory=time.time)
@@ -177,8 +159,9 @@ class FrameGenerator:
         self._skipper = FrameSkipper()
         # ClipGenerator: each message also carries the previous kept frames, oldest first.
         self._clip: deque[bytes] = deque(maxlen=clip_len) if clip_len else deque(maxlen=0)
-        self._group: _Group | None = None
-        self._messages = 0
+        self._last_kept: int | None = None  # seq of the last frame sent, for tracking
+        self._tracked_run = 0  # frames tracked since the last detected one
+        self._detected = 0
         self._segment: list[bytes] | None = None
         self._next_segment_ts: float | None = None
 
@@ -200,19 +183,14 @@ class FrameGenerator:
                 if not self._skipper.keep(plan.video_conf, frame.ts):
                     self.stats.skipped += 1
                     continue
-                if self._group is not None:  # a tracked frame of the open group
-                    self._add_tracked(frame.image, frame.ts)
-                    continue
                 if not self._admit():
                     if self.stop.is_set():
                         return
                     self.stats.dropped += 1
+                    self._last_kept = None  # the tracking chain is broken: detect next
                     continue
-                self._open_group(frame.image, frame.ts, plan)
-            if self._group is not None and not self.stop.is_set():
-                self._send(self._group)  # end of file: the last group goes as far as it got
+                self._send(frame.image, frame.ts, plan)
         finally:
-            self._group = None
             self.source.close()
 
     def _admit(self) -> bool:
@@ -225,67 +203,58 @@ class FrameGenerator:
                 return True
         return False
 
-    def _open_group(self, image, ts: float, plan: ActivePlan) -> None:
+    def _track_from(self, plan: ActivePlan) -> int:
+        """The kept frame this one tracks from, or -1 to detect (and start a new run)."""
+        k = plan.video_conf.ntracking
+        if k and self._last_kept is not None and self._tracked_run < k:
+            self._tracked_run += 1
+            return self._last_kept
+        self._tracked_run = 0
+        return -1
+
+    def _send(self, image, ts: float, plan: ActivePlan) -> None:
         resized = resize_to(image, plan.video_conf.resolution)
-        profile = bool(plan.profile_every) and self._messages % plan.profile_every == 0
+        jpeg = encode_jpeg(resized, plan.video_conf.quality)
+        track_from = self._track_from(plan)
+        profile = track_from < 0 and bool(plan.profile_every) and self._detected % plan.profile_every == 0
         # The golden config sees the source frame at high quality, not the planned one.
-        group = _Group(plan=plan, seq=self.seq, ts=ts, read_at=time.time(),
-                       jpeg=encode_jpeg(resized, plan.video_conf.quality), width=resized.shape[1],
-                       height=resized.shape[0], golden=encode_jpeg(image, 95) if profile else None)
-        self.seq += 1
-        if group.full:
-            self._send(group)
-        else:
-            self._group = group
-
-    def _add_tracked(self, image, ts: float) -> None:
-        """Tracked frames follow the plan their group started with: one resolution per message."""
-        group = self._group
-        assert group is not None
-        resized = resize_to(image, group.plan.video_conf.resolution)
-        if resized.shape[1] != group.width or resized.shape[0] != group.height:
-            resized = cv2.resize(resized, (group.width, group.height), interpolation=cv2.INTER_AREA)
-        group.tracked.append(TrackedFrame(seq=self.seq, capture_ts=ts, read_at=time.time(),
-                                          image=encode_jpeg(resized, group.plan.video_conf.quality)))
-        self.seq += 1
-        if group.full:
-            self._group = None
-            self._send(group)
-
-    def _send(self, group: _Group) -> None:
-        plan = group.plan
+        golden = encode_jpeg(image, 95) if profile else None
         if self._clip.maxlen:
-            self._clip.append(group.jpeg)
+            self._clip.append(jpeg)
         now = time.time()
         env = Envelope(
             job=self.job_uid,
-            seq=group.seq,
+            seq=self.seq,
             plan=plan.plan_id,
-            capture_ts=group.ts,
+            capture_ts=ts,
             sent_at=now,
-            read_at=group.read_at,
             enqueued_at=now,
-            width=group.width,
-            height=group.height,
-            image=group.jpeg,
-            frame_bytes=len(group.jpeg) + sum(len(t.image or b"") for t in group.tracked),
+            width=resized.shape[1],
+            height=resized.shape[0],
+            image=jpeg,
+            frame_bytes=len(jpeg),
             clip=list(self._clip),
             route=list(plan.route),
             origin=self.origin_node,
             results_queue=self.results_queue,
-            profile=group.golden is not None,
-            golden_image=group.golden,
+            profile=profile,
+            golden_image=golden,
             golden_grade=plan.golden_grade,
-            tracked=group.tracked,
+            track_from=track_from,
         )
         try:
             self.dispatch(env)
         except Exception:
-            self.window.release(group.seq)
+            self.window.release(self.seq)
+            self._last_kept = None
             raise
-        self._messages += 1
-        self.stats.sent += 1 + len(group.tracked)
-        self.stats.tracked += len(group.tracked)
+        self._last_kept = self.seq
+        self.seq += 1
+        self.stats.sent += 1
+        if track_from >= 0:
+            self.stats.tracked += 1
+        else:
+            self._detected += 1
         self.stats.peak_in_flight = max(self.stats.peak_in_flight, len(self.window))
 
     # -- profiling segments ---------------------------------------------------------------------

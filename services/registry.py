@@ -27,6 +27,7 @@ class ServiceContext:
     device: str = "cpu"
     models: Any = None  # services.models.ModelCache
     person_weights: str | None = None
+    tracks: Any = None  # services.tracking.TrackStore: the last frame and boxes per job (ntracking)
 
 
 RunFn = Callable[[np.ndarray | None, Mapping[str, Any], BaseModel, ServiceContext], dict[str, Any]]

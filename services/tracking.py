@@ -1,7 +1,11 @@
 """Carry detections from a detected frame onto the frames after it, without the detector.
 
 Seed semantics: after each detected frame the next `ntracking` kept frames get their boxes
-from a tracker. Here that is sparse optical flow (`cv2.calcOpticalFlowPyrLK`, pyramidal
+from a tracker. Each kept frame travels as its own message, right away (a frame never waits
+for the ones after it); the detector stage of a worker keeps, per job, the last frame it saw
+and its boxes (`TrackStore`), and a tracked frame is tracked from that. A node's queue is
+FIFO and a worker process takes its tasks in order, so the frame before is there; when it is
+not (another worker process got it, or it was dropped), the frame is detected instead. Here that is sparse optical flow (`cv2.calcOpticalFlowPyrLK`, pyramidal
 Lucas-Kanade) on corners inside each box, checked forward and backward; a box moves by the
 median displacement of its good points and scales by the median ratio of their spread.
 A box whose points are all lost keeps its place (it is carried forward, as a frame with no
@@ -13,6 +17,9 @@ reports tracked-box IoU against golden detections on the same frames).
 """
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -82,4 +89,50 @@ def track_detections(prev: np.ndarray, nxt: np.ndarray, detections: list[dict[st
     return out
 
 
-__all__ = ["track_detections", "to_gray"]
+@dataclass
+class _Last:
+    seq: int
+    gray: np.ndarray
+    detections: list[dict[str, Any]]
+    stage: str
+
+
+class TrackStore:
+    """Per worker process: the last frame and boxes of each job's detector stage (bounded LRU)."""
+
+    def __init__(self, max_jobs: int = 64) -> None:
+        self.max_jobs = max_jobs
+        self._last: OrderedDict[tuple[str, str], _Last] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def remember(self, job: str, stage: str, seq: int, frame: np.ndarray, detections: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self._last[(job, stage)] = _Last(seq, to_gray(frame), detections, stage)
+            self._last.move_to_end((job, stage))
+            while len(self._last) > self.max_jobs:
+                self._last.popitem(last=False)
+
+    def track(self, job: str, stage: str, track_from: int, seq: int, frame: np.ndarray) -> list[dict[str, Any]] | None:
+        """The boxes of frame `track_from` moved onto `frame`, or None when that frame is not
+        the last one this process saw for the job (the caller then detects)."""
+        with self._lock:
+            last = self._last.get((job, stage))
+        gray = to_gray(frame)
+        if last is None or last.seq != track_from or last.gray.shape != gray.shape:
+            return None
+        moved = track_detections(last.gray, gray, last.detections)
+        with self._lock:
+            self._last[(job, stage)] = _Last(seq, gray, moved, stage)
+        return moved
+
+    def forget(self, job: str) -> None:
+        with self._lock:
+            for key in [k for k in self._last if k[0] == job]:
+                del self._last[key]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._last)
+
+
+__all__ = ["TrackStore", "track_detections", "to_gray"]

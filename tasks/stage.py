@@ -19,7 +19,6 @@ from services.dag import GENERATOR_NAMES, GENERATOR_STAGE
 from services.registry import ServiceContext, get_service
 from services.settings import Settings
 from services.profiling import score_segment, step_options
-from services.tracking import track_detections
 from services.video_conf import RESOLUTION_HEIGHTS, decode_jpeg
 from tasks.queues import EXCHANGE, STAGE_TASK, node_queue, results_queue
 
@@ -63,13 +62,9 @@ def execute_hop(env: Envelope, ctx: ServiceContext, node: str, worker: str) -> E
         frame = None
         if service.image_input and service.image_input in inputs:
             frame = decode_jpeg(inputs[service.image_input])
-        outputs = service.run(frame, inputs, params, ctx)
-        # The detected frame's own service time is what the planner learns per frame; tracking
-        # and the light stages on tracked frames it models per tracked frame (knobs.per_message).
+        outputs = _detect_or_track(env, hop.stage, service, params, inputs, frame, ctx)
         finished = time.time()
-        if env.tracked:
-            _run_on_tracked(env, hop, service, params, ctx, frame, outputs)
-        if env.profile and env.golden_image and "detections" in outputs:
+        if env.profile and env.golden_image and "detections" in outputs and not outputs.get("tracked"):
             outputs["accuracy"] = _golden_f1(env, service, hop.params, inputs, outputs, ctx)
     env.outputs[hop.stage] = outputs
     env.timings.append(StageTiming(stage=hop.stage, node=node, worker=worker,
@@ -79,28 +74,24 @@ def execute_hop(env: Envelope, ctx: ServiceContext, node: str, worker: str) -> E
 
 
 def _tracks(service) -> bool:
-    """A detector on images: its boxes on tracked frames come from the tracker, not from it."""
+    """A detector on images: on a tracked frame its boxes come from the tracker instead."""
     return "detections" in service.outputs and service.image_input is not None
 
 
-def _run_on_tracked(env: Envelope, hop, service, params, ctx: ServiceContext, frame, outputs: dict) -> None:
-    """The message's tracked frames: a detector's boxes move with optical flow from frame to
-    frame; every other stage runs on each frame as it ran on the detected one."""
-    if _tracks(service):
-        prev, dets = frame, outputs["detections"]
-        for tf in env.tracked:
-            image = decode_jpeg(tf.image) if tf.image else prev
-            dets = track_detections(prev, image, dets) if prev is not None else dets
-            tf.outputs[hop.stage] = {"detections": dets, "tracked": True}
-            prev = image
-        return
-    for tf in env.tracked:
-        view = env.model_copy(update={"image": tf.image, "outputs": {**env.outputs, **tf.outputs}, "clip": []})
-        inputs = _resolve_inputs(view, hop.inputs)
-        tracked_frame = None
-        if service.image_input and service.image_input in inputs:
-            tracked_frame = decode_jpeg(inputs[service.image_input])
-        tf.outputs[hop.stage] = service.run(tracked_frame, inputs, params, ctx)
+def _detect_or_track(env: Envelope, stage: str, service, params, inputs: dict, frame, ctx: ServiceContext) -> dict:
+    """A tracked frame (seed ntracking) moves the boxes of the frame before it, as this process
+    last saw them; without that frame here (another process had it, or it was dropped) it is
+    detected. Every detected frame becomes the start of the next tracked ones."""
+    tracks = ctx.tracks
+    if tracks is None or frame is None or not _tracks(service):
+        return service.run(frame, inputs, params, ctx)
+    if env.track_from >= 0:
+        moved = tracks.track(env.job, stage, env.track_from, env.seq, frame)
+        if moved is not None:
+            return {"detections": moved, "tracked": True}
+    outputs = service.run(frame, inputs, params, ctx)
+    tracks.remember(env.job, stage, env.seq, frame, outputs["detections"])
+    return outputs
 
 
 def _profile_segment(env: Envelope, service, params: dict, ctx: ServiceContext) -> list[dict]:
@@ -144,8 +135,6 @@ def _strip_for_results(env: Envelope) -> Envelope:
     env.clip = []
     env.golden_image = None
     env.segment = []
-    for tf in env.tracked:
-        tf.image = None
     return env
 
 
@@ -162,8 +151,11 @@ def run_stage(self, payload: Any) -> None:
     if not env.route:
         log.warning("rejected frame %s/%s with an empty route", env.job, env.seq)
         raise Reject("empty route", requeue=False)
-    from tasks.worker_state import service_context
+    from tasks.worker_state import segment_profiler, service_context
 
+    if env.kind == "profile":  # scored on idle capacity by a niced child, not on this frame path
+        segment_profiler(settings, lambda done: publish_result(self.app, _strip_for_results(done))).submit(env)
+        return
     worker = f"{settings.node}/{_HOST}/{os.getpid()}"
     try:
         env = execute_hop(env, service_context(settings), settings.node, worker)

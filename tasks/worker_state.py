@@ -20,11 +20,13 @@ def service_context(settings: Settings) -> ServiceContext:
     with _lock:
         if _context is None or _context_pid != os.getpid():
             from services.models import ModelCache, pick_device, trained_person_weights
+            from services.tracking import TrackStore
 
             _context = ServiceContext(
                 device=pick_device(settings.device),
                 models=ModelCache(models_dir=settings.models_dir),
                 person_weights=settings.person_weights or trained_person_weights(),
+                tracks=TrackStore(),
             )
             _context_pid = os.getpid()
             threads = os.environ.get("VDAG_TORCH_THREADS")
@@ -35,8 +37,24 @@ def service_context(settings: Settings) -> ServiceContext:
         return _context
 
 
+_profiler = None
+_profiler_pid: int | None = None
+
+
+def segment_profiler(settings: Settings, publish):
+    """This process's niced profiling child (tasks/profiler.py), started on first use."""
+    global _profiler, _profiler_pid
+    with _lock:
+        if _profiler is None or _profiler_pid != os.getpid():
+            from tasks.profiler import SegmentProfiler
+
+            _profiler, _profiler_pid = SegmentProfiler(settings, publish), os.getpid()
+        return _profiler
+
+
 @worker_process_init.connect
 def _forget_parent_models(**_: object) -> None:
-    global _context
+    global _context, _profiler
     with _lock:
         _context = None
+        _profiler = None

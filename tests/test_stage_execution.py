@@ -72,25 +72,32 @@ def _frames(start: int, n: int) -> list:
     return out
 
 
-def test_tracked_frames_get_boxes_from_the_tracker_and_counts_from_every_stage(ctx):
-    from services.codec import TrackedFrame
+def test_tracked_frames_get_boxes_from_the_tracker_and_counts_from_every_stage():
+    from services.models import trained_person_weights
+    from services.tracking import TrackStore
 
+    ctx = ServiceContext(device="cpu", models=ModelCache(), person_weights=trained_person_weights(),
+                         tracks=TrackStore())
+    route = [Hop(stage="detect", service="person_detection", node="cloud", inputs={"image": "generator.image"}),
+             Hop(stage="count", service="object_count", node="cloud", inputs={"detections": "detect.detections"})]
     frames = [resize_to(f, "480p") for f in _frames(300, 4)]
-    env = _env(frames[0], route=[
-        Hop(stage="detect", service="person_detection", node="cloud", inputs={"image": "generator.image"}),
-        Hop(stage="count", service="object_count", node="cloud", inputs={"detections": "detect.detections"}),
-    ], tracked=[TrackedFrame(seq=i, capture_ts=i / 10, read_at=0.0, image=encode_jpeg(f, 85))
-                for i, f in enumerate(frames[1:], start=1)])
-    env = execute_hop(execute_hop(env, ctx, "cloud", "w"), ctx, "cloud", "w")
-    n = len(env.outputs["detect"]["detections"])
-    assert n >= 3
-    for tf in env.tracked:
-        assert tf.outputs["detect"]["tracked"] is True and len(tf.outputs["detect"]["detections"]) == n
-        assert tf.outputs["count"]["total"] == n
-    # People walk: tracked boxes move, but stay near where the detector put them a frame before.
-    first = env.outputs["detect"]["detections"][0]["box"]
-    later = env.tracked[-1].outputs["detect"]["detections"][0]["box"]
+    done = []
+    for seq, f in enumerate(frames):
+        env = _env(f, route=list(route)).model_copy(update={"seq": seq, "track_from": seq - 1})
+        done.append(execute_hop(execute_hop(env, ctx, "cloud", "w"), ctx, "cloud", "w"))
+    n = len(done[0].outputs["detect"]["detections"])
+    assert n >= 3 and "tracked" not in done[0].outputs["detect"]  # nothing before frame 0: detected
+    for env in done[1:]:
+        assert env.outputs["detect"]["tracked"] is True and len(env.outputs["detect"]["detections"]) == n
+        assert env.outputs["count"]["total"] == n
+    # People walk: tracked boxes move, but stay near where the detector put them.
+    first = done[0].outputs["detect"]["detections"][0]["box"]
+    later = done[-1].outputs["detect"]["detections"][0]["box"]
     assert first != later and max(abs(a - b) for a, b in zip(first, later)) < 0.1
+    # A frame whose predecessor this process never saw is detected, not tracked.
+    stray = execute_hop(_env(frames[2], route=list(route)).model_copy(update={"seq": 9, "track_from": 7}),
+                        ctx, "cloud", "w")
+    assert "tracked" not in stray.outputs["detect"]
 
 
 def test_profiling_segment_scores_configs_against_the_golden_detector(ctx):

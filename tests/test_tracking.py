@@ -7,11 +7,10 @@ import cv2
 import numpy as np
 import pytest
 
-from services.aggregator import records_from_envelope
 from services.codec import Envelope, Hop
 from services.generator import ActivePlan, FrameGenerator, InFlightWindow
 from services.profiling import frame_level_f1, score_segment, shown_boxes
-from services.tracking import track_detections
+from services.tracking import TrackStore, track_detections
 from services.video_conf import VideoConf
 from tests.pipeline_support import VTEST
 
@@ -83,7 +82,7 @@ def test_segment_scores_rank_tracking_above_skipping_on_motion():
     assert all(r["step"] * (r["ntracking"] + 1) <= 10 for r in rows)
 
 
-def test_generator_sends_each_detected_frame_with_its_tracked_frames():
+def test_generator_marks_ntracking_frames_after_each_detected_one():
     from tests.test_dataplane_units import _ListSource
 
     sent: list[Envelope] = []
@@ -91,15 +90,41 @@ def test_generator_sends_each_detected_frame_with_its_tracked_frames():
     gen = FrameGenerator("j", _ListSource(15), lambda: plan, sent.append, InFlightWindow(100), threading.Event(),
                          pace=0)
     gen.run()
-    # Kept: source frames 0, 2, 4, ..., 14 (8 frames); groups of 3, the last one partial.
-    assert [e.seq for e in sent] == [0, 3, 6]
-    assert [[t.seq for t in e.tracked] for e in sent] == [[1, 2], [4, 5], [7]]
-    assert [e.capture_ts for e in sent] == [0.0, 0.6, 1.2]
-    assert [t.capture_ts for t in sent[0].tracked] == [0.2, 0.4]
+    # Kept: source frames 0, 2, ..., 14, each sent at once; detect one, track the next two.
+    assert [e.seq for e in sent] == list(range(8))
+    assert [e.track_from for e in sent] == [-1, 0, 1, -1, 3, 4, -1, 6]
+    assert [e.capture_ts for e in sent[:3]] == [0.0, 0.2, 0.4]
     assert (gen.stats.sent, gen.stats.tracked, gen.stats.skipped) == (8, 5, 7)
-    records = records_from_envelope(sent[0], received_at=sent[0].tracked[-1].read_at + 0.1)
-    assert [(r.seq, r.produced) for r in records] == [(0, "detected"), (1, "tracked"), (2, "tracked")]
-    assert records[0].latency_s >= records[2].latency_s  # the detected frame waited for the others
+
+
+def test_a_dropped_frame_breaks_the_tracking_chain():
+    from tests.test_dataplane_units import _ListSource
+
+    sent: list[Envelope] = []
+    window = InFlightWindow(2)
+    plan = ActivePlan(1, VideoConf(ntracking=4), (HOP,))
+
+    def dispatch(env):
+        sent.append(env)
+        if env.seq == 0:
+            window.release(0)  # frame 0 settles at once; frame 1 stays in flight
+
+    FrameGenerator("j", _ListSource(5), lambda: plan, dispatch, window, threading.Event(), pace=0).run()
+    assert [(e.seq, e.track_from) for e in sent] == [(0, -1), (1, 0), (2, 1)]  # then the window is full
+
+
+def test_track_store_tracks_from_the_frame_before_or_says_to_detect():
+    frames, golden = _scene(3)
+    store = TrackStore(max_jobs=2)
+    assert store.track("j", "detect", 0, 1, frames[1]) is None  # nothing seen yet: detect
+    store.remember("j", "detect", 0, frames[0], golden[0])
+    moved = store.track("j", "detect", 0, 1, frames[1])
+    assert frame_level_f1([moved], [golden[1]]) == 1.0
+    assert store.track("j", "detect", 0, 2, frames[2]) is None  # frame 1 is the last one now
+    assert store.track("j", "detect", 1, 2, frames[2]) is not None
+    store.remember("k", "detect", 0, frames[0], [])
+    store.remember("m", "detect", 0, frames[0], [])
+    assert len(store) == 2 and store.track("j", "detect", 2, 3, frames[0]) is None  # evicted (LRU)
 
 
 def test_generator_sends_profiling_segments_of_consecutive_source_frames():

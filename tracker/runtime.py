@@ -16,7 +16,7 @@ from typing import Callable
 from celery import Celery
 
 from scheduler.interface import Observation, Plan, PlanningInput, SourceInfo, UserConstraint
-from services.aggregator import ReorderBuffer, profile_rows, records_from_envelope, rendered_jpegs
+from services.aggregator import ReorderBuffer, profile_rows, record_from_envelope, rendered_jpeg
 from services.codec import Envelope, Hop
 from services.dag import DagSpec
 from services.generator import ActivePlan, FrameGenerator, InFlightWindow
@@ -146,9 +146,6 @@ class JobRunner:
         dispatch_frame(self.celery, env)
         if self.preview and env.kind == "frame" and env.image:
             self.preview(self.job_uid, env.seq, env.image)
-            for tf in env.tracked:
-                if tf.image:
-                    self.preview(self.job_uid, tf.seq, tf.image)
 
     def _run(self) -> None:
         try:
@@ -355,17 +352,16 @@ class Runtime:
         if env.kind == "profile":
             self._on_profile(env)
             return
-        records = records_from_envelope(env, time.time())
-        emitted = []
-        for record in records:
-            emitted.extend(self.reorder.push(record, now).records)
+        record = record_from_envelope(env, time.time())
+        emitted = self.reorder.push(record, now)
         with self._stats_lock:
             st = self._stats[env.job]
-            for seq, _, jpeg in rendered_jpegs(env):
-                if seq > st.last_viewer_seq:
-                    st.last_viewer_seq = seq
-                    self.hub.publish(env.job, seq, jpeg)
-        self._queue_records(emitted, env.origin)
+            if env.seq > st.last_viewer_seq:
+                st.last_viewer_seq = env.seq
+                jpeg = rendered_jpeg(env)
+                if jpeg:
+                    self.hub.publish(env.job, env.seq, jpeg)
+        self._queue_records(emitted.records, env.origin)
         # Free the generator's window slot on receipt, not after the batched store: with acks
         # after a 0.1 s flush a window of 8 capped a job at ~40 frames/s (bench/pipeline.py).
         # The record is already pending, and finish_job's forced flush waits on _flush_lock,
@@ -463,7 +459,7 @@ class Runtime:
         for r in records:
             plan = self._plans.get(r.plan_id) or self._stored_plan(r.plan_id)
             if r.lost or plan is None or r.produced == "tracked":
-                continue  # a tracked frame's stage timings are its message's, counted once
+                continue  # its detector stage tracked instead of detecting: no service-time sample
             for s in r.stages:
                 mapping = plan.flow_mapping.get(s.stage)
                 self._busy[(job_uid, s.node)].append((now, s.service_s))

@@ -34,16 +34,20 @@ class StoreJobSource:
             log.info("plan for %s not saved: %s", job_uid, exc)
 
 
-PLANNERS = ("bayes", "golden", "pid", "greedy")
+PLANNERS = ("bayes", "bayes-notrack", "golden", "pid", "greedy")
 
 
 def planner_factory(name: str = "bayes") -> Callable[[], Planner]:
-    """A factory, not a planner: the loop builds its planner on its own thread, since
-    compiled PyTensor functions must stay on the thread that uses them."""
+    """A factory, not a planner: the loop builds its planner on its own thread. The Bayesian
+    planner samples in a niced process of its own (scheduler/sampler_process.py), so that
+    compiling and sampling never hold this process's GIL while the data plane runs."""
     from scheduler import baselines
     from scheduler.bayes_planner import BayesPlanner
+    from scheduler.sampler_process import ProcessBayesModel
 
-    makers = {"bayes": BayesPlanner, "golden": baselines.GoldenPlanner, "pid": baselines.PIDPlanner,
+    makers = {"bayes": lambda: BayesPlanner(ProcessBayesModel()),
+              "bayes-notrack": lambda: BayesPlanner(ProcessBayesModel(), tracking=False),
+              "golden": baselines.GoldenPlanner, "pid": baselines.PIDPlanner,
               "greedy": baselines.GreedyPlanner}
     if name not in makers:
         raise ValueError(f"unknown planner {name!r}; one of {', '.join(PLANNERS)}")

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAXSIZE = 16  # a message carries up to 1 + ntracking frames, published at once
+DEFAULT_MAXSIZE = 4
 MAX_MAXSIZE = 256
 
 

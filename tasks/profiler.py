@@ -1,0 +1,144 @@
+"""Profiling segments on idle capacity: a niced child process next to each worker process.
+
+Scoring a segment runs the golden config on every frame of it (about 3-5 s of detector
+time on a 2-core node). Run inside the stage task, that blocked the node's frames behind it
+for seconds (measured: mean delay 4.2 s with D = 1 s). Here the task only hands the segment
+to a child process at nice 19 and returns: the child gets the CPU the frames leave idle,
+and its result goes to the results queue like a finished frame. One segment at a time per
+worker process; a segment that arrives while one is being scored is skipped (counted).
+
+The child is our own program (`python -m tasks.profiler`), fed length-prefixed msgpack
+envelopes on stdin and answering on stdout; both ends decode strictly (services/codec.py).
+A subprocess rather than multiprocessing, because Celery's prefork children are daemonic
+and may not have multiprocessing children.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import subprocess
+import sys
+import threading
+from typing import BinaryIO, Callable
+
+from services.codec import BadEnvelope, Envelope, decode_envelope, encode_envelope
+from services.settings import Settings
+
+log = logging.getLogger(__name__)
+
+NICE = 19
+_LEN = struct.Struct("!I")
+
+
+def _write(stream: BinaryIO, payload: bytes) -> None:
+    stream.write(_LEN.pack(len(payload)) + payload)
+    stream.flush()
+
+
+def _read(stream: BinaryIO) -> bytes | None:
+    head = stream.read(_LEN.size)
+    if len(head) < _LEN.size:
+        return None
+    (n,) = _LEN.unpack(head)
+    body = stream.read(n)
+    return body if len(body) == n else None
+
+
+class SegmentProfiler:
+    """The worker side: submit() never blocks; results reach `publish` from a reader thread."""
+
+    def __init__(self, settings: Settings, publish: Callable[[Envelope], None], nice: int = NICE) -> None:
+        self.settings = settings
+        self.publish = publish
+        self.nice = nice
+        self._proc: subprocess.Popen | None = None
+        self._busy = threading.Event()
+        self._lock = threading.Lock()
+        self.scored = 0
+        self.skipped = 0
+
+    def _start_locked(self) -> subprocess.Popen:
+        if self._proc is None or self._proc.poll() is not None:
+            env = dict(os.environ, VDAG_PROFILER_SETTINGS=self.settings.model_dump_json())
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "tasks.profiler"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                env=env, preexec_fn=lambda: os.nice(self.nice),
+            )
+            threading.Thread(target=self._read_results, args=(self._proc,), name="vdag-profiler-results",
+                             daemon=True).start()
+            log.info("profiler process %d started (nice %d)", self._proc.pid, self.nice)
+        return self._proc
+
+    def submit(self, env: Envelope) -> bool:
+        with self._lock:
+            if self._busy.is_set():
+                self.skipped += 1
+                return False
+            proc = self._start_locked()
+            self._busy.set()
+            try:
+                _write(proc.stdin, encode_envelope(env))
+            except (BrokenPipeError, OSError):
+                self._busy.clear()
+                log.warning("profiler process gone; segment of job %s skipped", env.job)
+                return False
+        return True
+
+    def _read_results(self, proc: subprocess.Popen) -> None:
+        while True:
+            payload = _read(proc.stdout)
+            self._busy.clear()
+            if payload is None:
+                return
+            try:
+                env = decode_envelope(payload)
+            except BadEnvelope as exc:
+                log.warning("profiler process answered a bad envelope: %s", exc)
+                continue
+            self.scored += 1
+            try:
+                self.publish(env)
+            except Exception:
+                log.exception("profiled segment of job %s not published", env.job)
+
+    def close(self) -> None:
+        with self._lock:
+            proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.stdin.close()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def main() -> int:
+    """The child: score each segment it is sent, answer the advanced envelope."""
+    from tasks.stage import execute_hop
+    from tasks.worker_state import service_context
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    settings = Settings.model_validate_json(os.environ["VDAG_PROFILER_SETTINGS"])
+    ctx = service_context(settings)
+    worker = f"{settings.node}/profiler/{os.getpid()}"
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    while (payload := _read(stdin)) is not None:
+        try:
+            env = decode_envelope(payload)
+            stage = env.route[0].stage if env.route else "?"
+            try:
+                env = execute_hop(env, ctx, settings.node, worker)
+            except Exception as exc:  # answer anyway, so the parent's slot frees
+                env.outputs[stage] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+                env.route = []
+            env.segment = []
+            _write(stdout, encode_envelope(env))
+        except BadEnvelope as exc:
+            log.warning("profiler got a bad envelope: %s", exc)
+            _write(stdout, b"")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
