@@ -26,7 +26,7 @@ system-deps:
 	  else echo "missing Debian packages: sudo apt-get install opencv-doc opencv-data chromium chromium-driver"; fi; \
 	fi
 
-up: $(STAMP)
+up: $(STAMP) system-deps
 	$(VENV)/bin/vdag up $(ARGS)
 
 test: $(STAMP) system-deps

@@ -59,6 +59,15 @@ MAX_WINDOW_FRAMES = 30
 # Prior sd of a job's own deviation from the pooled accuracy model: log F1 offset, slope on
 # log height ratio, slope per second of staleness, slope per second of tracking.
 JOB_ACC_SD = np.array([0.1, 0.25, 0.25, 0.15])
+# A profiled config's own measurements vs the model's prediction for it (Chameleon's profile
+# table, shrunk toward the model): the model's error at one config, and one segment's noise.
+CELL_MODEL_SD = 0.1   # log F1
+CELL_OBS_SD = 0.12    # log F1 of one 10-frame segment
+
+
+def _acc_key(o: Observation) -> tuple:
+    """One profiling segment scores many configs at one time stamp: each is its own entry."""
+    return (o.ts, o.stage, o.height, o.fps, o.ntracking, o.quality)
 
 
 @dataclass
@@ -70,7 +79,9 @@ class _JobState:
     shift_round: int = -(10**9)
     shift_why: str = ""
     stale: dict[str, float] = field(default_factory=dict)  # node -> drop this job's obs there before ts
-    f1_coef: np.ndarray | None = None      # [3, n] per-draw correction of this job's log F1
+    f1_coef: np.ndarray | None = None      # [4, n] per-draw correction of this job's log F1
+    # (height, source-frame step, ntracking) -> (mean log F1, count) of this job's profiled configs
+    cells: dict[tuple[int, int, int], tuple[float, int]] = field(default_factory=dict)
     priors_seen: tuple = ()
     last_plan: Plan | None = None          # the last plan passed in, its candidate set and index there
     last_cands: knobs.Candidates | None = None
@@ -111,7 +122,7 @@ class BayesPlanner:
         cold_delay_prob: float = 0.8,
         n_draws: int = 64,
         shortlist: int = 48,
-        keep_margin: float = 0.004,
+        keep_margin: float = 0.02,
         explore_margin: float = 0.01,
         explore_every: int = 6,
         explore_delay_prob: float = 0.99,
@@ -119,7 +130,7 @@ class BayesPlanner:
         window_s: float = 2.0,
         shift_cooldown: int = 2,
         obs_per_job: int = 400,
-        acc_memory: int = 60,
+        acc_memory: int = 400,
         max_obs: int = 6000,
         job_ttl_s: float = 300.0,
         seed: int = 0,
@@ -147,7 +158,7 @@ class BayesPlanner:
         # Profiled accuracy outlives the job's sliding window (content drifts slowly, and each
         # profile is one frame a round): the last `acc_memory` per job, keyed by (ts, stage).
         self.acc_memory = acc_memory
-        self._acc: dict[str, OrderedDict[tuple[float, str], tuple[Observation, str, float, float]]] = {}
+        self._acc: dict[str, OrderedDict[tuple, tuple[Observation, str, float, float]]] = {}
         self._bytes_ratio = 1.0
         self._dirty = False
         self._wake = threading.Event()
@@ -239,10 +250,10 @@ class BayesPlanner:
             mem = self._acc.setdefault(inp.job_uid, OrderedDict())
             for r in rows:
                 if r[0].accuracy is not None:
-                    mem[(r[0].ts, r[0].stage)] = r
+                    mem[_acc_key(r[0])] = r
             while len(mem) > self.acc_memory:
                 mem.popitem(last=False)
-            in_window = {(r[0].ts, r[0].stage) for r in rows if r[0].accuracy is not None}
+            in_window = {_acc_key(r[0]) for r in rows if r[0].accuracy is not None}
             rows = rows + [r for k, r in mem.items() if k not in in_window]
             if rows or inp.job_uid in self._obs:
                 self._obs[inp.job_uid] = (time.time(), rows)
@@ -426,8 +437,13 @@ class BayesPlanner:
             s2 = float(np.mean(d["sig_a"] ** 2)) + 1e-4
             A = X.T @ X / s2 + np.diag(1.0 / JOB_ACC_SD**2)
             st.f1_coef = np.linalg.solve(A, X.T @ R / s2)                  # [4, n]
+            cells: dict[tuple[int, int, int], list[float]] = {}
+            for o, yi in zip(acc, y):
+                step = max(1, int(round(f / bayes.obs_rate(o, f))))
+                cells.setdefault((int(o.height), step, int(o.ntracking)), []).append(float(yi))
+            st.cells = {k: (float(np.mean(v)), len(v)) for k, v in cells.items()}
         else:
-            st.f1_coef = None
+            st.f1_coef, st.cells = None, {}
         return surprised
 
     def _detect_shift(self, inp: PlanningInput, st: _JobState, c: knobs.Candidates, surprised: list[str]) -> str:
@@ -504,7 +520,7 @@ class BayesPlanner:
         slow = np.exp(self._load_slope(d, self._node_gpu[j_idx]) * bayes.load_term(bg)[:, None])   # [J, n]
         mean_t = mean_t * slow[None, :, None, None, :]
         tbar = mean_t.mean(axis=-1)
-        f1_rows = self._f1_draws(d, S, snap.version, st.f1_coef)                       # [rows, n]
+        f1_rows = self._cell_shrink(c, S, self._f1_draws(d, S, snap.version, st.f1_coef), st)  # [rows, n]
         ef1_rows = f1_rows.mean(axis=1)
         nbytes_all = S.nbytes * self._bytes_ratio
 
@@ -585,6 +601,30 @@ class BayesPlanner:
         x1 = np.column_stack([np.ones(len(x)), x[:, 1], x[:, 2], x[:, 4]])
         eta = eta + x1 @ coef[:, : eta.shape[1]]                             # a new array: the cache stays
         return np.exp(np.minimum(eta, 0.0, out=eta), out=eta)
+
+    @staticmethod
+    def _cell_shrink(c: knobs.Candidates, S: _Static, f1: np.ndarray, st: _JobState) -> np.ndarray:
+        """Rows whose config this job has profiled move toward what was measured there, by the
+        precision of the measurements against the model's (a normal-normal update on log F1;
+        one shift per row for every draw, so the model's spread stays)."""
+        if not st.cells:
+            return f1
+        rows = S.rows
+        h = c.height[rows]
+        step = np.maximum(1, np.round(c.src_fps / c.fps[rows])).astype(int)
+        k = c.ntrack[rows]
+        q90 = c.quality[rows] == knobs.GOLDEN_QUALITY
+        eta = np.log(np.maximum(f1, 1e-6))
+        for (ch, cs, ck), (ybar, n) in st.cells.items():
+            match = (h == ch) & (step == cs) & (k == ck)
+            ref = match & q90
+            if not ref.any():
+                continue
+            m = eta[ref].mean(axis=0)                           # [n] the model at the profiled quality
+            vp = float(np.var(m)) + CELL_MODEL_SD**2
+            vo = CELL_OBS_SD**2 / n
+            eta[match] += vp / (vp + vo) * (ybar - float(m.mean()))
+        return np.exp(np.minimum(eta, 0.0))
 
     @staticmethod
     def _own_work(c: knobs.Candidates, i: int, tbar: np.ndarray) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.registry import Service, ServiceContext, register
 
@@ -14,6 +14,22 @@ class CountParams(BaseModel):
 
     classes: list[str] | None = Field(None, min_length=1, max_length=80, description="count only these classes")
     min_conf: float = Field(0.0, ge=0.0, le=1.0, description="ignore detections below this confidence")
+    line: list[float] | None = Field(
+        None, min_length=4, max_length=4,
+        description=("counting line x1, y1, x2, y2 in frame fractions (0-1): count_result then counts tracks "
+                     "crossing it: up (to the left of its direction; a line drawn left to right: moving up), "
+                     "total, and per class"),
+    )
+
+    @field_validator("line")
+    @classmethod
+    def _line_in_frame(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None:
+            if any(not 0.0 <= c <= 1.0 for c in v):
+                raise ValueError("line coordinates are fractions of the frame, between 0 and 1")
+            if (v[0], v[1]) == (v[2], v[3]):
+                raise ValueError("line needs two different end points")
+        return v
 
 
 def count_detections(detections: Any, classes: list[str] | None = None, min_conf: float = 0.0) -> dict[str, int]:

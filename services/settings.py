@@ -33,9 +33,10 @@ class Settings(BaseModel):
     reorder_wait_s: float = Field(2.0, gt=0, description="how long the aggregator waits for a missing frame")
     profile_every: int = Field(20, ge=0, le=10_000, description=(
         "every Nth frame also runs the golden config (source resolution, golden grade) to measure F1; 0 = off"))
-    profile_segment_every_s: float = Field(8.0, ge=0, le=3600, description=(
-        "every this many seconds of video, score candidate configs against the golden one on a short "
-        "segment of consecutive source frames (frame-level F1, services/profiling.py); 0 = off"))
+    profile_segment_every_s: float = Field(12.0, ge=0, le=3600, description=(
+        "every this many seconds of video (the first three 3x as often), score candidate configs against "
+        "the golden one on a short segment of consecutive source frames (frame-level F1, "
+        "services/profiling.py), on idle capacity; 0 = off"))
     profile_segment_frames: int = Field(10, ge=2, le=64, description="source frames per profiling segment")
     golden_grade: str = Field("m", pattern="^[nsmlx]$", description=(
         "YOLO grade of the golden config when profiling; the largest, x, is very slow on a CPU"))

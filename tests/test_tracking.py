@@ -141,3 +141,54 @@ def test_generator_sends_profiling_segments_of_consecutive_source_frames():
     assert segments[0].route[0].stage == "detect" and segments[0].segment_fps > 0
     assert gen.stats.segments == len(segments)
     assert sum(e.kind == "frame" for e in sent) == 8  # the 2 fps frames are unaffected
+
+
+def _box(cx: float, cy: float, cls: str = "person") -> dict:
+    return {"box": [cx - 0.05, cy - 0.1, cx + 0.05, cy + 0.1], "cls": cls, "conf": 0.9}
+
+
+def test_line_counter_keeps_identities_and_counts_crossings_by_direction():
+    from services.line_count import LineCounter
+
+    counter = LineCounter(line=(0.0, 0.5, 1.0, 0.5))  # horizontal, drawn left to right
+    ids = []
+    for t in range(12):  # one person walks up across the line, one down, one stays below
+        dets = [_box(0.2, 0.8 - 0.05 * t), _box(0.6, 0.2 + 0.05 * t), _box(0.9, 0.9, "car")]
+        ids.append([d["id"] for d in counter.update(dets)])
+    assert all(frame == ids[0] for frame in ids) and len(set(ids[0])) == 3
+    assert counter.count_result() == {"up": 1, "total": 2, "person": 2}
+
+
+def test_line_counter_ignores_moves_beside_the_segment_and_ends_lost_tracks():
+    from services.line_count import LineCounter
+
+    counter = LineCounter(line=(0.0, 0.5, 0.3, 0.5), max_age=2)
+    for t in range(10):  # crosses y = 0.5 at x = 0.7, beyond the segment's end
+        counter.update([_box(0.7, 0.8 - 0.06 * t)])
+    assert counter.count_result() == {"up": 0, "total": 0}
+    for _ in range(3):
+        counter.update([])
+    assert counter.tracks == [] and counter.update([_box(0.1, 0.1)])[0]["id"] == 2
+
+
+def test_job_counts_add_count_result_to_the_count_stage():
+    from services.dag import DagSpec
+    from services.line_count import JobCounts
+
+    dag = DagSpec(stages=[
+        {"name": "detect", "service": "person_detection", "inputs": {"image": "generator.image"}},
+        {"name": "count", "service": "object_count", "inputs": {"detections": "detect.detections"},
+         "params": {"line": [0.0, 0.5, 1.0, 0.5]}},
+    ])
+    counts = JobCounts()
+    counts.start("j", dag)
+    for t in range(8):
+        outputs = {"detect": {"detections": [_box(0.5, 0.8 - 0.1 * t)]}, "count": {"counts": {"person": 1}, "total": 1}}
+        counts.apply("j", outputs)
+    assert outputs["count"]["count_result"] == {"up": 1, "total": 1, "person": 1}
+    assert outputs["detect"]["detections"][0]["id"] == 1
+    counts.forget("j")
+    assert len(counts) == 0
+    with pytest.raises(ValueError, match="fractions"):
+        DagSpec(stages=[{"name": "c", "service": "object_count", "inputs": {"detections": "generator.image"},
+                         "params": {"line": [0, 0, 2, 1]}}])

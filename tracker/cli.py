@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run the main job on the embedded default (no servers needed)")
-    up.add_argument("source", nargs="?", help="video file, RTSP/HTTP URL or webcam index; default: bundled synthetic clip")
+    up.add_argument("source", nargs="?", help="video file, RTSP/HTTP URL or webcam index; default: vtest.avi from opencv-doc")
     up.add_argument("--pipeline", choices=("people", "probe", "faces"), default="people",
                     help="people: person detection -> count -> render (default)")
     up.add_argument("--delay", type=float, default=1.0, help="delay constraint, seconds per frame")
@@ -52,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--exit-when-done", action="store_true", help="stop when the video ends")
     up.add_argument("--fast", action="store_true", help="read the file as fast as possible instead of real time")
     _common(up)
+
+    pr = sub.add_parser("profile", help="time each DNN service x grade x resolution on this node (< 1 min)")
+    pr.add_argument("video", nargs="?", default="/usr/share/doc/opencv-doc/examples/data/vtest.avi",
+                    help="frames to time on (default: vtest.avi from opencv-doc)")
+    pr.add_argument("--device", default=None, help="cpu | cuda:0 | auto")
+    pr.add_argument("--repeats", type=int, default=5, help="timed frames per case (median)")
+    _common(pr)
 
     tr = sub.add_parser("tracker", help="a cloud or edge tracker")
     tr.add_argument("--side", type=_side, default="cloud")
@@ -98,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
                                      database_url=args.db)
         run_worker(make_celery(settings), settings.node, args.concurrency, args.pool, args.log_level.upper())
         return 0
+    if args.command == "profile":
+        from tracker.profile_cmd import run_profile
+
+        return run_profile(args)
     if args.command == "db":
         from tracker.migrate import upgrade
 

