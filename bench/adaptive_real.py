@@ -50,6 +50,7 @@ STAGES = [
 WINDOW_S = 2.0
 CALIBRATION_AFTER_S = 20.0
 PROFILE_S = 10.0
+WORKER_THREADS = max(1, (os.cpu_count() or 1) - 1)
 PLANNERS = ("bayes", "bayes-notrack", "golden", "pid", "greedy", "static")
 E_F1 = re.compile(r"E\[F1\]=([0-9.]+)")
 
@@ -170,14 +171,31 @@ def static_plan(choice: dict, node: str, src_fps: float) -> dict:
 
 
 # -- one run ---------------------------------------------------------------------------------
+def node_speed_profile(node: str, frames: list[np.ndarray], tmp: Path) -> Path:
+    """`vdag profile` for the bench's worker node, as a user runs it before the first job."""
+    from services import node_profile
+    from services.models import ModelCache, set_torch_threads, trained_person_weights
+    from services.registry import ServiceContext
+
+    set_torch_threads(WORKER_THREADS)  # the worker's threads, so the profile is the worker's speed
+    ctx = ServiceContext(device="cpu", models=ModelCache(), person_weights=trained_person_weights())
+    profile = node_profile.profile_node(frames[:8], ctx, node, services=(("person_detection", None),))
+    return node_profile.save(profile, tmp / "profiles")
+
+
 def run_one(planner: str, *, node: str, source: Path, delay: float, video_s: float, tmp: Path,
-            plan: dict | None = None) -> dict:
+            plan: dict | None = None, profile: Path | None = None) -> dict:
     from tracker.scheduling import planner_factory
     from tracker.server import TrackerServer
 
     run_dir = tmp / f"{planner}-{delay:g}-{int(time.time() * 1000)}"
     run_dir.mkdir(parents=True, exist_ok=True)
+    if profile is not None:
+        (run_dir / "profiles").mkdir()
+        (run_dir / "profiles" / profile.name).write_bytes(profile.read_bytes())
     settings = bench_settings(run_dir, node)  # allows VTEST's folder and /tmp (the looped copies)
+    # A results queue per run: frames still in flight from the run before never reach this one.
+    settings = settings.model_copy(update={"results_queue": f"{settings.results_queue}.{run_dir.name}"})
     factory = None if plan is not None else planner_factory(planner)
     server = TrackerServer(settings, planner_factory=factory, pace=1.0, backpressure="drop", serve_http=False,
                            scheduler_interval_s=None if plan is not None else 2.0).start()
@@ -221,6 +239,7 @@ def run_one(planner: str, *, node: str, source: Path, delay: float, video_s: flo
         job = client.get(f"/api/v1/jobs/{uid}").get_json()
     finally:
         server.stop()
+        delete_queues(settings.results_queue)
     return {"uid": uid, "results": results, "plans": plans, "decisions": decisions, "stats": job.get("stats") or {},
             "t_submit": t_submit, "t_first": t_first}
 
@@ -329,7 +348,12 @@ def bench_video(name: str, source: Path, planners: list[str], delays: list[float
     golden_detect_s = (time.perf_counter() - t0) / 10
     out: dict = {"source": str(source), "src_fps": src_fps, "golden_detect_s": round(golden_detect_s, 4), "runs": {}}
     node = unique_node("ar")
-    worker = start_worker(node, concurrency=1, log_path=tmp / f"worker-{name}.log")
+    speed = node_speed_profile(node, frames, tmp)
+    out["node_profile"] = json.loads(speed.read_text())["rows"]
+    # This host also runs the tracker, the segment profiler and the sampler: the worker gets
+    # cores - 1 threads, as a worker sharing its host should (services/models.set_torch_threads).
+    worker = start_worker(node, concurrency=1, log_path=tmp / f"worker-{name}.log",
+                          extra_env={"VDAG_TORCH_THREADS": str(WORKER_THREADS)})
     try:
         # Warm-up: the worker loads the checkpoint before any measured run.
         run_one("golden", node=node, source=source, delay=1.0, video_s=8.0, tmp=tmp / "warmup")
@@ -339,7 +363,8 @@ def bench_video(name: str, source: Path, planners: list[str], delays: list[float
             for planner in planners:
                 plan = static_plan(choice, node, src_fps) if planner == "static" else None
                 log.info("%s: %s at D = %g s", name, planner, delay)
-                run = run_one(planner, node=node, source=source, delay=delay, video_s=video_s, tmp=tmp, plan=plan)
+                run = run_one(planner, node=node, source=source, delay=delay, video_s=video_s, tmp=tmp, plan=plan,
+                              profile=speed)
                 s = score(run, golden, src_fps, delay, golden_detect_s)
                 if planner.startswith("bayes"):
                     s["calibration_abs_err"] = calibration(run, s)

@@ -206,7 +206,33 @@ class LoadedModel:
 
     def predict(self, frame, **kwargs) -> Any:
         with self.lock:
-            return self.model.predict(frame, device=self.device, verbose=False, **kwargs)[0]
+            result = self.model.predict(frame, device=self.device, verbose=False, **kwargs)[0]
+            keep_torch_threads()
+            return result
+
+
+_torch_threads: int | None = None
+
+
+def set_torch_threads(n: int | None) -> None:
+    """The intra-op thread count inference should use in this process (None: every core but
+    one, which the tracker, aggregator and profiler on the same host need: on 2 shared cores
+    two OpenMP threads stall at every barrier when another process takes a core, and delays
+    went from 0.1 s to 5 s in bench/adaptive_real.py)."""
+    global _torch_threads
+    _torch_threads = n
+    keep_torch_threads()
+
+
+def keep_torch_threads() -> None:
+    """ultralytics' select_device, run at each predictor setup, sets torch to cpu_count - 1
+    threads: on a 2-core node inference silently ran on one (person model at 320: 131 vs 84 ms
+    a frame, DESIGN.md s.7). Put the configured count back after it."""
+    import torch
+
+    want = _torch_threads or max(1, (os.cpu_count() or 1) - 1)
+    if torch.get_num_threads() != want:
+        torch.set_num_threads(want)
 
 
 class ModelCache:

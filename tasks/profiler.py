@@ -60,7 +60,8 @@ class SegmentProfiler:
 
     def _start_locked(self) -> subprocess.Popen:
         if self._proc is None or self._proc.poll() is not None:
-            env = dict(os.environ, VDAG_PROFILER_SETTINGS=self.settings.model_dump_json())
+            # One thread: background work must leave the frames' cores alone, not stall them.
+            env = dict(os.environ, VDAG_PROFILER_SETTINGS=self.settings.model_dump_json(), VDAG_TORCH_THREADS="1")
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "tasks.profiler"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 env=env, preexec_fn=lambda: os.nice(self.nice),
@@ -70,20 +71,32 @@ class SegmentProfiler:
             log.info("profiler process %d started (nice %d)", self._proc.pid, self.nice)
         return self._proc
 
+    def start(self) -> None:
+        """Start the child now (it loads the models before it is needed: ~10-30 s on a busy
+        2-core node, which would otherwise delay the first profiled accuracy by as much)."""
+        with self._lock:
+            self._start_locked()
+
     def submit(self, env: Envelope) -> bool:
+        """Hand a segment over and return at once: a writer thread feeds the child's pipe (a
+        segment is larger than the pipe's buffer, and a child still loading its models reads
+        nothing yet)."""
         with self._lock:
             if self._busy.is_set():
                 self.skipped += 1
                 return False
             proc = self._start_locked()
             self._busy.set()
-            try:
-                _write(proc.stdin, encode_envelope(env))
-            except (BrokenPipeError, OSError):
-                self._busy.clear()
-                log.warning("profiler process gone; segment of job %s skipped", env.job)
-                return False
+        threading.Thread(target=self._write, args=(proc, encode_envelope(env), env.job),
+                         name="vdag-profiler-feed", daemon=True).start()
         return True
+
+    def _write(self, proc: subprocess.Popen, payload: bytes, job: str) -> None:
+        try:
+            _write(proc.stdin, payload)
+        except (BrokenPipeError, OSError, ValueError):
+            self._busy.clear()
+            log.warning("profiler process gone; segment of job %s skipped", job)
 
     def _read_results(self, proc: subprocess.Popen) -> None:
         while True:
@@ -121,6 +134,12 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     settings = Settings.model_validate_json(os.environ["VDAG_PROFILER_SETTINGS"])
     ctx = service_context(settings)
+    if ctx.person_weights:  # the usual detector, loaded and set up before the first segment
+        import numpy as np
+
+        from services.detection import detect
+
+        detect(np.zeros((64, 64, 3), np.uint8), ctx.models.get(ctx.person_weights, ctx.device), conf=0.25, imgsz=64)
     worker = f"{settings.node}/profiler/{os.getpid()}"
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     while (payload := _read(stdin)) is not None:

@@ -153,9 +153,12 @@ def run_stage(self, payload: Any) -> None:
         raise Reject("empty route", requeue=False)
     from tasks.worker_state import segment_profiler, service_context
 
+    profiler = segment_profiler(settings, lambda done: publish_result(self.app, _strip_for_results(done)))
     if env.kind == "profile":  # scored on idle capacity by a niced child, not on this frame path
-        segment_profiler(settings, lambda done: publish_result(self.app, _strip_for_results(done))).submit(env)
+        profiler.submit(env)
         return
+    if env.profile:
+        profiler.start()  # a job that profiles is running (its first frame is marked): load the child's models
     worker = f"{settings.node}/{_HOST}/{os.getpid()}"
     try:
         env = execute_hop(env, service_context(settings), settings.node, worker)

@@ -30,10 +30,10 @@ def service_context(settings: Settings) -> ServiceContext:
             )
             _context_pid = os.getpid()
             threads = os.environ.get("VDAG_TORCH_THREADS")
-            if threads:  # several worker processes on one host: don't oversubscribe the cores
-                import torch
+            # Several worker processes on one host share the cores; one gets all of them.
+            from services.models import set_torch_threads
 
-                torch.set_num_threads(int(threads))
+            set_torch_threads(int(threads) if threads else None)
         return _context
 
 

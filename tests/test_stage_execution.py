@@ -112,3 +112,20 @@ def test_profiling_segment_scores_configs_against_the_golden_detector(ctx):
     assert by[("360p", 1, 0)] < by[("source", 1, 0)]
     assert {r["resolution"] for r in rows} == {"360p", "480p", "source"}
     assert all(r["step"] * (r["ntracking"] + 1) <= 6 for r in rows)
+
+
+def test_inference_keeps_the_configured_torch_threads(frame):
+    """ultralytics sets cpu_count - 1 threads at predictor setup; the worker's count comes back."""
+    import os
+
+    import torch
+
+    from services.models import set_torch_threads, trained_person_weights
+
+    want = os.cpu_count() or 1
+    set_torch_threads(want)
+    ctx = ServiceContext(device="cpu", models=ModelCache(), person_weights=trained_person_weights())
+    hop = Hop(stage="detect", service="person_detection", node="cloud", inputs={"image": "generator.image"})
+    execute_hop(_env(frame, route=[hop]), ctx, "cloud", "w")  # a fresh model: the predictor is set up here
+    assert torch.get_num_threads() == want
+    set_torch_threads(None)

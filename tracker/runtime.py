@@ -480,7 +480,7 @@ class Runtime:
                 out.append(Observation(
                     stage=s.stage, node=s.node, grade=mapping.grade if mapping else None,
                     width=r.width, height=r.height, fps=0.0 if accuracy is not None else plan.video_conf.fps,
-                    ntracking=plan.video_conf.ntracking, quality=plan.video_conf.quality,
+                    ntracking=0 if accuracy is not None else plan.video_conf.ntracking, quality=plan.video_conf.quality,
                     frame_bytes=r.frame_bytes, service_s=s.service_s, queue_s=s.queue_s, ts=now,
                     accuracy=accuracy,
                 ))

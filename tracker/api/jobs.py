@@ -76,7 +76,8 @@ def job_view(ctx: TrackerContext, job: Job) -> JobOut:
 def frame_out(r: FrameRecord) -> FrameOut:
     return FrameOut(
         seq=r.seq, plan_id=r.plan_id, capture_ts=r.capture_ts, width=r.width, height=r.height,
-        latency_s=r.latency_s, frame_bytes=getattr(r, "frame_bytes", 0), lost=r.lost, outputs=r.outputs,
+        latency_s=r.latency_s, frame_bytes=getattr(r, "frame_bytes", 0), lost=r.lost,
+        produced="tracked" if r.produced == "tracked" else "detected", outputs=r.outputs,
         stages=[{"stage": s.stage, "node": s.node, "worker": s.worker, "queue_s": s.queue_s, "service_s": s.service_s}
                 for s in r.stages],
     )

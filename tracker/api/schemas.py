@@ -3,7 +3,7 @@ from them."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Annotated
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
@@ -131,6 +131,9 @@ class FrameOut(BaseModel):
     latency_s: float
     frame_bytes: int = 0
     lost: bool
+    produced: Literal["detected", "tracked"] = Field(
+        "detected", description="detected: the detector ran on this frame; tracked: its boxes were tracked "
+                                "from the kept frame before (the plan's ntracking)")
     outputs: dict[str, dict[str, Any]]
     stages: list[StageTiming]
 
