@@ -302,6 +302,12 @@ class Simulator:
         svc = mt[None, :] * noise
         queue_total = max(exp_delay - mt.sum() - tr, 0.0)
         frame_delay = svc.sum(axis=1) + queue_total * self.rng.exponential(1.0, n_frames) + tr
+        # Each detected frame's tracked frames arrive 1/fps apart and wait at most for it.
+        k = int(c.ntrack[i])
+        if k:
+            after = np.arange(1, k + 1) / float(c.fps[i])
+            tracked = np.maximum(frame_delay[:, None] - after[None, :], 0.0) + knobs.TRACK_S_PER_FRAME
+            frame_delay = np.concatenate([frame_delay, tracked.ravel()])
         window_delay = float(frame_delay.mean())
         obs = []
         ts = self.round * self.round_s

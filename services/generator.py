@@ -15,8 +15,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
-import cv2
-
 from services.codec import Envelope, Hop
 from services.sources import SourceError, VideoSource
 from services.video_conf import FrameSkipper, VideoConf, encode_jpeg, resize_to
@@ -277,10 +275,6 @@ class FrameGenerator:
             every = plan.segment_every_s / (3 if self.stats.segments < FAST_SEGMENTS else 1)
             self._next_segment_ts = ts + every
             self._send_segment(frames, ts, plan, image.shape)
-
-    def profile_soon(self) -> None:
-        """Content changed (or the planner asks): take the next segment now."""
-        self._next_segment_ts = 0.0
 
     def _send_segment(self, frames: list[bytes], ts: float, plan: ActivePlan, shape) -> None:
         detector = [h for h in plan.route if h.service in SEGMENT_SERVICES][:1]

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from tests.pipeline_support import all_results, fixed_plan, settings_for, submit, wait_state
+from tests.pipeline_support import VTEST, all_results, fixed_plan, settings_for, submit, wait_state
 from tracker.server import TrackerServer
 
 PROBE = [{"name": "probe", "service": "frame_probe", "inputs": {"image": "generator.image"}}]
@@ -118,5 +118,95 @@ def test_tracker_restart_keeps_jobs_and_resumes_running_ones(tmp_path):
         assert captured == sorted(set(captured)), "no source frame processed twice"
         assert len(captured) >= 70, f"only {len(captured)} of 80 frames after resuming"
         assert any(t["reason"] for t in job["transitions"])
+    finally:
+        server.stop()
+
+
+PEOPLE = [
+    {"name": "detect", "service": "person_detection", "inputs": {"image": "generator.image"}},
+    {"name": "count", "service": "object_count", "inputs": {"detections": "detect.detections"},
+     "params": {"line": [0.0, 0.5, 1.0, 0.5]}},
+    {"name": "render", "service": "render",
+     "inputs": {"image": "generator.image", "detections": "detect.detections", "counts": "count.counts"}},
+]
+
+
+@pytest.fixture
+def embedded_solo(tmp_path):
+    """One in-process worker, as `vdag up` runs: frames are taken in order, so a tracked frame
+    finds the one before it in the worker's track store."""
+    server = TrackerServer(settings_for(tmp_path, "memory://"), in_process_workers=1, pace=0.0,
+                           backpressure="block", serve_http=False, scheduler_interval_s=None).start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.skipif(not VTEST.exists(), reason="apt-get install opencv-doc provides vtest.avi")
+def test_every_kept_frame_gets_boxes_detected_or_tracked(embedded_solo, tmp_path):
+    """Real video, real model: with ntracking = 3 the detector runs on every 4th kept frame and
+    every other kept frame is tracked from the one before; counts, identities, line counts and
+    rendered pictures cover every kept frame."""
+    from bench.common import write_clip
+
+    clip = write_clip(tmp_path / "people.avi", 24)
+    plan = fixed_plan([s["name"] for s in PEOPLE], resolution="480p")
+    plan["video_conf"]["ntracking"] = 3
+    embedded = embedded_solo
+    client = embedded.app.test_client()
+    uid = submit(client, str(clip), PEOPLE, plan)
+    job = wait_state(client, uid, timeout=180)
+    assert job["state"] == "DONE", job
+    results = all_results(client, uid)
+    assert [r["seq"] for r in results] == list(range(24)) and not any(r["lost"] for r in results)
+    assert [r["produced"] for r in results[:8]] == ["detected", "tracked", "tracked", "tracked"] * 2
+    for r in results:
+        dets = r["outputs"]["detect"]["detections"]
+        assert dets and all("id" in d for d in dets)  # people in every frame, each with a track id
+        assert r["outputs"]["count"]["total"] == len(dets)
+        assert set(r["outputs"]["count"]["count_result"]) >= {"up", "total"}
+    ids = [{d["id"] for d in r["outputs"]["detect"]["detections"]} for r in results[:4]]
+    assert ids[0] == ids[1] == ids[2] == ids[3]  # tracked frames keep the detected frame's identities
+    assert job["stats"]["frames_tracked"] == 18
+    assert embedded.hub.published(uid) == 24  # the viewer got a rendered picture of every kept frame
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not VTEST.exists(), reason="apt-get install opencv-doc provides vtest.avi")
+def test_browser_viewer_shows_boxes_on_tracked_frames_too(chrome, tmp_path):
+    """`vdag up`'s path in a real browser: the job page's MJPEG <img> shows rendered frames with
+    person boxes drawn while most frames are tracked (ntracking = 3), and the picture moves."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from bench.common import write_clip
+    from services.render import class_color
+
+    driver = chrome
+    clip = write_clip(tmp_path / "people.avi", 60)
+    server = TrackerServer(settings_for(tmp_path, "memory://"), in_process_workers=1, pace=1.0,
+                           backpressure="drop", serve_http=True, scheduler_interval_s=None).start()
+    try:
+        plan = fixed_plan([s["name"] for s in PEOPLE], resolution="480p")
+        plan["video_conf"]["ntracking"] = 3
+        uid = submit(server.app.test_client(), str(clip), PEOPLE, plan)
+        driver.get(f"{server.api_url}/jobs/{uid}")
+        img = driver.find_element(By.ID, "live")
+        WebDriverWait(driver, 60).until(lambda d: d.execute_script("return arguments[0].naturalWidth", img) == 640)
+        box = np.array(class_color("person"), float)[::-1]  # BGR drawn -> RGB on screen
+        shots = []
+        for _ in range(4):
+            png = img.screenshot_as_png
+            shots.append(png)
+            rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), float)
+            near = (np.abs(rgb - box).sum(axis=2) < 60).sum()
+            assert near > 200, f"no person boxes drawn in the viewer ({near} box-coloured pixels)"
+            time.sleep(0.7)
+        assert len(set(shots)) >= 3, "the viewer's picture did not move"
+        results = all_results(server.app.test_client(), uid)
+        assert {"detected", "tracked"} <= {r["produced"] for r in results}
     finally:
         server.stop()

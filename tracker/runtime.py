@@ -16,11 +16,12 @@ from typing import Callable
 from celery import Celery
 
 from scheduler.interface import Observation, Plan, PlanningInput, SourceInfo, UserConstraint
+from scheduler.observations import profile_observations, segment_observations
+from services import node_profile
 from services.aggregator import ReorderBuffer, profile_rows, record_from_envelope, rendered_jpeg
 from services.codec import Envelope, Hop
 from services.dag import DagSpec
 from services.generator import ActivePlan, FrameGenerator, InFlightWindow
-from services import node_profile
 from services.line_count import JobCounts
 from services.records import FrameRecord
 from services.settings import Settings
@@ -384,14 +385,9 @@ class Runtime:
         stage, rows = scored
         plan = self._plans.get(env.plan) or self._stored_plan(env.plan)
         mapping = plan.flow_mapping.get(stage) if plan else None
-        src_fps = env.segment_fps or 10.0
-        node = env.timings[-1].node if env.timings else (mapping.node if mapping else "cloud")
-        now = time.time()
-        obs = [Observation(stage=stage, node=node, grade=mapping.grade if mapping else None,
-                           width=int(round(env.width * r["height"] / env.height)), height=int(r["height"]),
-                           fps=0.0 if r["step"] <= 1 else src_fps / r["step"], ntracking=int(r["ntracking"]),
-                           quality=90, service_s=0.0, ts=now, accuracy=float(r["f1"]), source="segment")
-               for r in rows if 0.0 <= float(r.get("f1", -1)) <= 1.0]
+        node = env.timings[-1].node if env.timings else (mapping.node if mapping else self.settings.node)
+        obs = segment_observations(stage, node, mapping.grade if mapping else None, rows, env.width, env.height,
+                                   env.segment_fps or 10.0, time.time())
         try:
             self.store.add_observations(env.job, obs)
         except Exception:
@@ -606,17 +602,7 @@ class Runtime:
         now = time.monotonic()
         if now - self._profiles[0] > PROFILES_EVERY_S:
             self._profiles = (now, node_profile.load_all(self.settings.data_dir / "profiles"))
-        out = []
-        for stage in job.dag.stages:
-            for node, profile in self._profiles[1].items():
-                if node not in nodes:
-                    continue
-                for row in profile["rows"]:
-                    if row.get("service") == stage.service and row.get("grade") == stage.params.get("grade"):
-                        out.append(Observation(stage=stage.name, node=node, grade=row.get("grade"),
-                                               width=row["width"], height=row["height"],
-                                               service_s=row["service_s"], ts=0.0, source="profile"))
-        return out
+        return profile_observations(self._profiles[1], job.dag, nodes)
 
     def planning_input(self, job: Job) -> PlanningInput:
         now = time.time()

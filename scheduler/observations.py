@@ -1,0 +1,46 @@
+"""Accuracy and speed measurements that are not a processed frame, as planner observations.
+
+- A scored profiling segment (services/profiling.py): one accuracy observation per candidate
+  config, frame-level F1 against the golden config; no service time.
+- A node's `vdag profile` (services/node_profile.py): one latency observation per service x
+  grade x resolution, time stamp 0, so that a job's own, newer measurements take over.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from scheduler.interface import Observation
+from services.dag import DagSpec
+
+SEGMENT_QUALITY = 90  # the JPEG quality a segment's frames travel at (services/generator.py)
+
+
+def segment_observations(stage: str, node: str, grade: str | None, rows: Iterable[dict[str, Any]],
+                         src_width: int, src_height: int, src_fps: float, ts: float) -> list[Observation]:
+    out = []
+    for r in rows:
+        f1 = r.get("f1")
+        if not isinstance(f1, (int, float)) or not 0.0 <= f1 <= 1.0:
+            continue
+        step = max(1, int(r.get("step", 1)))
+        out.append(Observation(
+            stage=stage, node=node, grade=grade, width=int(round(src_width * r["height"] / src_height)),
+            height=int(r["height"]), fps=0.0 if step == 1 else src_fps / step, ntracking=int(r.get("ntracking", 0)),
+            quality=SEGMENT_QUALITY, service_s=0.0, ts=ts, accuracy=float(f1), source="segment",
+        ))
+    return out
+
+
+def profile_observations(profiles: dict[str, dict[str, Any]], dag: DagSpec, nodes: set[str]) -> list[Observation]:
+    """Every profiled (service, grade) that a stage of the DAG runs, on the nodes given."""
+    out = []
+    for stage in dag.stages:
+        for node, profile in profiles.items():
+            if node not in nodes:
+                continue
+            for row in profile.get("rows", []):
+                if row.get("service") == stage.service and row.get("grade") == stage.params.get("grade"):
+                    out.append(Observation(stage=stage.name, node=node, grade=row.get("grade"), width=row["width"],
+                                           height=row["height"], service_s=row["service_s"], ts=0.0,
+                                           source="profile"))
+    return out
