@@ -210,3 +210,27 @@ def test_browser_viewer_shows_boxes_on_tracked_frames_too(chrome, tmp_path):
         assert {"detected", "tracked"} <= {r["produced"] for r in results}
     finally:
         server.stop()
+
+
+@pytest.mark.skipif(not VTEST.exists(), reason="apt-get install opencv-doc provides vtest.avi")
+def test_vdag_up_runs_the_person_job_and_says_what_it_decided(tmp_path):
+    """The README's first command, on a short clip: the embedded default end to end through the
+    real CLI, ending with the planner's decisions and their reasons."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from bench.common import write_clip
+    from tests.pipeline_support import ROOT
+
+    clip = write_clip(tmp_path / "people.avi", 30)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-m", "tracker.cli", "up", str(clip), "--exit-when-done", "--fast",
+                           "--api-port", "0", "--video-port", "0"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    out = proc.stdout
+    assert proc.returncode == 0, (out[-2000:], proc.stderr[-2000:])
+    assert re.search(r"job ended: DONE \(end of video\): [1-9]\d* frames stored", out), out[:3000]
+    assert "what the planner decided, and why" in out and "E[F1]=" in out, out[:3000]
+    assert (tmp_path / "var" / "vdag.db").exists()

@@ -116,20 +116,23 @@ def run_up(args: argparse.Namespace) -> int:
                       f"  API doc: {url}/api/v1/swagger      store: {settings.database_url}\n"
                       f"  logs:    {args.log_file}")
         job = client.get(f"/api/v1/jobs/{uid}").get_json()
+        said_done = False
         with Live(_stats_table(job), console=console, refresh_per_second=2) as live:
             while True:
                 time.sleep(0.5)
                 job = client.get(f"/api/v1/jobs/{uid}").get_json()
                 live.update(_stats_table(job))
-                if job["state"] in TERMINAL and args.exit_when_done:
-                    break
-                if job["state"] in TERMINAL and not getattr(run_up, "_said_done", False):
-                    console.print(f"job ended: {job['state']} ({job.get('reason')}); still serving - Ctrl-C to stop")
-                    run_up._said_done = True  # type: ignore[attr-defined]
-        stored = client.get(f"/api/v1/jobs/{uid}/results?limit=1000").get_json()
-        console.print(f"{job['state']}: {len(stored.get('items', []))} frames stored (first page); "
-                      f"see {url}/api/v1/jobs/{uid}/results")
-        _print_decisions(console, client.get(f"/api/v1/jobs/{uid}/plans?limit=500").get_json().get("items", []))
+                if job["state"] in TERMINAL and not said_done:
+                    said_done = True
+                    stats = job.get("stats") or {}
+                    console.print(f"job ended: {job['state']} ({job.get('reason')}): {stats.get('frames_out', 0)} "
+                                  f"frames stored, {stats.get('frames_tracked', 0)} of them tracked, "
+                                  f"{stats.get('slo_violations', 0)} over the delay bound")
+                    _print_decisions(console, client.get(f"/api/v1/jobs/{uid}/plans?limit=500").get_json()
+                                     .get("items", []))
+                    if args.exit_when_done:
+                        break
+                    console.print(f"still serving {url}/jobs/{uid} - Ctrl-C to stop")
         return 0 if job["state"] == "DONE" else 1
     except KeyboardInterrupt:
         return 0
