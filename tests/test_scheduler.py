@@ -422,3 +422,30 @@ def test_accuracy_model_is_log_linear_with_per_job_slopes(model):
           if c.fps[r] == 5 and c.quality[r] == 90 and c.ntrack[r] == 0}
     assert at["360p"] == pytest.approx(0.6, abs=0.08) and at["480p"] == pytest.approx(0.85, abs=0.08)
     assert at["720p"] > 0.93
+
+
+def test_profiled_configs_move_toward_what_the_segments_measured(model):
+    """Segment scores of one config (480p, every 2nd frame kept, 4 tracked) far below the model:
+    that config's prediction follows them, one it has no measurement of moves only a little."""
+    p = BayesPlanner(model, background=False, seed=3)
+    inp = _person_input()
+    obs = [Observation(stage="person_detection", node="cpu", width=640, height=480, fps=5.0, ntracking=4,
+                       quality=90, service_s=0.0, ts=float(t), accuracy=0.45, source="segment") for t in range(4)]
+    obs += [Observation(stage="person_detection", node="cpu", width=640, height=480, service_s=0.12, ts=float(t))
+            for t in range(4)]
+    p.plan(inp.model_copy(update={"observations": obs}))
+    c, S = p._candidates(inp)
+    st = p._jobs[inp.job_uid]
+    assert st.cells[(480, 2, 4)][1] == 4
+    raw = p._f1_draws(p._draws(p.snapshot, 64), S, p.snapshot.version, st.f1_coef)
+    shrunk = BayesPlanner._cell_shrink(c, S, raw, st)
+    rows = S.rows
+
+    def row(h, fps, k):
+        return int(np.flatnonzero((c.height[rows] == h) & np.isclose(c.fps[rows], fps) & (c.ntrack[rows] == k)
+                                  & (c.quality[rows] == 90))[0])
+
+    hit, other = row(480, 5, 4), row(576, 10, 0)
+    assert abs(shrunk[hit].mean() - 0.45) < abs(raw[hit].mean() - 0.45) - 0.05
+    assert shrunk[hit].mean() < 0.6
+    assert np.allclose(shrunk[other], raw[other])  # never profiled: the model's own prediction
