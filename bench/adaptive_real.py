@@ -127,12 +127,12 @@ def offline_profile(frames: list[np.ndarray], golden: list[list[dict]], src_fps:
     kept frames in between), with its detector time measured here."""
     from scheduler.knobs import fps_options
     from services.tracking import track_detections
-    from services.video_conf import RESOLUTION_HEIGHTS, resize_to
+    from services.video_conf import resize_to, resolutions_below
 
     detect = _detector()
     n = min(len(frames), int(PROFILE_S * src_fps))
     src_h = frames[0].shape[0]
-    resolutions = [r for r, h in RESOLUTION_HEIGHTS.items() if h < src_h] + ["source"]
+    resolutions = resolutions_below(src_h)
     rows = []
     for res in resolutions:
         small = [resize_to(f, res) for f in frames[:n]]

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from services.registry import ServiceContext, get_service
-from services.video_conf import RESOLUTION_HEIGHTS, resize_to
+from services.video_conf import resize_to, resolutions_below
 
 PROFILE_VERSION = 1
 DEFAULT_SERVICES: tuple[tuple[str, str | None], ...] = (
@@ -26,8 +26,7 @@ DEFAULT_SERVICES: tuple[tuple[str, str | None], ...] = (
 
 
 def cases(src_h: int, services: Iterable[tuple[str, str | None]] = DEFAULT_SERVICES) -> list[dict[str, Any]]:
-    resolutions = [r for r, h in RESOLUTION_HEIGHTS.items() if h < src_h] + ["source"]
-    return [{"service": s, "grade": g, "resolution": r} for s, g in services for r in resolutions]
+    return [{"service": s, "grade": g, "resolution": r} for s, g in services for r in resolutions_below(src_h)]
 
 
 def time_case(frames: list[np.ndarray], case: dict[str, Any], ctx: ServiceContext, repeats: int) -> dict[str, Any]:

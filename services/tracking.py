@@ -94,7 +94,6 @@ class _Last:
     seq: int
     gray: np.ndarray
     detections: list[dict[str, Any]]
-    stage: str
 
 
 class TrackStore:
@@ -107,7 +106,7 @@ class TrackStore:
 
     def remember(self, job: str, stage: str, seq: int, frame: np.ndarray, detections: list[dict[str, Any]]) -> None:
         with self._lock:
-            self._last[(job, stage)] = _Last(seq, to_gray(frame), detections, stage)
+            self._last[(job, stage)] = _Last(seq, to_gray(frame), detections)
             self._last.move_to_end((job, stage))
             while len(self._last) > self.max_jobs:
                 self._last.popitem(last=False)
@@ -117,12 +116,12 @@ class TrackStore:
         the last one this process saw for the job (the caller then detects)."""
         with self._lock:
             last = self._last.get((job, stage))
-        gray = to_gray(frame)
-        if last is None or last.seq != track_from or last.gray.shape != gray.shape:
+        if last is None or last.seq != track_from or last.gray.shape != frame.shape[:2]:
             return None
+        gray = to_gray(frame)
         moved = track_detections(last.gray, gray, last.detections)
         with self._lock:
-            self._last[(job, stage)] = _Last(seq, gray, moved, stage)
+            self._last[(job, stage)] = _Last(seq, gray, moved)
         return moved
 
     def forget(self, job: str) -> None:

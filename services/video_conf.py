@@ -11,6 +11,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 RESOLUTION_HEIGHTS: dict[str, int] = {"360p": 360, "480p": 480, "720p": 720, "1080p": 1080}
 Resolution = Literal["360p", "480p", "720p", "1080p", "source"]
 GRADES: tuple[str, ...] = ("n", "s", "m", "l", "x")
+# Frame rates a plan may ask for (below the source's own); the planner, the profiling segments
+# and the benches all use these.
+FPS_LEVELS: tuple[float, ...] = (1, 2, 5, 10, 15, 20, 30)
+
+
+def resolutions_below(src_h: int) -> list[str]:
+    """The resolution classes smaller than a source of height src_h, then the source itself."""
+    return [r for r, h in RESOLUTION_HEIGHTS.items() if h < src_h] + ["source"]
 
 
 class VideoConf(BaseModel):

@@ -19,15 +19,12 @@ from services.dag import GENERATOR_NAMES, GENERATOR_STAGE
 from services.registry import ServiceContext, get_service
 from services.settings import Settings
 from services.profiling import score_segment, step_options
-from services.video_conf import RESOLUTION_HEIGHTS, decode_jpeg
+from services.video_conf import FPS_LEVELS, decode_jpeg, resolutions_below
 from tasks.queues import EXCHANGE, STAGE_TASK, node_queue, results_queue
 
 log = logging.getLogger(__name__)
 _GENERATORS = {GENERATOR_STAGE, *GENERATOR_NAMES}
 _HOST = os.uname().nodename
-# The frame rates a profiling segment scores; the planner's own levels (scheduler.knobs), here
-# because tasks/ must not import the scheduler.
-FPS_LEVELS_FOR_PROFILE = (1, 2, 5, 10, 15, 30)
 
 
 class StageFailed(RuntimeError):
@@ -97,34 +94,33 @@ def _detect_or_track(env: Envelope, stage: str, service, params, inputs: dict, f
 def _profile_segment(env: Envelope, service, params: dict, ctx: ServiceContext) -> list[dict]:
     """Score candidate configs on the segment against the golden config (services/profiling.py)."""
     frames = [decode_jpeg(b) for b in env.segment]
-    golden_params = dict(params)
-    if service.tunable_grade and "weights" not in golden_params:
-        golden_params["grade"] = env.golden_grade
-    golden_params.pop("imgsz", None)
-    gp = service.validate_params(golden_params)
+    gp = _golden_params(service, params, env.golden_grade)
     cp = service.validate_params({k: v for k, v in params.items() if k != "imgsz"})
 
     def run(p, image):
         return service.run(image, {"image": b""}, p, ctx)["detections"]
 
     golden = [run(gp, f) for f in frames]
-    src_h = frames[0].shape[0]
-    resolutions = [r for r, h in RESOLUTION_HEIGHTS.items() if h < src_h] + ["source"]
-    steps = step_options(env.segment_fps, FPS_LEVELS_FOR_PROFILE)
-    return score_segment(frames, lambda image: run(cp, image), golden, resolutions, steps)
+    steps = step_options(env.segment_fps, FPS_LEVELS)
+    return score_segment(frames, lambda image: run(cp, image), golden, resolutions_below(frames[0].shape[0]), steps)
 
 
 def _golden_f1(env: Envelope, service, params: dict, inputs: dict, outputs: dict, ctx: ServiceContext) -> float:
     """F1 of this stage's detections against the golden config on the same frame.
 
     Runs after `finished` is taken, so the profiling cost never counts as stage latency."""
-    golden_params = dict(params)
-    if service.tunable_grade and "weights" not in golden_params:
-        golden_params["grade"] = env.golden_grade
-    golden_params.pop("imgsz", None)  # imgsz follows the (source-resolution) frame
     golden = service.run(decode_jpeg(env.golden_image), {**inputs, "image": env.golden_image},
-                         service.validate_params(golden_params), ctx)
+                         _golden_params(service, params, env.golden_grade), ctx)
     return round(f1_score(outputs["detections"], golden["detections"]), 4)
+
+
+def _golden_params(service, params: dict, grade: str):
+    """The stage's params as the golden config: the golden grade where the grade is tunable,
+    and the frame's own size (imgsz follows the source-resolution frame)."""
+    golden = {k: v for k, v in params.items() if k != "imgsz"}
+    if service.tunable_grade and "weights" not in golden:
+        golden["grade"] = grade
+    return service.validate_params(golden)
 
 
 def _strip_for_results(env: Envelope) -> Envelope:
@@ -153,11 +149,11 @@ def run_stage(self, payload: Any) -> None:
         raise Reject("empty route", requeue=False)
     from tasks.worker_state import segment_profiler, service_context
 
-    profiler = segment_profiler(settings, lambda done: publish_result(self.app, _strip_for_results(done)))
-    if env.kind == "profile":  # scored on idle capacity by a niced child, not on this frame path
-        profiler.submit(env)
-        return
-    if env.profile:
+    if env.kind == "profile" or env.profile:
+        profiler = segment_profiler(settings, lambda done: publish_result(self.app, _strip_for_results(done)))
+        if env.kind == "profile":  # scored on idle capacity by a niced child, not on this frame path
+            profiler.submit(env)
+            return
         profiler.start()  # a job that profiles is running (its first frame is marked): load the child's models
     worker = f"{settings.node}/{_HOST}/{os.getpid()}"
     try:
