@@ -177,7 +177,7 @@ def node_queues(node: str) -> tuple[str, ...]:
 
 def bench_settings(tmp: Path, node: str, **kw) -> Settings:
     return Settings(broker_url=kw.pop("broker_url", AMQP_URL), database_url=f"sqlite:///{tmp}/vdag.db", node=node,
-                    data_dir=tmp, api_port=0, video_port=0, results_queue=f"vdag.results.{node}",
+                    data_dir=tmp, api_port=0, video_port=0, service_port=0, results_queue=f"vdag.results.{node}",
                     allowed_video_dirs=(VTEST.parent, tmp, Path("/tmp")), **kw)
 
 

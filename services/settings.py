@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ENV_PREFIX = "VDAG_"
 
@@ -20,6 +20,11 @@ class Settings(BaseModel):
     cloud_ip: str = "127.0.0.1"
     api_port: int = Field(5000, ge=0, le=65535, description="0 = any free port")
     video_port: int = Field(5100, ge=0, le=65535)
+    service_port: int = Field(5500, ge=0, le=65535, description=(
+        "the seed's service API (/get_service_list, /execute_task/<service>) on the cloud; 0 = any free port"))
+    cors_origins: tuple[str, ...] | None = Field(None, description=(
+        "origins a browser page may call the API from (VDAG_CORS_ORIGINS, comma-separated; \"*\" = any); "
+        "default: any in embedded and pseudo mode, none in cluster mode"))
     data_dir: Path = Field(Path("var"), description="SQLite file, logs, bundled synthetic video")
     allowed_video_dirs: tuple[Path, ...] = Field(
         (Path("/usr/share/doc/opencv-doc/examples/data"), Path("var/videos"), Path("/tmp")),
@@ -49,6 +54,12 @@ class Settings(BaseModel):
         "None (VDAG_MODELS_DIR set empty) = jobs may not load their own checkpoints. "
         "Grades, ultralytics' own .yaml configs and person_weights are not affected"))
 
+    @model_validator(mode="after")
+    def _mode_defaults(self) -> "Settings":
+        if self.cors_origins is None:
+            object.__setattr__(self, "cors_origins", () if self.mode == "cluster" else ("*",))
+        return self
+
 
 def _split(value: str) -> tuple[str, ...]:
     return tuple(v for v in (s.strip() for s in value.split(",")) if v)
@@ -64,7 +75,7 @@ def settings_from_env(environ: os._Environ | dict | None = None, **overrides) ->
             continue
         if name == "allowed_video_dirs":
             values[name] = tuple(Path(p) for p in _split(raw))
-        elif name == "allowed_url_schemes":
+        elif name in ("allowed_url_schemes", "cors_origins"):
             values[name] = _split(raw)
         elif name == "models_dir":
             values[name] = Path(raw.strip()) if raw.strip() else None  # Path("") would be the cwd

@@ -70,7 +70,8 @@ class PseudoSystem:
         self.results_queue = f"vdag.results.{prefix}cloud"
         self.state_file = tmp_path / "pseudo.json"
         self.argv = [sys.executable, "-m", "tracker.cli", "tracker", "--side=c", "--mode=pseudo",
-                     "--node", self.cloud, "--prefix", prefix, "--api-port", "0", "--video-port", "0",
+                     "--node", self.cloud, "--prefix", prefix,
+                     "--api-port", "0", "--video-port", "0", "--service-port", "0",
                      "--broker", AMQP_URL, "--db", f"sqlite:///{tmp_path}/cloud.db", "--data-dir", str(tmp_path),
                      "--state-file", str(self.state_file), *extra_args]
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), "VDAG_RESULTS_QUEUE": self.results_queue,

@@ -20,7 +20,7 @@ TERMINAL = {"DONE", "FAILED", "CANCELLED"}
 
 def settings_for(tmp_path: Path, broker: str, node: str = "cloud", **kw) -> Settings:
     return Settings(broker_url=broker, database_url=f"sqlite:///{tmp_path}/vdag.db", node=node,
-                    data_dir=tmp_path, api_port=0, video_port=0,
+                    data_dir=tmp_path, api_port=0, video_port=0, service_port=0,
                     allowed_video_dirs=(VTEST.parent, tmp_path, Path("/tmp")), **kw)
 
 

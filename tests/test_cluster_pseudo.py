@@ -145,6 +145,23 @@ def test_metrics_scraped_during_run(pseudo, job):
     assert (_metric(text, "vdag_node_infer_fps", node=f"{p}edge-1") or 0) > 0
 
 
+def test_the_seed_service_api_runs_a_frame_on_an_edge_worker(pseudo, job):
+    """:5500 of the pseudo cloud: one frame through RabbitMQ to edge-1's worker and back."""
+    import base64
+
+    import cv2
+    import numpy as np
+
+    url = f"http://127.0.0.1:{pseudo.state['service_port']}"
+    assert "face_detection" in requests.get(f"{url}/get_service_list", timeout=10).json()
+    assert set(requests.get(f"{url}/get_cluster_info", timeout=10).json()) == {"127.0.0.1"}
+    frame = np.full((240, 320, 3), 128, np.uint8)
+    jpeg = cv2.imencode(".jpg", frame)[1].tobytes()
+    r = requests.post(f"{url}/execute_task/face_detection", params={"node": f"{pseudo.prefix}edge-1"},
+                      json={"image": base64.b64encode(jpeg).decode()}, timeout=60)
+    assert r.status_code == 200 and r.json() == {"bbox": [], "prob": []}, r.text
+
+
 def test_dead_edge_is_marked_down_and_its_stages_move(pseudo, job):
     p = pseudo.prefix
     before = pseudo.get(f"/api/v1/jobs/{job}").json()["plan"]

@@ -227,7 +227,7 @@ def test_vdag_up_runs_the_person_job_and_says_what_it_decided(tmp_path):
     clip = write_clip(tmp_path / "people.avi", 30)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
     proc = subprocess.run([sys.executable, "-m", "tracker.cli", "up", str(clip), "--exit-when-done", "--fast",
-                           "--api-port", "0", "--video-port", "0"],
+                           "--api-port", "0", "--video-port", "0", "--service-port", "0"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     out = proc.stdout
     assert proc.returncode == 0, (out[-2000:], proc.stderr[-2000:])

@@ -6,79 +6,23 @@ import os
 
 import pytest
 from dbsupport import module_db_url, module_store, store  # noqa: F401  (fixtures)
+from seed_support import (  # noqa: F401  (fixtures)
+    SEED_ALL_STATUS,
+    SEED_APPENDED,
+    SEED_DAG,
+    SEED_JOB_CONSTRAINT,
+    SEED_NODE_SUBMIT,
+    SEED_PLAN,
+    SEED_SCHEDULER_CONSTRAINT,
+    SEED_SUBMIT_QUERY,
+    client,
+    control,
+    register_seed_nodes,
+    seed_error,
+)
 
 from services.records import FrameRecord, StageRecord
-from services.settings import Settings
-from tracker.app import create_app
-from tracker.context import NoJobControl
 from tracker.jobs import JobState
-
-# --- the seed's examples, verbatim ------------------------------------------------------------
-SEED_ALL_STATUS = {
-    "data": {
-        "192.168.56.102:7000": {"video": {"0": {"type": "traffic flow"}, "1": {"type": "people indoor"}}},
-        "192.168.56.102:8000": {"video": {"0": {"type": "traffic flow"}, "1": {"type": "people indoor"}}},
-    },
-    "status": 0,
-}
-SEED_SUBMIT_QUERY = {
-    "node_addr": "192.168.56.102:7000",
-    "video_id": 1,
-    "pipeline": ["face_detection", "face_alignment"],
-    "user_constraint": {"delay": 0.8, "accuracy": 0.9},
-}
-SEED_JOB_CONSTRAINT = {"job_uid": "GLOBAL_ID_1.SUB_ID", "user_constraint": {"delay": 0.3, "accuracy": 10}}
-SEED_DAG = {
-    "generator": "SingleFrameGenerator",
-    "flow": ["SingleFrameGenerator", "face_detection", "face_alignment"],
-    "input": {
-        "face_detection": {"image": "SingleFrameGenerator.image"},
-        "face_alignment": {
-            "image": "SingleFrameGenerator.image",
-            "bbox": "face_detection.bbox",
-            "prob": "face_detection.prob",
-        },
-    },
-}
-SEED_NODE_SUBMIT = {"unique_job_id": "GLOBAL_ID_1.SUB_ID_1", "node_addr": "192.168.56.102:7000", "video_id": 1,
-                    "dag": SEED_DAG}
-SEED_PLAN = {
-    "flow_mapping": {
-        "face_detection": {"model_id": 0, "node_ip": "192.168.56.102", "node_role": "host"},
-        "face_alignment": {"model_id": 0, "node_ip": "192.168.56.102", "node_role": "cloud"},
-    },
-    "video_conf": {"encoder": "H264", "fps": 24, "nskip": 0, "ntracking": 5, "resolution": "360p"},
-}
-SEED_APPENDED = [{"#no_helmet": 1, "n_loop": 11}, {"#no_helmet": 1, "n_loop": 12}, {"#no_helmet": 1, "n_loop": 13}]
-SEED_SCHEDULER_CONSTRAINT = {"delay": [-1, 50], "acc_level": 5}
-
-
-@pytest.fixture
-def control():
-    return NoJobControl()
-
-
-@pytest.fixture
-def client(module_db_url, store, control, tmp_path):
-    settings = Settings(database_url=module_db_url, allowed_video_dirs=(tmp_path,), cloud_ip="114.212.81.11")
-    return create_app(settings, store=store, control=control).test_client()
-
-
-def register_seed_nodes(client) -> None:
-    videos = [{"id": 0, "url": "synthetic://64x48@10/20", "type": "traffic flow"},
-              {"id": 1, "url": "rtsp://192.168.56.102/people", "type": "people indoor", "width": 1280, "height": 720,
-               "fps": 25}]
-    for name, port in (("edge-7000", 7000), ("edge-8000", 8000)):
-        r = client.post("/node/register", json={"name": name, "role": "edge", "ip": "192.168.56.102", "port": port,
-                                                "video_sources": videos, "resources": {"cpu_count": 4}})
-        assert r.status_code == 200 and r.get_json() == {"status": 0, "msg": "registered", "node": name}
-
-
-def seed_error(resp, status: int) -> str:
-    assert resp.status_code == status, resp.get_json()
-    body = resp.get_json()
-    assert body["status"] == 1 and isinstance(body["msg"], str) and set(body) == {"status", "msg"}, body
-    return body["msg"]
 
 
 def test_get_all_status_matches_the_seed(client):
@@ -130,8 +74,8 @@ def test_node_submit_job_and_constraint_with_seed_uids(client, store, control):
 def test_update_plan_then_sync_job_result_matches_the_seed(client, store, control):
     register_seed_nodes(client)
     uid = client.post("/node/submit_job", json=SEED_NODE_SUBMIT).get_json()["job_uid"]
-    empty = client.get(f"/user/sync_job_result/{uid}").get_json()
-    assert empty == {"status": 0, "result": {"appended_result": [], "latest_result": {}}}
+    empty = client.get(f"/user/sync_job_result/{uid}")
+    assert empty.status_code == 200 and empty.get_json() == {"result": None, "status": 0}  # the seed's "not yet"
 
     r = client.post("/node/update_plan", json={"job_uid": uid, **SEED_PLAN})
     assert r.status_code == 200 and r.get_json()["status"] == 0
@@ -160,7 +104,7 @@ def test_update_plan_then_sync_job_result_matches_the_seed(client, store, contro
 
 
 def test_counts_of_several_stages_are_merged(client, store):
-    from tracker.seed_api import appended_entry
+    from scheduler.seed_format import appended_entry
 
     outputs = {"count": {"counts": {"person": 3}, "total": 3}, "cars": {"count_result": {"up": 6, "total": 8}},
                "det": {"detections": []}}
@@ -263,7 +207,8 @@ _json = st.recursive(
 _SEED_POSTS = ["/user/submit_job", "/query/submit_query", "/user/submit_job_user_constraint", "/node/submit_job",
                "/node/get_plan", "/node/update_plan", "/node/register", "/node/heartbeat"]
 _KNOWN_KEYS = ["dag", "node_addr", "video_id", "pipeline", "user_constraint", "job_uid", "video_conf", "flow_mapping",
-               "unique_job_id", "name", "ip", "port", "role", "video_sources", "resources", "delay", "accuracy"]
+               "unique_job_id", "name", "ip", "port", "role", "video_sources", "resources", "delay", "accuracy",
+               "query_id"]
 
 
 @pytest.mark.integration

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 
+from flask import Flask
+from flask_cors import CORS
 from flask_openapi3 import Info, OpenAPI
 
 from services.settings import Settings
@@ -42,6 +44,7 @@ def create_app(
         recent=recent if recent is not None else RecentResults(),
     )
     errors.init_app(app)
+    init_cors(app, settings)
     app.json.sort_keys = False
     security.init_app(app, settings)
     api.init_app(app)
@@ -51,3 +54,11 @@ def create_app(
     elasticity.init_app(app)
     app.register_blueprint(viewer_bp)
     return app
+
+
+def init_cors(app: Flask, settings: Settings) -> None:
+    """Access-Control-* on every route (the seed's CORS(app)), preflights answered; the
+    bearer token is still checked on the real request (tracker.security)."""
+    if settings.cors_origins:
+        CORS(app, origins=list(settings.cors_origins), allow_headers=["Content-Type", "Authorization"],
+             expose_headers=["Retry-After"], max_age=600)

@@ -1,5 +1,5 @@
 """Internal routes an edge agent (tracker.edge) uses on the cloud, beside /node/register and
-/node/heartbeat (tracker.seed_api):
+/node/heartbeat (tracker.seed_node_api):
 
   GET  /node/jobs?node=NAME   EXEC jobs whose generator runs on NAME, with their current plan
   POST /node/job_event        an edge generator ended: {"node", "job_uid", "state", "reason"}

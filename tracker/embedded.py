@@ -93,7 +93,7 @@ def run_up(args: argparse.Namespace) -> int:
         broker_url=args.broker or "memory://",
         database_url=args.db or "sqlite:///var/vdag.db",
         node=args.node or "cloud", side="cloud", mode="embedded",
-        api_port=args.api_port, video_port=args.video_port,
+        api_port=args.api_port, video_port=args.video_port, service_port=args.service_port,
         allowed_video_dirs=tuple(base.allowed_video_dirs) + extra_dirs,
     )
     fast = args.fast
@@ -114,6 +114,7 @@ def run_up(args: argparse.Namespace) -> int:
                       f"  watch:   {url}/jobs/{uid}\n"
                       f"  results: {url}/api/v1/jobs/{uid}/results   (seed: {url}/user/sync_job_result/{uid})\n"
                       f"  API doc: {url}/api/v1/swagger      store: {settings.database_url}\n"
+                      f"  seed services: {server.service_url}/get_service_list\n"
                       f"  logs:    {args.log_file}")
         job = client.get(f"/api/v1/jobs/{uid}").get_json()
         said_done = False

@@ -14,6 +14,7 @@ from flask.json.provider import DefaultJSONProvider
 from pydantic import BaseModel, Field, ValidationError
 from werkzeug.exceptions import HTTPException
 
+from scheduler.seed_format import SeedFormatError
 from tracker.jobs import IllegalTransition, JobNotFound
 from tracker.store import JobEnded, JobExists
 
@@ -64,6 +65,16 @@ class PayloadTooLarge(APIError):
     status, code = 413, "payload_too_large"
 
 
+class NotReady(APIError):
+    """Asked too early (no result yet); answered 503 with Retry-After."""
+
+    status, code = 503, "not_ready"
+
+    def __init__(self, message: str, retry_after_s: int = 3) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class ErrorDetail(BaseModel):
     code: str = Field(..., description="machine-readable error code")
     message: str
@@ -82,7 +93,7 @@ def is_seed_path(path: str) -> bool:
 
 def error_response(status: int, code: str, message: str, details: Any = None) -> tuple[Response, int]:
     if is_seed_path(request.path):
-        return jsonify(status=1, msg=message), status
+        return jsonify(status=1, msg=message, error=message), status
     return jsonify(error={"code": code, "message": message, "details": details}), status
 
 
@@ -139,7 +150,14 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(APIError)
     def _api_error(exc: APIError):
-        return error_response(exc.status, exc.code, exc.message, exc.details)
+        resp, status = error_response(exc.status, exc.code, exc.message, exc.details)
+        if isinstance(exc, NotReady):
+            resp.headers["Retry-After"] = str(exc.retry_after_s)
+        return resp, status
+
+    @app.errorhandler(SeedFormatError)
+    def _seed_field(exc: SeedFormatError):
+        return error_response(400, BadRequest.code, str(exc), [{"loc": exc.field.split("."), "msg": exc.message}])
 
     @app.errorhandler(JobNotFound)
     def _job_not_found(exc: JobNotFound):

@@ -101,6 +101,7 @@ def tracker_settings(args: argparse.Namespace, environ: dict | None = None) -> S
         side=args.side, mode=args.mode, cloud_ip=cloud_ip, data_dir=data_dir,
         api_port=args.api_port if args.api_port is not None else env.get("VDAG_API_PORT", DEFAULT_API_PORT),
         video_port=args.video_port if args.video_port is not None else env.get("VDAG_VIDEO_PORT", DEFAULT_VIDEO_PORT),
+        service_port=getattr(args, "service_port", None),
     )
 
 
@@ -151,7 +152,8 @@ def run_cloud(settings: Settings, args: argparse.Namespace) -> int:
         node_timeout_s=args.node_timeout or NODE_TIMEOUT_S, elasticity=elastic,
     )
     server.start()
-    print(f"vdag cloud tracker {settings.node}: API {server.api_url}  metrics {server.api_url}/metrics  "
+    print(f"vdag cloud tracker {settings.node}: API {server.api_url}  services {server.service_url}  "
+          f"metrics {server.api_url}/metrics  "
           f"broker {settings.broker_url.split('@')[-1]}", flush=True)
     sig = _wait_for_signal()
     log.info("signal %d: stopping", sig)
@@ -231,6 +233,7 @@ class PseudoSupervisor:
         self.edges = [f"{args.prefix}edge-{i}" for i in range(1, args.edges + 1)]
         self.api_port = settings.api_port or free_port()
         self.video_port = settings.video_port or free_port()
+        self.service_port = settings.service_port or free_port()
         self.state_file = Path(args.state_file) if args.state_file else self.data_dir / "pseudo.json"
         self.children: list[Child] = []
         self.procs: dict[str, subprocess.Popen] = {}
@@ -246,6 +249,7 @@ class PseudoSupervisor:
         logs = self.data_dir / "pseudo-logs"
         cloud_argv = py + ["tracker", "--side", "cloud", "--node", self.cloud, "--db", self.database,
                            "--api-port", str(self.api_port), "--video-port", str(self.video_port),
+                           "--service-port", str(self.service_port),
                            "--planner", a.planner, "--scheduler-interval", str(a.scheduler_interval)] + self._common()
         if a.node_timeout:
             cloud_argv += ["--node-timeout", str(a.node_timeout)]
@@ -281,6 +285,7 @@ class PseudoSupervisor:
     def write_state(self) -> None:
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         state = {"api_url": f"http://127.0.0.1:{self.api_port}", "video_port": self.video_port,
+                 "service_port": self.service_port,
                  "supervisor_pid": os.getpid(), "cloud": self.cloud, "edges": self.edges,
                  "broker": self.broker.split("@")[-1], "database": self.database,
                  "children": [asdict(c) | {"argv": c.argv} for c in self.children]}

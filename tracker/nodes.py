@@ -28,6 +28,7 @@ def local_resources(check_gpu: bool = False) -> dict:
         "cpu_count": os.cpu_count() or 1,
         "cpu_ratio": round(psutil.cpu_percent(interval=None) / 100.0, 3),
         "mem_ratio": round(mem.percent / 100.0, 3),
+        "mem_mb": mem.total >> 20,
         "gpu": gpu_present() if check_gpu else False,
     }
 

@@ -22,6 +22,7 @@ class LivePlan:
     stage_order: tuple[str, ...]
     plan_id: int
     plan: Plan
+    source_fps: float | None = None  # the seed's frame_id is capture_ts x source fps
 
 
 class RecentResults:

@@ -308,7 +308,8 @@ class Runtime:
 
     def _apply_plan(self, job_uid: str, plan_id: int, plan: Plan) -> None:
         job = self.store.get_job(job_uid)
-        self.recent.set_plan(job_uid, LivePlan(tuple(job.dag.topological_order()), plan_id, plan))
+        fps = (job.source_info or {}).get("fps")
+        self.recent.set_plan(job_uid, LivePlan(tuple(job.dag.topological_order()), plan_id, plan, fps))
         if job.state == JobState.UNSCHED:
             self.store.transition(job_uid, JobState.EXEC, f"planned by {plan.planner}")
             self.start_generator(job_uid)

@@ -34,6 +34,8 @@ def init_app(app: Flask, settings: Settings) -> None:
 
     @app.before_request
     def _require_token() -> None:
+        if request.method == "OPTIONS":  # a CORS preflight carries no credentials
+            return
         if request.method not in MUTATING_METHODS and not request.path.startswith("/node/"):
             return
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")

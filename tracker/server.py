@@ -13,6 +13,7 @@ from werkzeug.serving import make_server
 
 from services.settings import Settings
 from tasks.app import make_celery
+from tasks.service_call import ServiceCaller
 from tasks.worker import InProcessWorker
 from tracker.app import create_app
 from tracker.elasticity import EXTENSION as ELASTICITY
@@ -22,6 +23,7 @@ from tracker.metrics import EXTENSION as METRICS
 from tracker.metrics import ClusterMetrics
 from tracker.nodes import register_local_node
 from tracker.runtime import Runtime
+from tracker.service_api import ServiceApi, create_service_app
 from tracker.store import Store
 from tracker.viewer.hub import ViewerHub
 
@@ -65,6 +67,8 @@ class TrackerServer:
         self.hub = ViewerHub()
         self.runtime: Runtime | None = None
         self.app = None
+        self.service_caller: ServiceCaller | None = None
+        self.service_app = None
         self.servers: list[HttpServer] = []
 
     def start(self) -> "TrackerServer":
@@ -72,6 +76,7 @@ class TrackerServer:
         self.start_celery()
         self.start_runtime()
         self.start_app()
+        self.start_service_api()
         self.start_metrics()
         self.start_upkeep()
         self.start_elasticity()
@@ -108,6 +113,30 @@ class TrackerServer:
             server.start()
         log.info("API on http://%s:%d, video on port %d", self.host, api.port, self.settings.video_port)
 
+    def start_service_api(self) -> None:
+        """The seed's :5500 service API; its calls run on workers through a reply queue of this tracker."""
+        self.service_caller = ServiceCaller(self.celery, f"vdag.service.{self.settings.node}").start()
+        self.service_app = create_service_app(ServiceApi(self.settings, self.store, self.service_caller))
+        if not self.serve_http:
+            return
+        server = HttpServer(self.service_app, self.host, self.settings.service_port, "vdag-http-service")
+        self.servers.append(server)
+        server.start()
+        log.info("service API on port %d", server.port)
+
+    def _url(self, name: str) -> str:
+        server = next((s for s in self.servers if s.thread.name == name), None)
+        return f"http://{self.host}:{server.port}" if server else ""
+
+    @property
+    def service_url(self) -> str:
+        return self._url("vdag-http-service")
+
+    @property
+    def video_url(self) -> str:
+        """Where /user/video/<job_uid> is served (the API's own port when they are the same)."""
+        return self._url("vdag-http-video") or self.api_url
+
     def start_metrics(self) -> None:
         self.metrics = self.app.extensions[METRICS]
         self.runtime.record_observers.append(self.metrics.observe)
@@ -138,6 +167,8 @@ class TrackerServer:
             server.stop()
         log.info("http servers stopped")
         self.hub.close()
+        if self.service_caller:
+            self.service_caller.stop()
         if self.elasticity:
             self.elasticity.stop()
             log.info("elasticity controller stopped")
