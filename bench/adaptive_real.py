@@ -35,8 +35,23 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bench.common import (AMQP_URL, RESULTS_DIR, ROOT, VTEST, all_results, bench_settings, delete_queues, machine,
-                          node_queues, pct, rabbit_up, start_worker, stop_process, unique_node, write_json)
+from bench.common import (
+    AMQP_URL,
+    RESULTS_DIR,
+    ROOT,
+    VTEST,
+    all_results,
+    bench_settings,
+    delete_queues,
+    machine,
+    node_queues,
+    pct,
+    rabbit_up,
+    start_worker,
+    stop_process,
+    unique_node,
+    write_json,
+)
 from services.profiling import NTRACKING_LEVELS, frame_level_f1, shown_boxes
 
 log = logging.getLogger("bench.adaptive_real")
@@ -185,7 +200,7 @@ def node_speed_profile(node: str, frames: list[np.ndarray], tmp: Path) -> Path:
 
 def run_one(planner: str, *, node: str, source: Path, delay: float, video_s: float, tmp: Path,
             plan: dict | None = None, profile: Path | None = None) -> dict:
-    from tracker.scheduling import planner_factory
+    from scheduler.registry import planner_factory
     from tracker.server import TrackerServer
 
     run_dir = tmp / f"{planner}-{delay:g}-{int(time.time() * 1000)}"

@@ -23,9 +23,9 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import socket
-import re
 import queue
+import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -34,8 +34,23 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from bench.common import (ROOT, ArrivalClock, fixed_plan, machine, median, missing_prerequisite, pct, print_table,
-                          rabbit_tracker, start_worker, stop_process, unique_node, wait_job, write_clip, write_json)
+from bench.common import (
+    ROOT,
+    ArrivalClock,
+    fixed_plan,
+    machine,
+    median,
+    missing_prerequisite,
+    pct,
+    print_table,
+    rabbit_tracker,
+    start_worker,
+    stop_process,
+    unique_node,
+    wait_job,
+    write_clip,
+    write_json,
+)
 
 STAGES = [
     {"name": "probe", "service": "frame_probe", "inputs": {"image": "generator.image"}},

@@ -29,10 +29,29 @@ from pathlib import Path
 
 import msgpack
 
-from bench.common import (AMQP_URL, RESULTS_DIR, ArrivalClock, CpuMeter, all_results, delete_queues, fixed_plan,
-                          machine, median, pct, process_tree, rabbit_pids,
-                          print_table, rabbit_tracker, read_frames, run_job, start_worker, stop_process,
-                          unique_node, write_clip, write_json)
+from bench.common import (
+    AMQP_URL,
+    RESULTS_DIR,
+    ArrivalClock,
+    CpuMeter,
+    all_results,
+    delete_queues,
+    fixed_plan,
+    machine,
+    median,
+    pct,
+    print_table,
+    process_tree,
+    rabbit_pids,
+    rabbit_tracker,
+    read_frames,
+    run_job,
+    start_worker,
+    stop_process,
+    unique_node,
+    write_clip,
+    write_json,
+)
 
 PROBE = [{"name": "probe", "service": "frame_probe", "inputs": {"image": "generator.image"}}]
 DETECT = [{"name": "detect", "service": "person_detection", "inputs": {"image": "generator.image"}}]
@@ -226,7 +245,7 @@ class MemorySource:
 
 def serve_from_memory(path: Path, frames: list) -> None:
     """Make the tracker's generators read `path` from memory (this process only)."""
-    import tracker.runtime as runtime
+    import tracker.runtime.generators as runtime
 
     original = getattr(runtime, "_bench_original_open_source", runtime.open_source)
     runtime._bench_original_open_source = original

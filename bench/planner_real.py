@@ -28,8 +28,23 @@ from pathlib import Path
 
 import cv2
 
-from bench.common import (AMQP_URL, RESULTS_DIR, VTEST, all_results, delete_queues, machine, median, node_queues, pct,
-                          print_table, rabbit_up, start_worker, stop_process, unique_node, write_json)
+from bench.common import (
+    AMQP_URL,
+    RESULTS_DIR,
+    VTEST,
+    all_results,
+    delete_queues,
+    machine,
+    median,
+    node_queues,
+    pct,
+    print_table,
+    rabbit_up,
+    start_worker,
+    stop_process,
+    unique_node,
+    write_json,
+)
 
 log = logging.getLogger("bench.planner_real")
 
@@ -47,7 +62,7 @@ def run_planner(name: str, *, node: str, delay: float, video_s: float, tmp: Path
     """A tracker with `name`'s planner; the job runs `video_s` seconds of video, then is cancelled
     (with first_result, as soon as one frame is back: a warm-up)."""
     from bench.common import bench_settings
-    from tracker.scheduling import planner_factory
+    from scheduler.registry import planner_factory
     from tracker.server import TrackerServer
 
     settings = bench_settings(tmp / name, node)
@@ -88,7 +103,8 @@ def run_planner(name: str, *, node: str, delay: float, video_s: float, tmp: Path
 def _record_planning_inputs(server) -> list[dict]:
     """What the planner was shown each round (node load, observation counts): for diagnosis."""
     seen: list[dict] = []
-    inner = server.runtime.planning_input
+    source = server.runtime.scheduler.job_source
+    inner = source.inputs
 
     def planning_input(job):
         inp = inner(job)
@@ -99,7 +115,7 @@ def _record_planning_inputs(server) -> list[dict]:
                      "n_acc_obs": sum(o.accuracy is not None for o in inp.observations)})
         return inp
 
-    server.runtime.planning_input = planning_input
+    source.inputs = planning_input
     return seen
 
 

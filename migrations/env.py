@@ -1,4 +1,4 @@
-"""Alembic environment: the URL comes from the caller (tracker.migrate), `-x url=...`, or
+"""Alembic environment: the URL comes from the caller (tracker.store.migrate), `-x url=...`, or
 our settings (VDAG_DATABASE_URL) — never from alembic.ini. NullPool: a migration run
 holds no connections after it ends."""
 from __future__ import annotations
@@ -9,8 +9,8 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy.pool import NullPool
 
-from tracker.db import is_sqlite, make_engine
-from tracker.models import Base
+from tracker.store.db import is_sqlite, make_engine
+from tracker.store.models import Base
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from scheduler.knobs import Candidates
 from scheduler.interface import NodeInfo
+from scheduler.knobs import Candidates
 
 DEFAULT_BW = 12.5e6      # bytes/s (100 Mbit/s) when a link has no measurement
 RHO_MAX = 0.97

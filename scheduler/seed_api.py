@@ -12,7 +12,6 @@ flat `video_conf` ({resolution, fps, nskip, ntracking, encoder} plus `quality`) 
 """
 from __future__ import annotations
 
-
 from scheduler.interface import Plan, Planner, PlanningInput, SourceInfo
 from scheduler.seed_format import (
     constraint_from_seed,

@@ -107,6 +107,10 @@ class ReorderBuffer:
         with self._lock:
             self._jobs.pop(job_uid, None)
 
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._jobs)
+
     def stats(self, job_uid: str) -> dict:
         with self._lock:
             j = self._jobs.get(job_uid)

@@ -14,7 +14,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from services.models import (
-    LoadedModel, ModelCache, check_weights_name, coco_names, default_cache, trained_person_weights,
+    LoadedModel,
+    ModelCache,
+    check_weights_name,
+    coco_names,
+    default_cache,
+    trained_person_weights,
 )
 from services.registry import Service, ServiceContext, register
 

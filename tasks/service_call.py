@@ -1,7 +1,7 @@
 """One service on one frame, answered synchronously, through the same path as a job's frames:
 the frame goes to the node's queue as a one-hop envelope, a worker runs the stage task, and
 the finished envelope comes back on this caller's own reply queue (the seed's
-/execute_task/<service>, served by tracker.service_api)."""
+/execute_task/<service>, served by tracker.web.service_api)."""
 from __future__ import annotations
 
 import secrets

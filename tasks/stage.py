@@ -16,9 +16,9 @@ from celery.exceptions import Reject
 from services.accuracy import f1_score
 from services.codec import BadEnvelope, Envelope, StageTiming, decode_envelope, encode_envelope
 from services.dag import GENERATOR_NAMES, GENERATOR_STAGE
+from services.profiling import score_segment, step_options
 from services.registry import ServiceContext, get_service
 from services.settings import Settings
-from services.profiling import score_segment, step_options
 from services.video_conf import FPS_LEVELS, decode_jpeg, resolutions_below
 from tasks.queues import EXCHANGE, STAGE_TASK, node_queue, results_queue
 

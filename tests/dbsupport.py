@@ -92,7 +92,7 @@ def module_store(module_db_url):
 def store(module_store):
     from sqlalchemy import delete
 
-    from tracker.models import Base
+    from tracker.store.models import Base
 
     with module_store.engine.begin() as conn:
         for table in reversed(Base.metadata.sorted_tables):

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from services.settings import Settings
-from tracker.app import create_app
-from tracker.context import NoJobControl
+from tracker.web.app import create_app
+from tracker.runtime.job_control import RecordedEffects
 
 # --- the seed's examples, verbatim ------------------------------------------------------------
 SEED_ALL_STATUS = {
@@ -49,13 +49,13 @@ SEED_SCHEDULER_CONSTRAINT = {"delay": [-1, 50], "acc_level": 5}
 
 @pytest.fixture
 def control():
-    return NoJobControl()
+    return RecordedEffects()
 
 
 @pytest.fixture
 def client(module_db_url, store, control, tmp_path):
     settings = Settings(database_url=module_db_url, allowed_video_dirs=(tmp_path,), cloud_ip="114.212.81.11")
-    return create_app(settings, store=store, control=control).test_client()
+    return create_app(settings, store=store, effects=control).test_client()
 
 
 def register_seed_nodes(client) -> None:

@@ -11,9 +11,9 @@ from dbsupport import module_db_url, module_store, store  # noqa: F401  (fixture
 from scheduler.interface import Observation, Plan
 from services.records import FrameRecord, StageRecord
 from services.settings import Settings
-from tracker.app import create_app
-from tracker.context import NoJobControl
-from tracker.jobs import JobState
+from tracker.web.app import create_app
+from tracker.runtime.job_control import RecordedEffects
+from tracker.store.jobs import JobState
 from tracker.store import Store
 
 DET_COUNT = [
@@ -37,12 +37,12 @@ def settings(module_db_url, video_dir):
 
 @pytest.fixture
 def control():
-    return NoJobControl()
+    return RecordedEffects()
 
 
 @pytest.fixture
 def client(settings, store, control):
-    app = create_app(settings, store=store, control=control)
+    app = create_app(settings, store=store, effects=control)
     return app.test_client()
 
 
@@ -78,7 +78,7 @@ def test_submit_job(client, control, store):
     assert job["constraint"] == {"delay": 0.5, "accuracy": 0.6}
     assert [s["name"] for s in job["dag"]["stages"]] == ["det", "count"]
     assert job["transitions"][0]["to"] == "UNSCHED" and job["plan"] is None
-    assert control.calls == [("submitted", job["uid"])]
+    assert control.calls == [("submitted", job["uid"]), ("replan", job["uid"])]  # plan it now
     assert store.get_job(job["uid"]).state is JobState.UNSCHED
 
 
@@ -207,7 +207,7 @@ def test_put_constraint(client, control):
     uid = submit(client).get_json()["uid"]
     r = client.put(f"/api/v1/jobs/{uid}/constraint", json={"delay": 0.25, "accuracy": 0.9})
     assert r.status_code == 200 and r.get_json()["constraint"] == {"delay": 0.25, "accuracy": 0.9}
-    assert ("constraint", uid) in control.calls
+    assert ("replan", uid) in control.calls
     r = client.put(f"/api/v1/jobs/{uid}/constraint", json={"delay": 0})
     assert r.status_code == 422 and "delay" in error_of(r)["message"]
 

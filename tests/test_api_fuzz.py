@@ -8,7 +8,7 @@ from dbsupport import module_db_url, module_store, store  # noqa: F401  (fixture
 from hypothesis import HealthCheck, settings
 
 from services.settings import Settings
-from tracker.app import create_app
+from tracker.web.app import create_app
 from tracker.store import Store
 
 pytestmark = pytest.mark.integration

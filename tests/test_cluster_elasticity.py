@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from tracker.elasticity import Decision, ElasticPolicy, Hysteresis, NodeLoad, decide, p90
+from tracker.cluster.elasticity import Decision, ElasticPolicy, Hysteresis, NodeLoad, decide, p90
 
 POLICY = ElasticPolicy(min_concurrency=1, max_concurrency=3, grow_backlog_per_process=4, grow_wait_s=0.5,
                        shrink_wait_s=0.05, grow_after=2, shrink_after=3, cooldown_s=10.0)

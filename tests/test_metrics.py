@@ -7,9 +7,9 @@ import re
 from services.dag import DagSpec
 from services.records import FrameRecord, StageRecord
 from tests.pipeline_support import settings_for
-from tracker.app import create_app
-from tracker.jobs import JobState
-from tracker.metrics import EXTENSION, _Rate
+from tracker.web.app import create_app
+from tracker.store.jobs import JobState
+from tracker.web.metrics import EXTENSION, _Rate
 from tracker.store import Store
 
 

@@ -12,9 +12,9 @@ from alembic.runtime.migration import MigrationContext
 from dbsupport import db_url  # noqa: F401  (fixture)
 from sqlalchemy import inspect
 
-from tracker import migrate
-from tracker.db import make_engine
-from tracker.models import Base
+from tracker.store import migrate
+from tracker.store.db import make_engine
+from tracker.store.models import Base
 
 TABLES = {"jobs", "job_transitions", "plans", "frame_results", "observations", "nodes"}
 ROOT = Path(__file__).resolve().parent.parent

@@ -96,11 +96,11 @@ def test_plan_change_mid_run_applies_at_next_frame(cluster, node, tmp_path):
     # No scheduler in this fixture: push plans the way the scheduler does.
     from scheduler.interface import Plan
 
-    server.runtime.save_plan(uid, Plan.model_validate(fixed_plan(["detect"], node=node, resolution="480p", grade="s")))
+    server.runtime.control.apply_plan(uid, Plan.model_validate(fixed_plan(["detect"], node=node, resolution="480p", grade="s")))
     deadline = time.monotonic() + 120
     while server.store.result_count(uid) < 10 and time.monotonic() < deadline:
         time.sleep(0.1)
-    second = server.runtime.save_plan(
+    second = server.runtime.control.apply_plan(
         uid, Plan.model_validate(fixed_plan(["detect"], node=node, resolution="360p", grade="n")))
     job = wait_state(client, uid, timeout=300)
     assert job["state"] == "DONE", job

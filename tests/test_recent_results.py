@@ -1,5 +1,5 @@
 from services.records import FrameRecord
-from tracker.recent_results import RecentResults
+from tracker.store.recent_results import RecentResults
 
 
 def _r(seq: int) -> FrameRecord:

@@ -22,7 +22,7 @@ from seed_support import (  # noqa: F401  (fixtures)
 )
 
 from services.records import FrameRecord, StageRecord
-from tracker.jobs import JobState
+from tracker.store.jobs import JobState
 
 
 def test_get_all_status_matches_the_seed(client):
@@ -41,7 +41,7 @@ def test_submit_query(client, store, control):
     assert job.seed_node_addr == "192.168.56.102:7000" and job.video_id == "1"
     assert (job.constraint.delay, job.constraint.accuracy) == (0.8, 0.9)
     assert job.dag.to_seed() == SEED_DAG  # the pipeline wires the seed's DAG
-    assert control.calls == [("submitted", job.uid)]
+    assert control.calls == [("submitted", job.uid), ("replan", job.uid)]
 
 
 def test_submit_job_with_the_seed_dag(client, store):
@@ -65,7 +65,7 @@ def test_node_submit_job_and_constraint_with_seed_uids(client, store, control):
     assert r.status_code == 200 and r.get_json()["status"] == 0
     c = store.get_job("GLOBAL_ID_1.SUB_ID").constraint
     assert (c.delay, c.accuracy) == (0.3, 0.1)  # accuracy 10 read as a percentage
-    assert ("constraint", "GLOBAL_ID_1.SUB_ID") in control.calls
+    assert ("replan", "GLOBAL_ID_1.SUB_ID") in control.calls
     store.transition("GLOBAL_ID_1.SUB_ID", JobState.CANCELLED, "user")
     seed_error(client.post("/user/submit_job_user_constraint", json=SEED_JOB_CONSTRAINT), 409)
     seed_error(client.post("/user/submit_job_user_constraint", json={**SEED_JOB_CONSTRAINT, "job_uid": "nope"}), 404)
@@ -117,7 +117,7 @@ def test_get_plan_requests_scheduling(client, store, control):
     r = client.post("/node/get_plan", json={"job_uid": uid, "dag": SEED_DAG, "last_plan_result": {"delay": {}},
                                             "user_constraint": {"delay": 0.4, "accuracy": 0.5}})
     assert r.get_json() == {"status": 0, "msg": "scheduling requested", "plan": None}
-    assert ("constraint", uid) in control.calls and store.get_job(uid).constraint.delay == 0.4
+    assert ("replan", uid) in control.calls and store.get_job(uid).constraint.delay == 0.4
     client.post("/node/update_plan", json={"job_uid": uid, **SEED_PLAN})
     assert client.post("/node/get_plan", json={"job_uid": uid}).get_json()["plan"] == SEED_PLAN
 

@@ -11,7 +11,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from pipeline_support import VTEST, settings_for
 
-from tracker.launch import resolve_planner
+from tracker.cli.tracker_cmd import resolve_planner
 from tracker.server import TrackerServer
 
 PAGE = """<!doctype html>

@@ -16,8 +16,8 @@ from seed_support import (  # noqa: F401  (fixtures)
 
 from services.records import FrameRecord, StageRecord
 from services.settings import Settings
-from tracker.app import create_app
-from tracker.jobs import JobState
+from tracker.web.app import create_app
+from tracker.store.jobs import JobState
 ORIGIN = "http://127.0.0.1:5173"
 JSON_POSTS = ["/user/submit_job", "/query/submit_query", "/user/submit_job_user_constraint", "/node/submit_job",
               "/node/get_plan", "/node/update_plan", "/node/register", "/node/heartbeat", "/api/v1/jobs"]
@@ -55,7 +55,7 @@ def test_constraint_updates_are_strict(client, store, control):
     assert r.status_code == 200 and r.get_json()["status"] == 0
     after = store.get_job(uid).constraint
     assert (after.delay, after.accuracy) == (0.4, before.accuracy)  # a null accuracy keeps the current one
-    assert ("constraint", uid) in control.calls
+    assert ("replan", uid) in control.calls
     assert "job_uid" in seed_error(client.post("/user/submit_job_user_constraint",
                                                json={"user_constraint": {"delay": 1}}), 400)
 

@@ -11,7 +11,7 @@ import requests
 from pipeline_support import settings_for
 
 from tracker.server import TrackerServer
-from tracker.service_api import ServiceRequestError, read_bytes, write_bytes
+from tracker.web.service_api import ServiceRequestError, read_bytes, write_bytes
 
 MEGAMIND = Path("/usr/share/doc/opencv-doc/examples/data/Megamind.avi")
 

@@ -12,7 +12,7 @@ from dbsupport import module_db_url, module_store, store  # noqa: F401  (fixture
 from scheduler.interface import NodeInfo, Observation, Plan, UserConstraint
 from services.dag import DagSpec
 from services.records import FrameRecord, StageRecord
-from tracker.jobs import ALLOWED, IllegalTransition, JobNotFound, JobState, check_transition
+from tracker.store.jobs import ALLOWED, IllegalTransition, JobNotFound, JobState, check_transition
 from tracker.store import JobEnded, JobExists, Store
 
 

@@ -19,13 +19,14 @@ from werkzeug.serving import make_server
 from scheduler.interface import Plan, StageMapping, UserConstraint
 from services.settings import Settings
 from services.video_conf import VideoConf
-from tracker import errors
-from tracker.app import create_app
-from tracker.context import NoJobControl, TrackerContext
-from tracker.jobs import Job, JobNotFound, JobState, dag_unchecked
+from tracker.web import errors
+from tracker.web.app import create_app
+from tracker.runtime.job_control import JobControl, RecordedEffects
+from tracker.web.context import TrackerContext
+from tracker.store.jobs import Job, JobNotFound, JobState, dag_unchecked
 from tracker.store import Store
-from tracker.viewer.hub import StreamEnded, ViewerHub
-from tracker.viewer.routes import bp
+from tracker.web.viewer.hub import StreamEnded, ViewerHub
+from tracker.web.viewer.routes import bp
 
 JOB = "job-1"
 
@@ -71,11 +72,11 @@ class FakeStore:
 
 def make_app(store: FakeStore, hub: ViewerHub, **config: Any) -> Flask:
     """A bare Flask app: the viewer blueprint, the JSON error handlers, and a stand-in for
-    the two JSON API routes the pages poll (same shapes as tracker.api.jobs)."""
+    the two JSON API routes the pages poll (same shapes as tracker.web.api.jobs)."""
     app = Flask(__name__)
     app.config.update(FAST, **config)
     app.extensions["vdag"] = TrackerContext(
-        settings=Settings(), store=store, hub=hub, control=NoJobControl()
+        settings=Settings(), store=store, hub=hub, control=JobControl(store, RecordedEffects())
     )
     errors.init_app(app)
     app.register_blueprint(bp)
@@ -106,7 +107,7 @@ FAST = dict(VIEWER_POLL_S=0.2, VIEWER_CHECK_S=0.3, VIEWER_KEEPALIVE_S=0.5)
 
 
 def real_app(tmp_path: Path, hub: ViewerHub, uid: str = JOB, **config: Any) -> tuple[Flask, Store]:
-    """tracker.app.create_app over a real SQLite store holding one EXEC job with a plan."""
+    """tracker.web.app.create_app over a real SQLite store holding one EXEC job with a plan."""
     store = Store(f"sqlite:///{tmp_path / 'viewer.db'}")
     dag = dag_unchecked({"stages": [
         {"name": "detect", "service": "yolo_detect", "params": {}, "inputs": {}},
@@ -588,7 +589,7 @@ def test_http_stream_ends_when_store_says_job_finished(hub: ViewerHub, tmp_path:
         client = StreamClient(port, f"/api/v1/jobs/{JOB}/video")
         client.start()
         assert wait_until(lambda: hub.subscriber_count(JOB) == 1, 10)
-        # NoJobControl does not call hub.close_job: the stream must notice by itself.
+        # RecordedEffects do not call hub.close_job: the stream must notice by itself.
         resp = app.test_client().post(f"/api/v1/jobs/{JOB}/cancel")
         assert resp.status_code == 200, resp.get_data(as_text=True)
         client.join(5)

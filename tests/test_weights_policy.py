@@ -16,8 +16,8 @@ from services.registry import ServiceContext, get_service
 from services.settings import Settings, settings_from_env
 from services.video_conf import encode_jpeg
 from tasks.stage import execute_hop
-from tracker.app import create_app
-from tracker.context import NoJobControl
+from tracker.web.app import create_app
+from tracker.runtime.job_control import RecordedEffects
 
 BAD_NAMES = [
     ("../../etc/passwd.pt", "bare file name"),
@@ -164,7 +164,7 @@ def test_models_dir_setting(tmp_path, monkeypatch):
 
 def test_submit_with_a_weights_path_is_a_422_and_stores_nothing(tmp_path):
     app = create_app(Settings(database_url=f"sqlite:///{tmp_path}/vdag.db", allowed_video_dirs=(tmp_path,)),
-                     control=NoJobControl())
+                     effects=RecordedEffects())
     client = app.test_client()
 
     def submit(weights: str):

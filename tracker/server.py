@@ -15,17 +15,17 @@ from services.settings import Settings
 from tasks.app import make_celery
 from tasks.service_call import ServiceCaller
 from tasks.worker import InProcessWorker
-from tracker.app import create_app
-from tracker.elasticity import EXTENSION as ELASTICITY
-from tracker.elasticity import ElasticityController, ElasticPolicy
-from tracker.heartbeat import NODE_TIMEOUT_S, NodeUpkeep
-from tracker.metrics import EXTENSION as METRICS
-from tracker.metrics import ClusterMetrics
-from tracker.nodes import register_local_node
+from tracker.cluster.elasticity import EXTENSION as ELASTICITY
+from tracker.cluster.elasticity import ElasticityController, ElasticPolicy
+from tracker.cluster.heartbeat import NODE_TIMEOUT_S, NodeUpkeep
+from tracker.cluster.nodes import register_local_node
 from tracker.runtime import Runtime
-from tracker.service_api import ServiceApi, create_service_app
 from tracker.store import Store
-from tracker.viewer.hub import ViewerHub
+from tracker.web.app import create_app
+from tracker.web.metrics import EXTENSION as METRICS
+from tracker.web.metrics import ClusterMetrics
+from tracker.web.service_api import ServiceApi, create_service_app
+from tracker.web.viewer.hub import ViewerHub
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class TrackerServer:
         self.runtime.start()
 
     def start_app(self) -> None:
-        self.app = create_app(self.settings, store=self.store, control=self.runtime, hub=self.hub,
+        self.app = create_app(self.settings, store=self.store, control=self.runtime.control, hub=self.hub,
                               recent=self.runtime.recent)
         if not self.serve_http:
             return
@@ -140,12 +140,13 @@ class TrackerServer:
     def start_metrics(self) -> None:
         self.metrics = self.app.extensions[METRICS]
         self.runtime.record_observers.append(self.metrics.observe)
+        self.runtime.job_end_observers.append(self.metrics.forget_job)
         self.metrics.start_sampler(self.celery)
 
     def start_upkeep(self) -> None:
         if self.node_timeout_s is None:
             return
-        self.upkeep = NodeUpkeep(self.runtime, node_timeout_s=self.node_timeout_s)
+        self.upkeep = NodeUpkeep(self.settings, self.runtime.control, node_timeout_s=self.node_timeout_s)
         self.upkeep.start()
         log.info("node upkeep started (nodes down after %.1f s without a heartbeat)", self.node_timeout_s)
 

@@ -1,0 +1,157 @@
+"""Node liveness: live resource readings, the edge's heartbeat loop, the cloud's upkeep loop.
+
+An edge sends `POST /node/heartbeat` every `interval_s` with its resources and its
+generators' stats. The cloud heartbeats its own node row, marks nodes without a heartbeat
+for `node_timeout_s` as down, and wakes the scheduler for every job whose current plan
+uses a node that went down, so its stages move at the next planning round.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Callable
+
+import psutil
+
+if TYPE_CHECKING:
+    from services.settings import Settings
+    from tracker.runtime.job_control import JobControl
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_EVERY_S = 1.0
+NODE_TIMEOUT_S = 4.0  # four missed heartbeats
+
+_gpu_lock = threading.Lock()
+_gpu_info: dict | None = None
+
+
+def gpu_info() -> dict:
+    """{"gpu": bool, "gpu_name", "gpu_mem_gb"} from torch when present; read once per process."""
+    global _gpu_info
+    with _gpu_lock:
+        if _gpu_info is None:
+            info: dict = {"gpu": False}
+            try:
+                import torch
+
+                if torch.cuda.is_available():
+                    props = torch.cuda.get_device_properties(0)
+                    info = {"gpu": True, "gpu_count": torch.cuda.device_count(), "gpu_name": props.name,
+                            "gpu_mem_gb": round(props.total_memory / 2**30, 1)}
+            except Exception as exc:  # torch missing or a broken CUDA install: a CPU node
+                log.info("no GPU information (%s)", exc)
+            _gpu_info = info
+        return dict(_gpu_info)
+
+
+def node_resources(check_gpu: bool = True) -> dict:
+    """What the planner's `resource_info` needs, read live (psutil; GPU from torch)."""
+    mem = psutil.virtual_memory()
+    out = {
+        "cpu_count": os.cpu_count() or 1,
+        "cpu_ratio": round(min(psutil.cpu_percent(interval=None) / 100.0, 1.0), 3),
+        "mem_ratio": round(min(mem.percent / 100.0, 1.0), 3),
+        "mem_total_gb": round(mem.total / 2**30, 1),
+        "load_1m": round(os.getloadavg()[0], 2),
+    }
+    out.update(gpu_info() if check_gpu else {"gpu": False})
+    return out
+
+
+class PeriodicLoop(threading.Thread):
+    """The house loop shape: a named thread, a stop event, a bounded wait, a log line on exit."""
+
+    def __init__(self, name: str, interval_s: float) -> None:
+        super().__init__(name=name, daemon=True)
+        self.interval_s = interval_s
+        self.stop_event = threading.Event()
+
+    def tick(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            started = time.monotonic()
+            try:
+                self.tick()
+            except Exception:
+                log.exception("%s: tick failed", self.name)
+            self.stop_event.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
+        log.info("%s stopped", self.name)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.stop_event.set()
+        if self.is_alive() and self is not threading.current_thread():
+            self.join(timeout)
+
+
+class HeartbeatSender(PeriodicLoop):
+    """Edge side: calls `send(resources)` every interval; `send` returns False when the
+    cloud does not know this node any more, and `on_unknown` then re-registers."""
+
+    def __init__(self, send: Callable[[dict], bool], on_unknown: Callable[[], None],
+                 interval_s: float = HEARTBEAT_EVERY_S, check_gpu: bool = True) -> None:
+        super().__init__("vdag-heartbeat", interval_s)
+        self.send = send
+        self.on_unknown = on_unknown
+        self.check_gpu = check_gpu
+        self.sent = 0
+        self.failures = 0
+
+    def tick(self) -> None:
+        try:
+            known = self.send(node_resources(self.check_gpu))
+        except Exception as exc:  # cloud restarting, network blip: keep trying
+            self.failures += 1
+            if self.failures == 1 or self.failures % 30 == 0:
+                log.warning("heartbeat to the cloud failed (%d in a row): %s", self.failures, exc)
+            return
+        if self.failures:
+            log.info("heartbeat to the cloud works again after %d failures", self.failures)
+        self.failures = 0
+        self.sent += 1
+        if not known:
+            log.warning("the cloud does not know this node; registering again")
+            self.on_unknown()
+
+
+class NodeUpkeep(PeriodicLoop):
+    """Cloud side: keep our own node row alive, mark silent nodes down, re-plan their jobs."""
+
+    def __init__(self, settings: "Settings", control: "JobControl", interval_s: float = HEARTBEAT_EVERY_S,
+                 node_timeout_s: float = NODE_TIMEOUT_S, check_gpu: bool = True) -> None:
+        super().__init__("vdag-node-upkeep", interval_s)
+        self.settings = settings
+        self.control = control
+        self.store = control.store
+        self.node_timeout_s = node_timeout_s
+        self.check_gpu = check_gpu
+        self.marked_down: list[tuple[float, str]] = []  # (wall time, node) for the record
+
+    def tick(self) -> None:
+        self.store.heartbeat(self.settings.node, node_resources(self.check_gpu))
+        down = self.store.mark_stale_nodes(self.node_timeout_s)
+        if down:
+            now = time.time()
+            self.marked_down.extend((now, n) for n in down)
+            del self.marked_down[:-100]
+            self.replan_jobs_on(set(down))
+
+    def replan_jobs_on(self, nodes: set[str]) -> list[str]:
+        """Running jobs whose current plan maps a stage to `nodes` lose their plan (EXEC ->
+        UNSCHED, generator paused) and are planned again at once."""
+        affected = []
+        for job in self.store.active_jobs():
+            current = self.store.current_plan(job.uid)
+            if current and any(m.node in nodes for m in current[1].flow_mapping.values()):
+                affected.append(job.uid)
+        if affected:
+            log.warning("nodes %s down: re-planning jobs %s", ", ".join(sorted(nodes)), ", ".join(affected))
+            reason = f"node {', '.join(sorted(nodes))} down"
+            for uid in affected:
+                if not self.control.plan_lost(uid, reason):
+                    self.control.request_plan(uid)
+        return affected

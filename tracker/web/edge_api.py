@@ -1,0 +1,95 @@
+"""Internal routes an edge agent (tracker.cluster.edge) uses on the cloud, beside /node/register and
+/node/heartbeat (tracker.web.seed_node_api):
+
+  GET  /node/jobs?node=NAME   EXEC jobs whose generator runs on NAME, with their current plan
+  POST /node/job_event        an edge generator ended: {"node", "job_uid", "state", "reason"}
+
+Edges have no database: the cloud's store is the one source of truth, and an edge
+reconciles its generators against this answer every poll.
+"""
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from flask import Blueprint, Flask, jsonify, request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tracker.store.jobs import JobState
+from tracker.web.api.schemas import JOB_UID_PATTERN, NODE_NAME_PATTERN
+from tracker.web.context import tracker_context
+from tracker.web.errors import BadRequest, Conflict, NotFound, pydantic_details, pydantic_message
+
+bp = Blueprint("edge_node", __name__, url_prefix="/node")
+
+MAX_EDGE_JOBS = 1000
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)
+
+
+class JobEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    node: str = Field(..., pattern=NODE_NAME_PATTERN)
+    job_uid: str = Field(..., pattern=JOB_UID_PATTERN)
+    state: Literal["DONE", "FAILED"]
+    reason: str = Field("", max_length=1000)
+
+
+def _node_arg() -> str:
+    node = request.args.get("node", "")
+    if not re.match(NODE_NAME_PATTERN, node):
+        raise BadRequest("node: give ?node=NAME (letters, digits, _ . : -)")
+    return node
+
+
+@bp.get("/jobs")
+def node_jobs():
+    ctx = tracker_context()
+    node = _node_arg()
+    jobs, _ = ctx.store.list_jobs(state=JobState.EXEC, limit=MAX_EDGE_JOBS)
+    items = []
+    for job in jobs:
+        if job.node != node:
+            continue
+        current = ctx.store.current_plan(job.uid)
+        if current is None:
+            continue
+        last = ctx.store.last_result_position(job.uid)
+        items.append({
+            "uid": job.uid,
+            "source": job.source,
+            "dag": job.dag.model_dump(mode="json"),
+            "constraint": job.constraint.model_dump(mode="json"),
+            "plan_id": current[0],
+            "plan": current[1].model_dump(mode="json"),
+            "planned": job.fixed_plan is None,
+            "first_seq": last[0] + 1 if last else 0,
+            "start_ts": last[1] if last and last[1] >= 0 else 0.0,
+        })
+    return jsonify({"status": 0, "node": node, "results_queue": ctx.settings.results_queue,
+                    "cloud": ctx.settings.node, "jobs": items})
+
+
+@bp.post("/job_event")
+def node_job_event():
+    ctx = tracker_context()
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object")
+    try:
+        body = JobEvent.model_validate(data)
+    except ValidationError as exc:
+        details = pydantic_details(exc)
+        raise BadRequest(pydantic_message(details), details) from None
+    job = ctx.store.find_job(body.job_uid)
+    if job is None:
+        raise NotFound(f"no job {body.job_uid!r}")
+    if job.node != body.node:
+        raise Conflict(f"job {body.job_uid!r} is read by node {job.node!r}, not {body.node!r}")
+    if job.state.ended:
+        return jsonify({"status": 0, "msg": f"job already {job.state.value}"})
+    ctx.control.finish(job.uid, JobState(body.state), f"{body.reason or body.state.lower()} (on {body.node})")
+    return jsonify({"status": 0, "msg": "recorded"})
