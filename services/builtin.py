@@ -1,3 +1,8 @@
 """The services that ship with vdag; importing a module registers its services."""
-from services import probe  # noqa: F401
-from services import counting, detection, faces, render  # noqa: F401
+from services import (  # noqa: F401
+    counting,
+    detection,
+    faces,
+    probe,  # noqa: F401
+    render,
+)

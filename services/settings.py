@@ -1,36 +1,50 @@
-"""The one place that reads the environment. Everything else receives a Settings."""
+"""The one configuration: every setting is a field of `Settings`, read from `VDAG_*`
+environment variables by pydantic-settings, with CLI flags as overrides. Defaults that
+depend on the mode are written once, in `_mode_defaults`. Nothing else reads the environment."""
 from __future__ import annotations
 
-import os
+import socket
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "VDAG_"
 
 
-class Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def _comma_list(value: Any) -> Any:
+    """VDAG_ALLOWED_VIDEO_DIRS=/a,/b: comma-separated in the environment, a sequence in code."""
+    if isinstance(value, str):
+        return tuple(v for v in (s.strip() for s in value.split(",")) if v)
+    return value
 
-    broker_url: str = Field("memory://", description="Celery broker: amqp://... in cluster mode, memory:// embedded")
-    database_url: str = Field("sqlite:///var/vdag.db", description="SQLAlchemy URL of the job store")
-    node: str = Field("cloud", description="name of this node; its Celery queue is vdag.node.<node>")
-    side: str = Field("cloud", pattern="^(cloud|edge)$")
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
     mode: str = Field("embedded", pattern="^(embedded|pseudo|cluster)$")
+    side: str = Field("cloud", pattern="^(cloud|edge)$")
     cloud_ip: str = "127.0.0.1"
+    data_dir: Path = Field(Path("var"), description="SQLite file, logs, node profiles")
+    broker_url: str = Field(None, description=(  # type: ignore[assignment]  (filled in by _mode_defaults)
+        "Celery broker; default memory:// embedded, amqp://guest:guest@<cloud_ip>:5672// otherwise"))
+    database_url: str = Field(None, description=(  # type: ignore[assignment]
+        "SQLAlchemy URL of the job store; default sqlite:///<data_dir>/vdag.db"))
+    node: str = Field(None, description=(  # type: ignore[assignment]
+        "name of this node, its Celery queue is vdag.node.<node>; default cloud, or edge-<hostname> on an edge"))
     api_port: int = Field(5000, ge=0, le=65535, description="0 = any free port")
     video_port: int = Field(5100, ge=0, le=65535)
     service_port: int = Field(5500, ge=0, le=65535, description=(
         "the seed's service API (/get_service_list, /execute_task/<service>) on the cloud; 0 = any free port"))
-    cors_origins: tuple[str, ...] | None = Field(None, description=(
-        "origins a browser page may call the API from (VDAG_CORS_ORIGINS, comma-separated; \"*\" = any); "
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(None, description=(  # type: ignore[assignment]
+        "origins a browser page may call the API from (comma-separated; \"*\" = any); "
         "default: any in embedded and pseudo mode, none in cluster mode"))
-    data_dir: Path = Field(Path("var"), description="SQLite file, logs, bundled synthetic video")
-    allowed_video_dirs: tuple[Path, ...] = Field(
+    allowed_video_dirs: Annotated[tuple[Path, ...], NoDecode] = Field(
         (Path("/usr/share/doc/opencv-doc/examples/data"), Path("var/videos"), Path("/tmp")),
-        description="a job's file source must lie under one of these directories",
+        description="a job's file source must lie under one of these directories (comma-separated)",
     )
-    allowed_url_schemes: tuple[str, ...] = ("rtsp", "rtsps", "http", "https")
+    allowed_url_schemes: Annotated[tuple[str, ...], NoDecode] = ("rtsp", "rtsps", "http", "https")
     api_token: str | None = Field(None, description="bearer token for mutating and /node routes; None = open")
     results_queue: str = Field("vdag.results", pattern=r"^[\w.\-]{1,200}$",
                                description="queue the last stage publishes to; one per cloud tracker")
@@ -47,6 +61,9 @@ class Settings(BaseModel):
         "YOLO grade of the golden config when profiling; the largest, x, is very slow on a CPU"))
     prefetch: int = Field(4, ge=1, le=256)
     device: str = Field("auto", description="auto | cpu | cuda:N")
+    torch_threads: int | None = Field(None, ge=1, le=256, description=(
+        "torch threads per worker process, kept in force after ultralytics' predictor setup resets them; "
+        "default: every core but one, split over a prefork pool's processes (tasks.worker)"))
     person_weights: str | None = Field(None, description="path of a trained person detector (.pt)")
     models_dir: Path | None = Field(Path("models"), description=(
         "the only place a job's `weights` param may name a .pt checkpoint, by bare file name "
@@ -54,32 +71,33 @@ class Settings(BaseModel):
         "None (VDAG_MODELS_DIR set empty) = jobs may not load their own checkpoints. "
         "Grades, ultralytics' own .yaml configs and person_weights are not affected"))
 
-    @model_validator(mode="after")
-    def _mode_defaults(self) -> "Settings":
-        if self.cors_origins is None:
-            object.__setattr__(self, "cors_origins", () if self.mode == "cluster" else ("*",))
-        return self
+    _split_lists = field_validator("cors_origins", "allowed_video_dirs", "allowed_url_schemes",
+                                   mode="before")(_comma_list)
+
+    @field_validator("models_dir", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value  # Path("") would be the cwd
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mode_defaults(cls, data: Any) -> Any:
+        """The defaults that depend on mode, side, cloud_ip or data_dir."""
+        if not isinstance(data, dict):
+            return data
+        mode, side = data.get("mode") or "embedded", data.get("side") or "cloud"
+        cloud_ip, data_dir = data.get("cloud_ip") or "127.0.0.1", data.get("data_dir") or "var"
+        if data.get("broker_url") is None:
+            data["broker_url"] = "memory://" if mode == "embedded" else f"amqp://guest:guest@{cloud_ip}:5672//"
+        if data.get("database_url") is None:
+            data["database_url"] = f"sqlite:///{Path(data_dir) / 'vdag.db'}"
+        if data.get("node") is None:
+            data["node"] = "cloud" if side == "cloud" else f"edge-{socket.gethostname()}"
+        if data.get("cors_origins") is None:
+            data["cors_origins"] = () if mode == "cluster" else ("*",)
+        return data
 
 
-def _split(value: str) -> tuple[str, ...]:
-    return tuple(v for v in (s.strip() for s in value.split(",")) if v)
-
-
-def settings_from_env(environ: os._Environ | dict | None = None, **overrides) -> Settings:
-    """Build Settings from VDAG_* variables; keyword overrides win (CLI flags)."""
-    env = os.environ if environ is None else environ
-    values: dict = {}
-    for name, field in Settings.model_fields.items():
-        raw = env.get(ENV_PREFIX + name.upper())
-        if raw is None:
-            continue
-        if name == "allowed_video_dirs":
-            values[name] = tuple(Path(p) for p in _split(raw))
-        elif name in ("allowed_url_schemes", "cors_origins"):
-            values[name] = _split(raw)
-        elif name == "models_dir":
-            values[name] = Path(raw.strip()) if raw.strip() else None  # Path("") would be the cwd
-        else:
-            values[name] = raw
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return Settings(**values)
+def settings_from_env(**overrides: Any) -> Settings:
+    """Settings from the VDAG_* environment; keyword overrides (CLI flags) win, None = not given."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

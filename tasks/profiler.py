@@ -61,10 +61,10 @@ class SegmentProfiler:
     def _start_locked(self) -> subprocess.Popen:
         if self._proc is None or self._proc.poll() is not None:
             # One thread: background work must leave the frames' cores alone, not stall them.
-            env = dict(os.environ, VDAG_PROFILER_SETTINGS=self.settings.model_dump_json(), VDAG_TORCH_THREADS="1")
+            child = self.settings.model_copy(update={"torch_threads": 1})
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "tasks.profiler"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                env=env, preexec_fn=lambda: os.nice(self.nice),
+                [sys.executable, "-m", "tasks.profiler", child.model_dump_json()], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, preexec_fn=lambda: os.nice(self.nice),
             )
             threading.Thread(target=self._read_results, args=(self._proc,), name="vdag-profiler-results",
                              daemon=True).start()
@@ -132,7 +132,7 @@ def main() -> int:
     from tasks.worker_state import service_context
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    settings = Settings.model_validate_json(os.environ["VDAG_PROFILER_SETTINGS"])
+    settings = Settings.model_validate_json(sys.argv[1])  # the parent's settings, as they are
     ctx = service_context(settings)
     if ctx.person_weights:  # the usual detector, loaded and set up before the first segment
         import numpy as np

@@ -29,11 +29,10 @@ def service_context(settings: Settings) -> ServiceContext:
                 tracks=TrackStore(),
             )
             _context_pid = os.getpid()
-            threads = os.environ.get("VDAG_TORCH_THREADS")
-            # Several worker processes on one host share the cores; one gets all of them.
+            # Several worker processes on one host share the cores (tasks.worker.pool_torch_threads).
             from services.models import set_torch_threads
 
-            set_torch_threads(int(threads) if threads else None)
+            set_torch_threads(settings.torch_threads)
         return _context
 
 

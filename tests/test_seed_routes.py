@@ -135,13 +135,14 @@ def test_cors_on_every_kind_of_route(client):
         assert "content-type" in r.headers["Access-Control-Allow-Headers"].lower()
 
 
-def test_cors_origins_are_configurable_and_token_auth_still_holds(module_db_url, store, tmp_path):
+def test_cors_origins_are_configurable_and_token_auth_still_holds(module_db_url, store, monkeypatch):
     from services.settings import settings_from_env
 
-    cluster = settings_from_env({"VDAG_MODE": "cluster"}, database_url=module_db_url)
-    assert cluster.cors_origins == ()  # cluster mode: no cross-origin pages unless configured
-    settings = settings_from_env({"VDAG_CORS_ORIGINS": "http://ui.example:8080, http://127.0.0.1:5173",
-                                  "VDAG_MODE": "cluster", "VDAG_API_TOKEN": "s3cret"}, database_url=module_db_url)
+    monkeypatch.setenv("VDAG_MODE", "cluster")
+    assert settings_from_env(database_url=module_db_url).cors_origins == ()  # none unless configured
+    monkeypatch.setenv("VDAG_CORS_ORIGINS", "http://ui.example:8080, http://127.0.0.1:5173")
+    monkeypatch.setenv("VDAG_API_TOKEN", "s3cret")
+    settings = settings_from_env(database_url=module_db_url)
     c = create_app(settings, store=store).test_client()
     assert not _allowed(c.get("/user/get_all_status", headers={"Origin": "http://evil.example"}), "http://evil.example")
     pre = c.options("/user/submit_job", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST",

@@ -154,8 +154,10 @@ def test_a_hand_crafted_queue_message_is_refused_by_the_worker(models_dir, tripw
 
 def test_models_dir_setting(tmp_path, monkeypatch):
     assert Settings().models_dir == Path("models")
-    assert settings_from_env({"VDAG_MODELS_DIR": "/srv/vdag/models"}).models_dir == Path("/srv/vdag/models")
-    assert settings_from_env({"VDAG_MODELS_DIR": ""}).models_dir is None
+    monkeypatch.setenv("VDAG_MODELS_DIR", "/srv/vdag/models")
+    assert settings_from_env().models_dir == Path("/srv/vdag/models")
+    monkeypatch.setenv("VDAG_MODELS_DIR", "")
+    assert settings_from_env().models_dir is None
     monkeypatch.setenv("VDAG_MODELS_DIR", str(tmp_path))
     assert ModelCache().models_dir == tmp_path  # what a worker's cache uses when not told
 

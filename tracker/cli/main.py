@@ -101,10 +101,12 @@ def main(argv: list[str] | None = None) -> int:
         return run_up(args)
     if args.command == "worker":
         from tasks.app import make_celery
-        from tasks.worker import run_worker
+        from tasks.worker import pool_torch_threads, run_worker
 
         settings = settings_from_env(broker_url=args.broker, node=args.node, device=args.device,
                                      database_url=args.db)
+        if settings.torch_threads is None and args.pool == "prefork":
+            settings = settings.model_copy(update={"torch_threads": pool_torch_threads(args.concurrency)})
         run_worker(make_celery(settings), settings.node, args.concurrency, args.pool, args.log_level.upper())
         return 0
     if args.command == "profile":

@@ -16,17 +16,14 @@ import argparse
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
-from pathlib import Path
 
 from services.settings import Settings, settings_from_env
 
 log = logging.getLogger(__name__)
 
 DEFAULT_API_PORT = 5000
-DEFAULT_VIDEO_PORT = 5100
 
 
 def add_tracker_arguments(p: argparse.ArgumentParser) -> None:
@@ -84,19 +81,12 @@ def _cloud_ip_and_port(args: argparse.Namespace) -> tuple[str | None, int | None
     return ip, port
 
 
-def tracker_settings(args: argparse.Namespace, environ: dict | None = None) -> Settings:
-    env = os.environ if environ is None else environ
+def tracker_settings(args: argparse.Namespace) -> Settings:
+    """The flags over the VDAG_* environment (services/settings.py fills in what neither gives)."""
     cloud_ip, _ = _cloud_ip_and_port(args)
-    cloud_ip = cloud_ip or env.get("VDAG_CLOUD_IP") or "127.0.0.1"
-    data_dir = Path(args.data_dir or env.get("VDAG_DATA_DIR") or "var")
-    broker = args.broker or env.get("VDAG_BROKER_URL") or f"amqp://guest:guest@{cloud_ip}:5672//"
-    db = args.db or env.get("VDAG_DATABASE_URL") or f"sqlite:///{data_dir}/vdag.db"
-    default_node = "cloud" if args.side == "cloud" else f"edge-{socket.gethostname()}"
     return settings_from_env(
-        env, broker_url=broker, database_url=db, node=args.node or env.get("VDAG_NODE") or default_node,
-        side=args.side, mode=args.mode, cloud_ip=cloud_ip, data_dir=data_dir,
-        api_port=args.api_port if args.api_port is not None else env.get("VDAG_API_PORT", DEFAULT_API_PORT),
-        video_port=args.video_port if args.video_port is not None else env.get("VDAG_VIDEO_PORT", DEFAULT_VIDEO_PORT),
+        broker_url=args.broker, database_url=args.db, node=args.node, side=args.side, mode=args.mode,
+        cloud_ip=cloud_ip, data_dir=args.data_dir, api_port=args.api_port, video_port=args.video_port,
         service_port=getattr(args, "service_port", None),
     )
 

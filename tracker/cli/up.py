@@ -90,9 +90,7 @@ def run_up(args: argparse.Namespace) -> int:
         extra_dirs = (Path(args.source).resolve().parent,)  # the user named this file: allow its folder
     base = settings_from_env()
     settings = settings_from_env(
-        broker_url=args.broker or "memory://",
-        database_url=args.db or "sqlite:///var/vdag.db",
-        node=args.node or "cloud", side="cloud", mode="embedded",
+        broker_url=args.broker, database_url=args.db, node=args.node, side="cloud", mode="embedded",
         api_port=args.api_port, video_port=args.video_port, service_port=args.service_port,
         allowed_video_dirs=tuple(base.allowed_video_dirs) + extra_dirs,
     )
