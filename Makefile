@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 PYTHON ?= python3
 ARGS   ?=
 
-.PHONY: up test test-all bench system-deps clean
+.PHONY: up test unit test-all bench system-deps clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ up: $(STAMP) system-deps
 
 test: $(STAMP) system-deps
 	$(PY) -m pytest -m "not slow" -q
+
+# The loop while editing: seconds, no RabbitMQ, PostgreSQL, workers or browser needed.
+unit: $(STAMP)
+	$(PY) -m pytest tests/unit -q
 
 test-all: $(STAMP) system-deps
 	$(PY) -m pytest -q

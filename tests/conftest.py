@@ -8,6 +8,8 @@ from typing import Any, Iterator
 
 import pytest
 
+from tests.support.db import BACKENDS, make_db_url
+
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
@@ -35,3 +37,43 @@ def chrome() -> Iterator[Any]:
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+# -- databases: SQLite always, PostgreSQL when it answers (tests/support/db.py) -------------
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request, tmp_path):
+    """An empty database (not migrated) per test."""
+    url, cleanup = make_db_url(request.param, tmp_path)
+    yield url
+    cleanup()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def module_db_url(request, tmp_path_factory):
+    """A migrated database shared by a module's tests; `store` empties it per test."""
+    url, cleanup = make_db_url(request.param, tmp_path_factory.mktemp("db"))
+    yield url
+    cleanup()
+
+
+@pytest.fixture(scope="module")
+def module_store(module_db_url):
+    from tracker.store import Store
+
+    st = Store(module_db_url)
+    yield st
+    st.close()
+
+
+@pytest.fixture
+def store(module_store):
+    from sqlalchemy import delete
+
+    from tracker.store.models import Base
+
+    with module_store.engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(delete(table))
+    return module_store

@@ -1,0 +1,86 @@
+"""The processes that keep heavy work off the frame path: the niced segment profiler, the
+niced nutpie sampler, and `vdag profile`'s per-node speeds reaching the planner."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from services import node_profile
+from services.codec import Envelope, Hop
+from services.settings import Settings
+from services.video_conf import encode_jpeg
+from tests.support.pipeline import VTEST
+
+pytestmark = pytest.mark.skipif(not VTEST.exists(), reason="apt-get install opencv-doc provides vtest.avi")
+
+
+def _frames(n: int, start: int = 120) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(VTEST))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, start)
+    return [cap.read()[1] for _ in range(n)]
+
+
+def test_segment_profiler_scores_in_a_niced_child_and_never_blocks(tmp_path):
+    from tasks.profiler import SegmentProfiler
+
+    done: list[Envelope] = []
+    arrived = threading.Event()
+
+    def publish(env):
+        done.append(env)
+        arrived.set()
+
+    profiler = SegmentProfiler(Settings(data_dir=tmp_path), publish)
+    env = Envelope(job="j", seq=0, plan=1, capture_ts=0, sent_at=0, width=768, height=576, kind="profile",
+                   segment=[encode_jpeg(f, 90) for f in _frames(4)], segment_fps=10.0,
+                   route=[Hop(stage="detect", service="person_detection", node="cloud",
+                              inputs={"image": "generator.image"})])
+    try:
+        t0 = time.monotonic()
+        assert profiler.submit(env) and time.monotonic() - t0 < 1.0  # hands over, does not score here
+        assert not profiler.submit(env) and profiler.skipped == 1    # one segment at a time
+        assert os.getpriority(os.PRIO_PROCESS, profiler._proc.pid) == 19
+        assert arrived.wait(240), "no scored segment from the profiler process"
+        rows = done[0].outputs["detect"]["profile"]
+        assert {r["resolution"] for r in rows} == {"360p", "480p", "source"} and done[0].segment == []
+        assert profiler.submit(env)  # free again once the answer came back
+    finally:
+        profiler.close()
+
+
+def test_sampler_process_compiles_off_this_process_and_samples_a_posterior():
+    from scheduler import bayes
+    from scheduler.sampler_process import ProcessBayesModel, SamplerError
+
+    model = ProcessBayesModel(max_services=2, max_nodes=2)
+    try:
+        with pytest.raises(SamplerError, match="not ready"):
+            model.sample(bayes.empty_data(model.layout, np.zeros(2), np.zeros(2)))
+        model.compile()
+        assert model.compiled and model.compile_s > 0
+        snap = model.sample(bayes.empty_data(model.layout, np.zeros(2), np.zeros(2)), draws=50, tune=50)
+        assert snap.source == "posterior" and snap.n > 0 and "tau" in snap.draws
+    finally:
+        model.close()
+    assert not model.compiled
+
+
+def test_node_profile_times_each_resolution_and_round_trips(tmp_path):
+    from services.models import ModelCache, trained_person_weights
+    from services.registry import ServiceContext
+
+    ctx = ServiceContext(device="cpu", models=ModelCache(), person_weights=trained_person_weights())
+    seen = []
+    profile = node_profile.profile_node(_frames(3), ctx, "edge-9", repeats=2, services=(("person_detection", None),),
+                                        progress=seen.append)
+    rows = profile["rows"]
+    assert [r["height"] for r in rows] == [360, 480, 576] and len(seen) == 3
+    assert rows[0]["service_s"] < rows[-1]["service_s"]  # more pixels, more time
+    node_profile.save(profile, tmp_path)
+    (tmp_path / "junk.json").write_text("{not json")
+    assert node_profile.load_all(tmp_path)["edge-9"]["rows"] == rows

@@ -1,0 +1,194 @@
+"""Tracking between detected frames and frame-level scoring of configs, on real pixels."""
+from __future__ import annotations
+
+import threading
+
+import cv2
+import numpy as np
+import pytest
+
+from services.codec import Envelope, Hop
+from services.generator import ActivePlan, FrameGenerator, InFlightWindow
+from services.profiling import frame_level_f1, score_segment, shown_boxes
+from services.tracking import TrackStore, track_detections
+from services.video_conf import VideoConf
+from tests.support.pipeline import VTEST
+
+HOP = Hop(stage="probe", service="frame_probe", node="cloud", inputs={"image": "generator.image"})
+
+
+def _shift(image: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    m = np.float32([[1, 0, dx], [0, 1, dy]])
+    return cv2.warpAffine(image, m, (image.shape[1], image.shape[0]), borderMode=cv2.BORDER_REFLECT)
+
+
+def _scene(n: int, speed: float = 6.0) -> tuple[list[np.ndarray], list[list[dict]]]:
+    """Textured squares moving right on a textured background, with their exact boxes."""
+    rng = np.random.default_rng(0)
+    background = cv2.GaussianBlur(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8), (0, 0), 3)
+    yy, xx = np.mgrid[0:40, 0:40]
+    texture = 128 + 60 * np.sin(xx / 2.5) * np.cos(yy / 3.5) + 40 * np.sin((xx + yy) / 4.0)
+    patch = np.repeat(texture[:, :, None], 3, axis=2).astype(np.uint8)
+    frames, boxes = [], []
+    for t in range(n):
+        img = background.copy()
+        dets = []
+        for i, (x0, y0) in enumerate([(20, 30), (150, 140)]):
+            x, y = int(x0 + speed * t), y0 + 10 * i
+            img[y:y + 40, x:x + 40] = patch
+            dets.append({"box": [x / 320, y / 240, (x + 40) / 320, (y + 40) / 240], "cls": "thing", "conf": 0.9})
+        frames.append(img)
+        boxes.append(dets)
+    return frames, boxes
+
+
+def test_tracked_boxes_follow_a_real_frame_shifted_by_known_pixels():
+    if not VTEST.exists():
+        pytest.skip("apt-get install opencv-doc provides vtest.avi")
+    cap = cv2.VideoCapture(str(VTEST))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, 200)
+    ok, frame = cap.read()
+    assert ok
+    h, w = frame.shape[:2]
+    box = [300 / w, 200 / h, 380 / w, 380 / h]
+    moved = track_detections(frame, _shift(frame, 7, -4), [{"box": box, "cls": "person", "conf": 0.8}])
+    x1, y1, x2, y2 = moved[0]["box"]
+    assert x1 * w == pytest.approx(307, abs=1.0) and y1 * h == pytest.approx(196, abs=1.0)
+    assert x2 * w == pytest.approx(387, abs=1.0) and moved[0]["cls"] == "person" and moved[0]["conf"] == 0.8
+
+
+def test_tracking_beats_carrying_boxes_forward_over_every_frame():
+    frames, golden = _scene(8)
+    chain = [golden[0]]
+    for a, b in zip(frames, frames[1:]):
+        chain.append(track_detections(a, b, chain[-1]))
+    tracked = frame_level_f1(chain, golden)
+    carried = frame_level_f1(shown_boxes([golden[0]], 8, 8), golden)
+    assert tracked == 1.0 and carried < 0.5
+    assert track_detections(frames[0], frames[1], []) == []
+
+
+def test_segment_scores_rank_tracking_above_skipping_on_motion():
+    frames, golden = _scene(10)
+
+    def detect(image):  # the exact boxes of this scene, at whatever resolution it is shown
+        return golden[0]
+
+    rows = score_segment(frames, detect, golden, ["source"], [1, 2, 5, 10])
+    by = {(r["step"], r["ntracking"]): r for r in rows}
+    assert by[(1, 0)]["f1"] == 1.0 and by[(1, 4)]["frames"] == 5
+    assert by[(2, 4)]["f1"] > by[(10, 0)]["f1"]          # both cover 10 frames with one detection
+    assert by[(5, 0)]["f1"] < by[(1, 4)]["f1"]
+    assert all(r["step"] * (r["ntracking"] + 1) <= 10 for r in rows)
+
+
+def test_generator_marks_ntracking_frames_after_each_detected_one():
+    from tests.test_dataplane_units import _ListSource
+
+    sent: list[Envelope] = []
+    plan = ActivePlan(1, VideoConf(nskip=1, ntracking=2), (HOP,))
+    gen = FrameGenerator("j", _ListSource(15), lambda: plan, sent.append, InFlightWindow(100), threading.Event(),
+                         pace=0)
+    gen.run()
+    # Kept: source frames 0, 2, ..., 14, each sent at once; detect one, track the next two.
+    assert [e.seq for e in sent] == list(range(8))
+    assert [e.track_from for e in sent] == [-1, 0, 1, -1, 3, 4, -1, 6]
+    assert [e.capture_ts for e in sent[:3]] == [0.0, 0.2, 0.4]
+    assert (gen.stats.sent, gen.stats.tracked, gen.stats.skipped) == (8, 5, 7)
+
+
+def test_a_dropped_frame_breaks_the_tracking_chain():
+    from tests.test_dataplane_units import _ListSource
+
+    sent: list[Envelope] = []
+    window = InFlightWindow(2)
+    plan = ActivePlan(1, VideoConf(ntracking=4), (HOP,))
+
+    def dispatch(env):
+        sent.append(env)
+        if env.seq == 0:
+            window.release(0)  # frame 0 settles at once; frame 1 stays in flight
+
+    FrameGenerator("j", _ListSource(5), lambda: plan, dispatch, window, threading.Event(), pace=0).run()
+    assert [(e.seq, e.track_from) for e in sent] == [(0, -1), (1, 0), (2, 1)]  # then the window is full
+
+
+def test_track_store_tracks_from_the_frame_before_or_says_to_detect():
+    frames, golden = _scene(3)
+    store = TrackStore(max_jobs=2)
+    assert store.track("j", "detect", 0, 1, frames[1]) is None  # nothing seen yet: detect
+    store.remember("j", "detect", 0, frames[0], golden[0])
+    moved = store.track("j", "detect", 0, 1, frames[1])
+    assert frame_level_f1([moved], [golden[1]]) == 1.0
+    assert store.track("j", "detect", 0, 2, frames[2]) is None  # frame 1 is the last one now
+    assert store.track("j", "detect", 1, 2, frames[2]) is not None
+    store.remember("k", "detect", 0, frames[0], [])
+    store.remember("m", "detect", 0, frames[0], [])
+    assert len(store) == 2 and store.track("j", "detect", 2, 3, frames[0]) is None  # evicted (LRU)
+
+
+def test_generator_sends_profiling_segments_of_consecutive_source_frames():
+    from tests.test_dataplane_units import _ListSource
+
+    sent: list[Envelope] = []
+    hop = Hop(stage="detect", service="person_detection", node="cloud", inputs={"image": "generator.image"})
+    plan = ActivePlan(1, VideoConf(fps=2), (hop,), segment_every_s=2.0, segment_frames=4)
+    gen = FrameGenerator("j", _ListSource(40), lambda: plan, sent.append, InFlightWindow(100), threading.Event(),
+                         pace=0)
+    gen.run()
+    segments = [e for e in sent if e.kind == "profile"]
+    assert len(segments) >= 2 and all(len(e.segment) == 4 for e in segments)
+    assert segments[0].route[0].stage == "detect" and segments[0].segment_fps > 0
+    assert gen.stats.segments == len(segments)
+    assert sum(e.kind == "frame" for e in sent) == 8  # the 2 fps frames are unaffected
+
+
+def _box(cx: float, cy: float, cls: str = "person") -> dict:
+    return {"box": [cx - 0.05, cy - 0.1, cx + 0.05, cy + 0.1], "cls": cls, "conf": 0.9}
+
+
+def test_line_counter_keeps_identities_and_counts_crossings_by_direction():
+    from services.line_count import LineCounter
+
+    counter = LineCounter(line=(0.0, 0.5, 1.0, 0.5))  # horizontal, drawn left to right
+    ids = []
+    for t in range(12):  # one person walks up across the line, one down, one stays below
+        dets = [_box(0.2, 0.8 - 0.05 * t), _box(0.6, 0.2 + 0.05 * t), _box(0.9, 0.9, "car")]
+        ids.append([d["id"] for d in counter.update(dets)])
+    assert all(frame == ids[0] for frame in ids) and len(set(ids[0])) == 3
+    assert counter.count_result() == {"up": 1, "total": 2, "person": 2}
+
+
+def test_line_counter_ignores_moves_beside_the_segment_and_ends_lost_tracks():
+    from services.line_count import LineCounter
+
+    counter = LineCounter(line=(0.0, 0.5, 0.3, 0.5), max_age=2)
+    for t in range(10):  # crosses y = 0.5 at x = 0.7, beyond the segment's end
+        counter.update([_box(0.7, 0.8 - 0.06 * t)])
+    assert counter.count_result() == {"up": 0, "total": 0}
+    for _ in range(3):
+        counter.update([])
+    assert counter.tracks == [] and counter.update([_box(0.1, 0.1)])[0]["id"] == 2
+
+
+def test_job_counts_add_count_result_to_the_count_stage():
+    from services.dag import DagSpec
+    from services.line_count import JobCounts
+
+    dag = DagSpec(stages=[
+        {"name": "detect", "service": "person_detection", "inputs": {"image": "generator.image"}},
+        {"name": "count", "service": "object_count", "inputs": {"detections": "detect.detections"},
+         "params": {"line": [0.0, 0.5, 1.0, 0.5]}},
+    ])
+    counts = JobCounts()
+    counts.start("j", dag)
+    for t in range(8):
+        outputs = {"detect": {"detections": [_box(0.5, 0.8 - 0.1 * t)]}, "count": {"counts": {"person": 1}, "total": 1}}
+        counts.apply("j", outputs)
+    assert outputs["count"]["count_result"] == {"up": 1, "total": 1, "person": 1}
+    assert outputs["detect"]["detections"][0]["id"] == 1
+    counts.forget("j")
+    assert len(counts) == 0
+    with pytest.raises(ValueError, match="fractions"):
+        DagSpec(stages=[{"name": "c", "service": "object_count", "inputs": {"detections": "generator.image"},
+                         "params": {"line": [0, 0, 2, 1]}}])

@@ -1,0 +1,1 @@
+"""Helpers the test tiers share (fixtures live in the conftest.py files)."""
