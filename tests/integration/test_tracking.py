@@ -13,6 +13,7 @@ from services.profiling import frame_level_f1, score_segment, shown_boxes
 from services.tracking import TrackStore, track_detections
 from services.video_conf import VideoConf
 from tests.support.pipeline import VTEST
+from tests.support.sources import ListSource
 
 HOP = Hop(stage="probe", service="frame_probe", node="cloud", inputs={"image": "generator.image"})
 
@@ -83,11 +84,10 @@ def test_segment_scores_rank_tracking_above_skipping_on_motion():
 
 
 def test_generator_marks_ntracking_frames_after_each_detected_one():
-    from tests.test_dataplane_units import _ListSource
 
     sent: list[Envelope] = []
     plan = ActivePlan(1, VideoConf(nskip=1, ntracking=2), (HOP,))
-    gen = FrameGenerator("j", _ListSource(15), lambda: plan, sent.append, InFlightWindow(100), threading.Event(),
+    gen = FrameGenerator("j", ListSource(15), lambda: plan, sent.append, InFlightWindow(100), threading.Event(),
                          pace=0)
     gen.run()
     # Kept: source frames 0, 2, ..., 14, each sent at once; detect one, track the next two.
@@ -98,7 +98,6 @@ def test_generator_marks_ntracking_frames_after_each_detected_one():
 
 
 def test_a_dropped_frame_breaks_the_tracking_chain():
-    from tests.test_dataplane_units import _ListSource
 
     sent: list[Envelope] = []
     window = InFlightWindow(2)
@@ -109,7 +108,7 @@ def test_a_dropped_frame_breaks_the_tracking_chain():
         if env.seq == 0:
             window.release(0)  # frame 0 settles at once; frame 1 stays in flight
 
-    FrameGenerator("j", _ListSource(5), lambda: plan, dispatch, window, threading.Event(), pace=0).run()
+    FrameGenerator("j", ListSource(5), lambda: plan, dispatch, window, threading.Event(), pace=0).run()
     assert [(e.seq, e.track_from) for e in sent] == [(0, -1), (1, 0), (2, 1)]  # then the window is full
 
 
@@ -128,12 +127,11 @@ def test_track_store_tracks_from_the_frame_before_or_says_to_detect():
 
 
 def test_generator_sends_profiling_segments_of_consecutive_source_frames():
-    from tests.test_dataplane_units import _ListSource
 
     sent: list[Envelope] = []
     hop = Hop(stage="detect", service="person_detection", node="cloud", inputs={"image": "generator.image"})
     plan = ActivePlan(1, VideoConf(fps=2), (hop,), segment_every_s=2.0, segment_frames=4)
-    gen = FrameGenerator("j", _ListSource(40), lambda: plan, sent.append, InFlightWindow(100), threading.Event(),
+    gen = FrameGenerator("j", ListSource(40), lambda: plan, sent.append, InFlightWindow(100), threading.Event(),
                          pace=0)
     gen.run()
     segments = [e for e in sent if e.kind == "profile"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 import threading
 
 import msgpack
-import numpy as np
 import pytest
 
 from services.aggregator import ReorderBuffer, record_from_envelope, rendered_jpeg
@@ -13,6 +12,7 @@ from services.generator import ActivePlan, FrameGenerator, InFlightWindow
 from services.records import FrameRecord
 from services.sources import SourceError, open_source
 from services.video_conf import FrameSkipper, VideoConf, decode_jpeg, target_size
+from tests.support.sources import ListSource
 
 HOP = Hop(stage="probe", service="frame_probe", node="cloud", inputs={"image": "generator.image"})
 
@@ -77,23 +77,6 @@ def test_window_blocks_then_expires_stale_entries():
     assert win.try_add(3) and win.expired == 2
 
 
-class _ListSource:
-    def __init__(self, n: int):
-        from services.sources import SourceInfo
-
-        self.info = SourceInfo(64, 48, 10.0, n, live=False)
-        self.n = n
-
-    def frames(self, start_ts: float = 0.0):
-        from services.sources import SourceFrame
-
-        for i in range(self.n):
-            yield SourceFrame(i, i / 10, np.full((48, 64, 3), i, np.uint8))
-
-    def close(self):
-        pass
-
-
 def test_generator_applies_a_new_plan_at_the_next_frame_and_clips():
     sent: list[Envelope] = []
     plans = {"p": ActivePlan(1, VideoConf(), (HOP,))}
@@ -103,7 +86,7 @@ def test_generator_applies_a_new_plan_at_the_next_frame_and_clips():
         if env.seq == 1:
             plans["p"] = ActivePlan(2, VideoConf(resolution="360p", quality=50), (HOP,))
 
-    gen = FrameGenerator("j", _ListSource(4), lambda: plans["p"], dispatch, InFlightWindow(100),
+    gen = FrameGenerator("j", ListSource(4), lambda: plans["p"], dispatch, InFlightWindow(100),
                          threading.Event(), pace=0, clip_len=2)
     gen.run()
     assert [e.plan for e in sent] == [1, 1, 2, 2]
@@ -112,7 +95,7 @@ def test_generator_applies_a_new_plan_at_the_next_frame_and_clips():
 
 
 def test_generator_drops_and_counts_when_the_window_is_full():
-    gen = FrameGenerator("j", _ListSource(10), lambda: ActivePlan(1, VideoConf(), (HOP,)), lambda e: None,
+    gen = FrameGenerator("j", ListSource(10), lambda: ActivePlan(1, VideoConf(), (HOP,)), lambda e: None,
                          InFlightWindow(3), threading.Event(), pace=0, backpressure="drop")
     gen.run()
     assert (gen.stats.sent, gen.stats.dropped, gen.stats.peak_in_flight) == (3, 7, 3)
