@@ -6,10 +6,7 @@ Used by `vdag up` (embedded: SQLite + in-process broker and worker), `vdag track
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
-
-from werkzeug.serving import make_server
 
 from services.settings import Settings
 from tasks.app import make_celery
@@ -22,26 +19,13 @@ from tracker.cluster.nodes import register_local_node
 from tracker.runtime import Runtime
 from tracker.store import Store
 from tracker.web.app import create_app
+from tracker.web.http_server import HttpServer
 from tracker.web.metrics import EXTENSION as METRICS
 from tracker.web.metrics import ClusterMetrics
 from tracker.web.service_api import ServiceApi, create_service_app
 from tracker.web.viewer.hub import ViewerHub
 
 log = logging.getLogger(__name__)
-
-
-class HttpServer:
-    def __init__(self, app, host: str, port: int, name: str) -> None:
-        self.server = make_server(host, port, app, threaded=True)
-        self.port = self.server.server_port
-        self.thread = threading.Thread(target=self.server.serve_forever, name=name, daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.thread.join(5)
 
 
 class TrackerServer:
@@ -164,10 +148,10 @@ class TrackerServer:
         return f"http://{self.host}:{self.servers[0].port}" if self.servers else ""
 
     def stop(self) -> None:
+        self.hub.close()  # ends every viewer's stream, so that the request threads can finish
         for server in reversed(self.servers):
             server.stop()
         log.info("http servers stopped")
-        self.hub.close()
         if self.service_caller:
             self.service_caller.stop()
         if self.elasticity:
