@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import subprocess
 import threading
 import time
 from typing import TYPE_CHECKING, Callable
@@ -29,20 +31,23 @@ _gpu_info: dict | None = None
 
 
 def gpu_info() -> dict:
-    """{"gpu": bool, "gpu_name", "gpu_mem_gb"} from torch when present; read once per process."""
+    """{"gpu": bool, "gpu_count", "gpu_name", "gpu_mem_gb"} from nvidia-smi, read once per
+    process: a tracker must not import torch (~600 MB) just to say whether its host has a GPU."""
     global _gpu_info
     with _gpu_lock:
         if _gpu_info is None:
             info: dict = {"gpu": False}
-            try:
-                import torch
-
-                if torch.cuda.is_available():
-                    props = torch.cuda.get_device_properties(0)
-                    info = {"gpu": True, "gpu_count": torch.cuda.device_count(), "gpu_name": props.name,
-                            "gpu_mem_gb": round(props.total_memory / 2**30, 1)}
-            except Exception as exc:  # torch missing or a broken CUDA install: a CPU node
-                log.info("no GPU information (%s)", exc)
+            smi = shutil.which("nvidia-smi")
+            if smi:
+                try:
+                    out = subprocess.run([smi, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+                                         capture_output=True, text=True, timeout=10, check=True).stdout
+                    gpus = [line.rsplit(",", 1) for line in out.strip().splitlines() if "," in line]
+                    if gpus:
+                        info = {"gpu": True, "gpu_count": len(gpus), "gpu_name": gpus[0][0].strip(),
+                                "gpu_mem_gb": round(float(gpus[0][1]) / 1024, 1)}
+                except (OSError, subprocess.SubprocessError, ValueError) as exc:
+                    log.info("no GPU information (%s)", exc)
             _gpu_info = info
         return dict(_gpu_info)
 

@@ -8,18 +8,14 @@ import psutil
 
 from services.settings import Settings
 from services.sources import SYNTHETIC_PREFIX
+from tracker.cluster.heartbeat import gpu_info
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 SYNTHETIC_DEFAULT = SYNTHETIC_PREFIX + "640x360@15/450"
 
 
 def gpu_present() -> bool:
-    try:
-        import torch
-
-        return bool(torch.cuda.is_available())
-    except Exception:  # torch missing or broken CUDA: a CPU node
-        return False
+    return bool(gpu_info()["gpu"])
 
 
 def local_resources(check_gpu: bool = False) -> dict:

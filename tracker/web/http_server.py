@@ -30,7 +30,7 @@ class HttpServer:
                                     channel_timeout=IDLE_CONNECTION_S, connection_limit=max(100, 4 * threads),
                                     asyncore_loop_timeout=0.2,
                                     expose_tracebacks=False)
-        self.port = self.server.effective_port
+        self.port = int(self.server.effective_port)  # waitress gives the port as text
         self.name = name
         self.thread = threading.Thread(target=self.server.run, name=name, daemon=True)
 
@@ -40,7 +40,9 @@ class HttpServer:
     def stop(self, timeout: float = 5.0) -> None:
         """Close the listening socket and every connection, then let the request threads end."""
         self.server.task_dispatcher.shutdown(cancel_pending=True, timeout=timeout)
-        wasyncore.close_all(self._map)
+        # Closed on the loop's own thread (a socket closed under its select() is EBADF there);
+        # with the map empty, the loop returns.
+        self.server.trigger.pull_trigger(lambda: wasyncore.close_all(self._map))
         self.thread.join(timeout)
         if self.thread.is_alive():
             log.warning("http server %s did not stop within %.0f s", self.name, timeout)
