@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import os
+from datetime import timedelta
 
 import pytest
 
@@ -183,11 +184,10 @@ def test_heartbeat_and_stale_nodes(client, store):
     assert client.post("/node/heartbeat", json={"name": "edge-7000", "resources": {"cpu_ratio": 0.5}}).get_json() == \
         {"status": 0, "msg": "ok"}
     assert store.get_node("edge-7000").cpu_ratio == 0.5
-    import time
-
-    time.sleep(0.05)
     client.post("/node/heartbeat", json={"name": "edge-8000"})
-    store.mark_stale_nodes(0.03)
+    later = store.get_node("edge-8000").last_heartbeat
+    store.heartbeat("edge-8000", now=later + timedelta(seconds=10))  # an injected clock, not a sleep
+    store.mark_stale_nodes(4.0, now=later + timedelta(seconds=11))
     assert list(client.get("/user/get_all_status").get_json()["data"]) == ["192.168.56.102:8000"]
 
 

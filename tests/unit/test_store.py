@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
+from datetime import timedelta
 
 import pytest
 
@@ -13,6 +13,7 @@ from services.dag import DagSpec
 from services.records import FrameRecord, StageRecord
 from tracker.store import JobEnded, JobExists, Store
 from tracker.store.jobs import ALLOWED, IllegalTransition, JobNotFound, JobState, check_transition
+from tracker.store.models import utcnow
 
 
 def count_dag() -> DagSpec:
@@ -266,10 +267,10 @@ def test_nodes_register_heartbeat_and_go_stale(store):
     edge = store.get_node("edge1")
     assert edge.cpu_ratio == 0.9 and edge.queue_depth == 3 and edge.cpu_count == 4
 
-    time.sleep(0.05)
-    store.heartbeat("cloud")
-    assert store.mark_stale_nodes(0.03) == ["edge1"]
-    assert store.mark_stale_nodes(0.03) == []  # only newly marked ones
+    later = utcnow() + timedelta(seconds=10)  # an injected clock, not a sleep
+    store.heartbeat("cloud", now=later)
+    assert store.mark_stale_nodes(4.0, now=later + timedelta(seconds=1)) == ["edge1"]
+    assert store.mark_stale_nodes(4.0, now=later + timedelta(seconds=1)) == []  # only newly marked ones
     assert [n.name for n in store.list_nodes(alive_only=True)] == ["cloud"]
     assert not store.get_node("edge1").alive and not store.get_node("edge1").info().can_run("person_detection")
     assert store.heartbeat("edge1") and store.get_node("edge1").alive  # back

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Iterable
 
 from sqlalchemy import delete, select, update
@@ -42,15 +42,15 @@ class NodeTable:
             s.execute(stmt)
             return node_from_row(s.get(NodeRow, name, populate_existing=True))
 
-    def heartbeat(self, name: str, resources: dict[str, Any] | None = None) -> bool:
-        """Mark a node alive now (merging `resources`); False if the node never registered."""
+    def heartbeat(self, name: str, resources: dict[str, Any] | None = None, now: datetime | None = None) -> bool:
+        """Mark a node alive at `now` (default: now; merging `resources`); False if it never registered."""
         with self._sessions.writer() as s, s.begin():
             row = s.get(NodeRow, name, with_for_update=True)
             if row is None:
                 return False
             if resources:
                 row.resources = {**(row.resources or {}), **resources}
-            row.last_heartbeat, row.alive = utcnow(), True
+            row.last_heartbeat, row.alive = now or utcnow(), True
             return True
 
     def get_node(self, name: str) -> NodeRecord | None:
@@ -72,9 +72,9 @@ class NodeTable:
         with self._sessions.reader() as s:
             return [node_from_row(r) for r in s.scalars(stmt)]
 
-    def mark_stale_nodes(self, max_age_s: float) -> list[str]:
-        """Mark alive nodes without a heartbeat for max_age_s as down; returns their names."""
-        cutoff = utcnow() - timedelta(seconds=max_age_s)
+    def mark_stale_nodes(self, max_age_s: float, now: datetime | None = None) -> list[str]:
+        """Mark alive nodes without a heartbeat for max_age_s before `now` as down; returns their names."""
+        cutoff = (now or utcnow()) - timedelta(seconds=max_age_s)
         with self._sessions.writer() as s, s.begin():
             names = list(s.scalars(
                 select(NodeRow.name).where(NodeRow.alive.is_(True), NodeRow.last_heartbeat < cutoff).with_for_update()
