@@ -29,7 +29,7 @@ def worker_argv(node: str, concurrency: int, pool: str = "prefork", loglevel: st
 def pool_torch_threads(concurrency: int) -> int:
     """Every core but one, shared by a prefork pool's processes: a worker's host also runs a
     tracker, generators or the segment profiler, and two OpenMP threads on 2 contended cores
-    stall at every barrier (p50 delay 0.17 s -> 4.1 s in tests/test_planner_real.py). A host
+    stall at every barrier (p50 delay 0.17 s -> 4.1 s in tests/integration/test_planner_real.py). A host
     that runs nothing else can give them all: VDAG_TORCH_THREADS."""
     spare = max(1, (os.cpu_count() or 1) - 1)
     return max(1, spare // max(concurrency, 1))
