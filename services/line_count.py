@@ -125,8 +125,9 @@ __all__ = ["JobCounts", "LineCounter"]
 class JobCounts:
     """Every job's LineCounter per counting stage, fed the job's records in sequence order.
 
-    A counting stage is an `object_count` whose `detections` input names a detector stage; its
-    stored output gains `count_result` (seed shape) and the detector's boxes gain track ids."""
+    A counting stage is an `object_count` whose `detections` input names a detector stage: the
+    detector's boxes gain track ids, and with a `line` param its stored output gains the seed's
+    `count_result` (crossings: up, total, per class)."""
 
     def __init__(self) -> None:
         self._jobs: dict[str, dict[str, tuple[str, LineCounter]]] = {}
@@ -149,7 +150,7 @@ class JobCounts:
             if not isinstance(det_out, dict) or not isinstance(det_out.get("detections"), list):
                 continue
             det_out["detections"] = counter.update(det_out["detections"])
-            if isinstance(outputs.get(stage), dict):
+            if counter.line is not None and isinstance(outputs.get(stage), dict):  # no line: nothing crosses
                 outputs[stage]["count_result"] = counter.count_result()
 
     def forget(self, job_uid: str) -> None:

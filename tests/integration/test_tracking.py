@@ -190,3 +190,19 @@ def test_job_counts_add_count_result_to_the_count_stage():
     with pytest.raises(ValueError, match="fractions"):
         DagSpec(stages=[{"name": "c", "service": "object_count", "inputs": {"detections": "generator.image"},
                          "params": {"line": [0, 0, 2, 1]}}])
+
+
+def test_without_a_line_there_is_no_count_result_but_tracks_get_ids():
+    from services.dag import DagSpec
+    from services.line_count import JobCounts
+
+    dag = DagSpec(stages=[
+        {"name": "detect", "service": "person_detection", "inputs": {"image": "generator.image"}},
+        {"name": "count", "service": "object_count", "inputs": {"detections": "detect.detections"}},
+    ])
+    counts = JobCounts()
+    counts.start("j", dag)
+    outputs = {"detect": {"detections": [_box(0.5, 0.8)]}, "count": {"counts": {"person": 1}, "total": 1}}
+    counts.apply("j", outputs)
+    assert "count_result" not in outputs["count"]  # a seed client then reads the per-class counts
+    assert outputs["detect"]["detections"][0]["id"] == 1
