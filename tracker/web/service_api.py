@@ -126,7 +126,8 @@ def get_service_list():
 
 def get_cluster_info():
     nodes = _api().store.list_nodes(alive_only=True)
-    mem = {n.name: int(n.resources["mem_mb"]) for n in nodes if isinstance(n.resources.get("mem_mb"), (int, float))}
+    mem = {n.name: round(n.resources["mem_total_gb"] * 1024) for n in nodes
+           if isinstance(n.resources.get("mem_total_gb"), (int, float))}  # heartbeats report GB; the seed, MB
     return jsonify(cluster_info(nodes, mem))
 
 
