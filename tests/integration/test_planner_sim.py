@@ -10,8 +10,8 @@ from scheduler import simulator as sm
 from scheduler.baselines import GoldenPlanner
 from scheduler.bayes import BayesModel
 from scheduler.bayes_planner import BayesPlanner
-from scheduler.interface import NodeInfo, Observation, PlanningInput, SourceInfo, UserConstraint
-from services.dag import dag_from_pipeline
+from scheduler.interface import NodeInfo, Observation
+from tests.support.planning import person_input
 
 
 @pytest.fixture(scope="module")
@@ -116,16 +116,6 @@ def test_bayes_beats_baselines_on_all_scenarios(model):
         assert share >= 0.75, scn.name
 
 
-PERSON_DAG = ["person_detection", "object_count", "render"]
-
-
-def _person_input(nodes=None, **kw) -> PlanningInput:
-    return PlanningInput(job_uid=kw.pop("uid", "p"), dag=dag_from_pipeline(PERSON_DAG),
-                         nodes=nodes or [NodeInfo(name="cpu", cpu_count=2, n_process=1)],
-                         source=SourceInfo(width=768, height=576, fps=10, node="cpu"),
-                         constraint=UserConstraint(delay=1.0), **kw)
-
-
 def test_person_job_learns_its_resolution_trade_off(model):
     """Profiled F1 (vs the same model at source resolution) steers a fixed-model detector's
     resolution: with F1 falling steeply at low resolution the planner stays at >= 480p."""
@@ -143,7 +133,7 @@ def test_accuracy_model_is_log_linear_with_per_job_slopes(model):
 
     assert bayes.stale_s(30, 30) == 0 and bayes.stale_s(5, 10) == pytest.approx(0.1)
     p = BayesPlanner(model, background=False, seed=6)
-    inp = _person_input(nodes=[NodeInfo(name="cpu", cpu_count=4, n_process=2)])
+    inp = person_input(nodes=[NodeInfo(name="cpu", cpu_count=4, n_process=2)])
     # The job's profiled F1 falls steeply with resolution: 0.6 at 360p, 0.85 at 480p, 1 at 576p.
     obs = []
     for t, (w, h, f1) in enumerate([(480, 360, 0.6), (640, 480, 0.85), (768, 576, 1.0)] * 4):
@@ -165,7 +155,7 @@ def test_profiled_configs_move_toward_what_the_segments_measured(model):
     """Segment scores of one config (480p, every 2nd frame kept, 4 tracked) far below the model:
     that config's prediction follows them, one it has no measurement of moves only a little."""
     p = BayesPlanner(model, background=False, seed=3)
-    inp = _person_input()
+    inp = person_input()
     obs = [Observation(stage="person_detection", node="cpu", width=640, height=480, fps=5.0, ntracking=4,
                        quality=90, service_s=0.0, ts=float(t), accuracy=0.45, source="segment") for t in range(4)]
     obs += [Observation(stage="person_detection", node="cpu", width=640, height=480, service_s=0.12, ts=float(t))

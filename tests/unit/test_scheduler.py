@@ -13,10 +13,11 @@ from scheduler import simulator as sm
 from scheduler.baselines import GoldenPlanner, GreedyPlanner, PIDPlanner, measured_delay
 from scheduler.bayes import BayesModel
 from scheduler.bayes_planner import BayesPlanner
-from scheduler.interface import NodeInfo, Observation, Plan, PlanningInput, SourceInfo, UserConstraint
+from scheduler.interface import NodeInfo, Observation, Plan, PlanningInput, SourceInfo
 from scheduler.loop import SchedulerLoop
 from scheduler.seed_api import SeedScheduler
 from services.dag import dag_from_pipeline
+from tests.support.planning import person_input
 
 
 def test_candidates_capped_at_source_and_enumerate_live_nodes():
@@ -237,22 +238,12 @@ def test_measured_delay_uses_latest_window():
     assert measured_delay([]) is None
 
 
-PERSON_DAG = ["person_detection", "object_count", "render"]
-
-
-def _person_input(nodes=None, **kw) -> PlanningInput:
-    return PlanningInput(job_uid=kw.pop("uid", "p"), dag=dag_from_pipeline(PERSON_DAG),
-                         nodes=nodes or [NodeInfo(name="cpu", cpu_count=2, n_process=1)],
-                         source=SourceInfo(width=768, height=576, fps=10, node="cpu"),
-                         constraint=UserConstraint(delay=1.0), **kw)
-
-
 def test_person_detection_is_a_fixed_model_dnn_stage():
     assert knobs.stage_kind("person_detection") == knobs.FIXED
     assert knobs.stage_kind("yolo_detection") == knobs.GRADED
     assert knobs.stage_kind("object_count") == knobs.LIGHT == knobs.stage_kind("render")
     assert not knobs.is_tunable("person_detection") and knobs.is_dnn("person_detection")
-    c = knobs.build_candidates(_person_input())
+    c = knobs.build_candidates(person_input())
     assert c.tunable.tolist() == [False, False, False] and c.fixed_k.tolist() == [True, False, False]
     assert [r[0] for r in c.res] == ["360p", "480p", "720p"]  # 720p is the 576-line source
     assert len(set(c.grade_idx)) == 1  # no grade knob: one grid row per (res, fps, quality)
@@ -264,13 +255,13 @@ def test_person_detection_is_a_fixed_model_dnn_stage():
     # Its latency prior sits between YOLO11 s and m on the same pixels (DESIGN.md s.5).
     r = knobs.grade_latency_ratio()
     assert r[1] < knobs.fixed_latency_ratio() < r[2]
-    plan = knobs.to_plan(c, 0, _person_input().nodes, "t", "")
+    plan = knobs.to_plan(c, 0, person_input().nodes, "t", "")
     assert plan.flow_mapping["person_detection"].grade is None
 
 
 def test_cold_plan_for_a_person_job_is_sensible():
     p = BayesPlanner(background=False)
-    inp = _person_input()
+    inp = person_input()
     plan = p.plan(inp)
     vc = plan.video_conf
     assert not (vc.resolution == "360p" and vc.fps == 1), plan.reason
@@ -282,6 +273,6 @@ def test_cold_plan_for_a_person_job_is_sensible():
     assert 0.1 < t[0, 0, 1, 0] < 0.4
     assert t[1, 0, 1, 0] < 0.02 and t[2, 0, 1, 0] < 0.02
     # A 4-core node with two workers affords a higher resolution and/or rate.
-    big = p.plan(_person_input([NodeInfo(name="cpu", cpu_count=4, n_process=2)], uid="p2"))
+    big = p.plan(person_input([NodeInfo(name="cpu", cpu_count=4, n_process=2)], uid="p2"))
     px = lambda pl: knobs.RESOLUTION_HEIGHTS[pl.video_conf.resolution] * (pl.video_conf.fps or 10)  # noqa: E731
     assert px(big) >= px(plan)
