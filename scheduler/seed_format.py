@@ -238,6 +238,11 @@ def runtime_summary(frames: Iterable[FrameRecord]) -> dict[str, Any] | None:
 # -- nodes -----------------------------------------------------------------------------------
 
 
+def video_map(video_sources: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, str]]:
+    """A node's sources as the seed lists them: {video_id: {"type"}}."""
+    return {str(v["id"]): {"type": v.get("type", "")} for v in video_sources}
+
+
 def seed_role(node: NodeInfo) -> str:
     return "cloud" if node.role == "cloud" else "edge"
 

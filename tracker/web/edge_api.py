@@ -13,12 +13,13 @@ import re
 from typing import Literal
 
 from flask import Blueprint, Flask, jsonify, request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from tracker.store.jobs import JobState
 from tracker.web.api.schemas import JOB_UID_PATTERN, NODE_NAME_PATTERN
 from tracker.web.context import tracker_context
-from tracker.web.errors import BadRequest, Conflict, NotFound, pydantic_details, pydantic_message
+from tracker.web.errors import BadRequest, Conflict, NotFound
+from tracker.web.seed_requests import parse_body
 
 bp = Blueprint("edge_node", __name__, url_prefix="/node")
 
@@ -76,14 +77,7 @@ def node_jobs():
 @bp.post("/job_event")
 def node_job_event():
     ctx = tracker_context()
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        raise BadRequest("the body must be a JSON object")
-    try:
-        body = JobEvent.model_validate(data)
-    except ValidationError as exc:
-        details = pydantic_details(exc)
-        raise BadRequest(pydantic_message(details), details) from None
+    body = parse_body(JobEvent)
     job = ctx.store.find_job(body.job_uid)
     if job is None:
         raise NotFound(f"no job {body.job_uid!r}")

@@ -26,6 +26,7 @@ from scheduler.seed_format import (
     constraint_update_from_seed,
     plan_to_seed,
     runtime_summary,
+    video_map,
 )
 from services.records import FrameRecord
 from tracker.web import seed_node_api
@@ -147,7 +148,7 @@ def get_agg_info(query_id: str):
 @bp.get("/user/get_all_status")
 def get_all_status():
     data = {
-        node.address: {"video": {str(v["id"]): {"type": v.get("type", "")} for v in node.video_sources}}
+        node.address: {"video": video_map(node.video_sources)}
         for node in tracker_context().store.list_nodes(alive_only=True)
     }
     return jsonify({"data": data, "status": 0})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
-from scheduler.seed_format import constraint_from_seed, plan_from_seed, plan_to_seed
+from scheduler.seed_format import constraint_from_seed, plan_from_seed, plan_to_seed, video_map
 from tracker.web.context import tracker_context
 from tracker.web.errors import BadRequest, Conflict, NotFound, ValidationFailed
 from tracker.web.seed_requests import (
@@ -81,7 +81,7 @@ def node_update_plan():
 def node_get_video_info():
     """{node_addr: {video_id: {"type"}}}: a bare map (a page lists its keys as nodes)."""
     nodes = tracker_context().store.list_nodes(alive_only=True)
-    return jsonify({n.address: {str(v["id"]): {"type": v.get("type", "")} for v in n.video_sources} for n in nodes})
+    return jsonify({n.address: video_map(n.video_sources) for n in nodes})
 
 
 @bp.post("/register")
