@@ -173,3 +173,17 @@ def test_ended_jobs_answer_their_stored_results(client, store):
 @pytest.mark.parametrize("path", ["/query/get_agg_info/", "/user/sync_job_result/"])
 def test_an_empty_id_is_a_json_404(client, path):
     seed_error(client.get(path), 404)
+
+
+def test_an_edge_reports_its_generator_ended(client, store, control):
+    register_seed_nodes(client)
+    uid = client.post("/node/submit_job", json=SEED_NODE_SUBMIT).get_json()["job_uid"]
+    store.transition(uid, JobState.EXEC, "planned")
+    event = {"node": "edge-7000", "job_uid": uid, "state": "DONE", "reason": "end of video"}
+    assert "node" in seed_error(client.post("/node/job_event", json={**event, "node": "edge-8000"}), 409)
+    assert seed_error(client.post("/node/job_event", json={"node": "edge-7000"}), 400)
+    r = client.post("/node/job_event", json=event)
+    assert r.status_code == 200 and r.get_json()["status"] == 0
+    job = store.get_job(uid)
+    assert job.state is JobState.DONE and job.state_reason == "end of video (on edge-7000)"
+    assert control.calls[-2:] == [("settling", uid), ("stopped", uid)]  # stored what arrived, then stopped
