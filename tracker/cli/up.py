@@ -7,6 +7,7 @@ REST API, shows progress, and says where to look.
 from __future__ import annotations
 
 import argparse
+import signal
 import time
 from pathlib import Path
 
@@ -79,7 +80,15 @@ def _seconds_between(a: str, b: str) -> float:
     return (datetime.fromisoformat(b) - datetime.fromisoformat(a)).total_seconds()
 
 
+def _stop_on_signal(signum, _frame) -> None:
+    raise KeyboardInterrupt  # the same clean stop as Ctrl-C
+
+
 def run_up(args: argparse.Namespace) -> int:
+    # SIGTERM (docker stop, systemd) stops it cleanly too, and so does a SIGINT that a
+    # non-interactive parent shell had set to be ignored for background jobs.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stop_on_signal)
     console = Console()
     source = args.source or (str(DEMO_VIDEO) if DEMO_VIDEO.exists() else SYNTHETIC_DEFAULT)
     if source == SYNTHETIC_DEFAULT:
