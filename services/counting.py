@@ -57,6 +57,7 @@ register(Service(
     run=run_object_count,
     inputs={"detections": True},
     outputs=("counts", "total"),
+    types={"detections": "detections", "counts": "counts", "total": "number"},
     params_model=CountParams,
     description="count detections per class",
     image_input=None,

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 GENERATOR_STAGE = "generator"
 GENERATOR_NAMES = ("SingleFrameGenerator", "ClipGenerator")
 GENERATOR_OUTPUTS = {"SingleFrameGenerator": ("image",), "ClipGenerator": ("image", "clip")}
+GENERATOR_TYPES = {"image": "jpeg", "clip": "clip"}
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
 
 
@@ -70,11 +71,18 @@ class DagSpec(BaseModel):
                 if src in (GENERATOR_STAGE, self.generator) or src in GENERATOR_NAMES:
                     if out not in GENERATOR_OUTPUTS[self.generator]:
                         raise ValueError(f"stage {stage.name!r}: generator has no output {out!r}")
-                    continue
-                if src not in by_name:
-                    raise ValueError(f"stage {stage.name!r}: input {field!r} references unknown stage {src!r}")
-                if out not in get_service(by_name[src].service).outputs:
-                    raise ValueError(f"stage {stage.name!r}: stage {src!r} has no output {out!r}")
+                    given = GENERATOR_TYPES[out]
+                else:
+                    if src not in by_name:
+                        raise ValueError(f"stage {stage.name!r}: input {field!r} references unknown stage {src!r}")
+                    producer = get_service(by_name[src].service)
+                    if out not in producer.outputs:
+                        raise ValueError(f"stage {stage.name!r}: stage {src!r} has no output {out!r}")
+                    given = producer.type_of(out)
+                # A mismatch would fail in the worker on every frame: refuse it at submit.
+                if given != service.type_of(field):
+                    raise ValueError(f"stage {stage.name!r}: input {field!r} takes {service.type_of(field)}, "
+                                     f"but {ref!r} is {given}")
         try:
             self.topological_order()
         except CycleError as exc:

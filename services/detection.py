@@ -185,6 +185,7 @@ register(Service(
     run=run_yolo_detection,
     inputs={"image": True},
     outputs=("detections",),
+    types={"image": "jpeg", "detections": "detections"},
     params_model=DetectionParams,
     description="YOLO11 object detection (COCO classes); boxes normalised to the frame",
     tunable_grade=True,
@@ -196,6 +197,7 @@ register(Service(
     run=run_person_detection,
     inputs={"image": True},
     outputs=("detections",),
+    types={"image": "jpeg", "detections": "detections"},
     params_model=PersonParams,
     description="people only: the trained person checkpoint when installed, else YOLO11 'person'",
     # One trained checkpoint: the planner tunes its resolution, fps and node, not a grade
@@ -208,6 +210,7 @@ register(Service(
     run=run_car_detection,
     inputs={"image": True},
     outputs=("detections", "count_result"),
+    types={"image": "jpeg", "detections": "detections", "count_result": "count_result"},
     params_model=CarParams,
     description="seed-003 service: YOLO11 limited to vehicles, with per-class counts",
     tunable_grade=True,

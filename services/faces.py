@@ -213,6 +213,7 @@ register(Service(
     run=run_face_detection,
     inputs={"image": True},
     outputs=("bbox", "prob"),
+    types={"image": "jpeg", "bbox": "face_boxes", "prob": "scores"},
     params_model=FaceDetectionParams,
     description="seed-003 service: Haar-cascade frontal faces; bbox in pixels, prob a 0..1 score",
 ))
@@ -222,6 +223,7 @@ register(Service(
     run=run_face_alignment,
     inputs={"image": True, "bbox": True, "prob": False},
     outputs=("image", "count_result"),
+    types={"image": "jpeg", "bbox": "face_boxes", "prob": "scores", "count_result": "count_result"},
     params_model=FaceAlignmentParams,
     description="seed-003 service: level each face by its eyes; counts faces whose eyes are level",
 ))

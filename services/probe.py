@@ -19,5 +19,6 @@ def _probe(frame: np.ndarray | None, inputs: Mapping[str, Any], params: EmptyPar
 
 FRAME_PROBE = register(Service(
     name="frame_probe", run=_probe, inputs={"image": True}, outputs=("width", "height", "brightness"),
+    types={"image": "jpeg", "width": "number", "height": "number", "brightness": "number"},
     description="decode the JPEG; report width, height and mean brightness",
 ))

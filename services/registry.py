@@ -16,6 +16,19 @@ class UnknownService(ValueError):
     pass
 
 
+# What a field carries between stages; an input takes only an output of its own type.
+FIELD_TYPES = {
+    "jpeg": "a JPEG-encoded frame",
+    "clip": "several JPEG frames (ClipGenerator)",
+    "detections": "boxes [{box, cls, conf[, track_id]}], normalised",
+    "counts": "per-class counts {class: n}",
+    "count_result": "seed count summary {up, total[, per class]}",
+    "face_boxes": "face boxes in pixels",
+    "scores": "one 0..1 score per box",
+    "number": "a single number",
+}
+
+
 class EmptyParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -46,6 +59,16 @@ class Service:
     # Input fields that carry JPEG bytes the task decodes into `frame` before calling run.
     image_input: str | None = "image"
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    # field -> FIELD_TYPES key, for every input and output (a field name means one thing per service)
+    types: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        undeclared = [f for f in (*self.inputs, *self.outputs) if self.types.get(f) not in FIELD_TYPES]
+        if undeclared:
+            raise ValueError(f"service {self.name!r}: no known type for fields {undeclared}")
+
+    def type_of(self, field_name: str) -> str:
+        return self.types[field_name]
 
     @property
     def required_inputs(self) -> tuple[str, ...]:
@@ -63,8 +86,9 @@ class Service:
         return {
             "name": self.name,
             "description": self.description,
-            "inputs": {k: {"required": v} for k, v in self.inputs.items()},
+            "inputs": {k: {"required": v, "type": self.types[k]} for k, v in self.inputs.items()},
             "outputs": list(self.outputs),
+            "output_types": {k: self.types[k] for k in self.outputs},
             "params": self.params_model.model_json_schema(),
             "tunable_grade": self.tunable_grade,
             "aliases": list(self.aliases),

@@ -97,6 +97,7 @@ register(Service(
     run=run_render,
     inputs={"image": True, "detections": False, "counts": False, "count_result": False},
     outputs=("image",),
+    types={"image": "jpeg", "detections": "detections", "counts": "counts", "count_result": "count_result"},
     params_model=RenderParams,
     description="draw boxes, labels and a counts banner; returns a JPEG",
 ))

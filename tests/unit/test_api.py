@@ -124,6 +124,19 @@ def test_invalid_jobs_name_the_field_and_store_nothing(client, store, control, o
     assert store.list_jobs()[1] == 0 and control.calls == []
 
 
+def test_an_input_of_the_wrong_type_is_refused_at_submit(client, store, control):
+    """object_count.detections fed an integer would fail in the worker on every frame."""
+    stages = [{"name": "p", "service": "frame_probe", "inputs": {"image": "generator.image"}},
+              {"name": "count", "service": "object_count", "inputs": {"detections": "p.width"}}]
+    r = submit(client, stages=stages)
+    assert r.status_code == 422, r.get_json()
+    message = error_of(r)["message"]
+    assert "'detections' takes detections" in message and "'p.width' is number" in message
+    stages[1]["inputs"] = {"detections": "generator.image"}
+    assert "'generator.image' is jpeg" in error_of(submit(client, stages=stages))["message"]
+    assert store.list_jobs()[1] == 0 and control.calls == []
+
+
 def test_cycle_message_names_the_cycle(client):
     stages = [{"name": "a", "service": "render", "inputs": {"image": "b.image"}},
               {"name": "b", "service": "render", "inputs": {"image": "a.image"}}]
@@ -251,7 +264,8 @@ def test_nodes_and_services(client, store):
     assert nodes[0]["name"] == "edge1" and nodes[0]["alive"] and nodes[0]["resources"] == {"cpu_count": 2}
     services = {s["name"]: s for s in client.get("/api/v1/services").get_json()["items"]}
     assert {"person_detection", "object_count", "face_detection"} <= set(services)
-    assert services["object_count"]["inputs"]["detections"] == {"required": True}
+    assert services["object_count"]["inputs"]["detections"] == {"required": True, "type": "detections"}
+    assert services["frame_probe"]["output_types"]["width"] == "number"
     r = submit(client, node="edge1")
     assert r.status_code == 201 and r.get_json()["node"] == "edge1"
 

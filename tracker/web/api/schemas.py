@@ -167,8 +167,9 @@ class NodeList(BaseModel):
 class ServiceOut(BaseModel):
     name: str
     description: str
-    inputs: dict[str, Any]
+    inputs: dict[str, Any] = Field(description="field -> {required, type}")
     outputs: list[str]
+    output_types: dict[str, str] = Field(description="output field -> type; an input takes only its own type")
     params: dict[str, Any]
     tunable_grade: bool
     aliases: list[str]
