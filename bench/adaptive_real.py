@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.adaptive_real                      # vtest.avi + Megamind.avi, D = 1 and 0.5 s, ~45 min
     .venv/bin/python -m bench.adaptive_real --videos vtest --delays 1 --planners bayes,pid --video-s 30
+    .venv/bin/python -m bench.adaptive_real --merge vtest.json megamind.json   # one table, compile measured
 
 Per video: one `vdag worker` process (RabbitMQ, concurrency 1) shared by the runs; per planner
 and delay bound D, a cloud tracker in this process (SQLite, real-time pacing, backpressure
@@ -406,6 +407,18 @@ def report(data: dict) -> None:
     print(data["machine"])
 
 
+def summarise(data: dict) -> None:
+    """The top-level keys: every run's headline numbers, the bayes runs' calibration and first posterior."""
+    data["runs"] = {(k if name == "vtest" else f"{name}:{k}"): {
+        key: s[key] for key in ("frame_f1", "late_share", "fps_out", "compute_ratio")}
+        for name, v in data["videos"].items() for k, s in v["runs"].items()}
+    bayes = [s for v in data["videos"].values() for k, s in v["runs"].items() if k.startswith("bayes@")]
+    cal = [s["calibration_abs_err"] for s in bayes if s.get("calibration_abs_err") is not None]
+    first = [s["first_posterior_s"] for s in bayes if s.get("first_posterior_s") is not None]
+    data["calibration_abs_err"] = round(float(np.mean(cal)), 4) if cal else None
+    data["first_posterior_s"] = round(float(np.max(first)), 2) if first else None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--videos", default="vtest,megamind", help="vtest, megamind (looped to --video-s)")
@@ -414,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--video-s", type=float, default=60.0)
     ap.add_argument("--no-compile", action="store_true", help="skip the compile-time measurement")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "adaptive_real.json")
+    ap.add_argument("--merge", nargs="+", metavar="JSON", help="summarise earlier runs' files as one (no new runs)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("celery", "kombu", "amqp", "werkzeug", "tracker", "scheduler", "tasks", "services", "alembic"):
@@ -425,23 +439,22 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="vdag-adaptive-"))
     planners = [p.strip() for p in args.planners.split(",") if p.strip()]
     delays = [float(d) for d in args.delays.split(",")]
-    sources = {"vtest": VTEST, "megamind": looped_copy(MEGAMIND, args.video_s + 5, tmp)}
-    data: dict = {"machine": machine(), "video_s": args.video_s, "videos": {}, "runs": {}}
-    started = time.monotonic()
-    for name in [v.strip() for v in args.videos.split(",") if v.strip()]:
-        data["videos"][name] = bench_video(name, sources[name], planners, delays, args.video_s, tmp,
-                                           loop_of=MEGAMIND if name == "megamind" else None)
-        data["runs"].update({(k if name == "vtest" else f"{name}:{k}"): {
-            key: s[key] for key in ("frame_f1", "late_share", "fps_out", "compute_ratio")}
-            for k, s in data["videos"][name]["runs"].items()})
-    cal = [s["calibration_abs_err"] for v in data["videos"].values() for k, s in v["runs"].items()
-           if k.startswith("bayes@") and s.get("calibration_abs_err") is not None]
-    first = [s["first_posterior_s"] for v in data["videos"].values() for k, s in v["runs"].items()
-             if k.startswith("bayes@") and s.get("first_posterior_s") is not None]
-    data["calibration_abs_err"] = round(float(np.mean(cal)), 4) if cal else None
-    data["first_posterior_s"] = round(float(np.max(first)), 2) if first else None
+    if args.merge:  # runs of separate invocations (e.g. one video each), summarised as one
+        parts = [json.loads(Path(f).read_text()) for f in args.merge]
+        data = {"machine": parts[0]["machine"], "video_s": parts[0]["video_s"],
+                "videos": {k: v for part in parts for k, v in part["videos"].items()}, "merged_from": args.merge}
+        started = time.monotonic()
+    else:
+        sources = {"vtest": VTEST, "megamind": looped_copy(MEGAMIND, args.video_s + 5, tmp)}
+        data = {"machine": machine(), "video_s": args.video_s, "videos": {}}
+        started = time.monotonic()
+        for name in [v.strip() for v in args.videos.split(",") if v.strip()]:
+            data["videos"][name] = bench_video(name, sources[name], planners, delays, args.video_s, tmp,
+                                               loop_of=MEGAMIND if name == "megamind" else None)
+    summarise(data)
     data.update(compile_times() if not args.no_compile else {"compile_s_cold": None, "compile_s_cached": None})
-    data["wall_s"] = round(time.monotonic() - started, 1)
+    earlier = sum(part.get("wall_s", 0.0) for part in parts) if args.merge else 0.0
+    data["wall_s"] = round(earlier + time.monotonic() - started, 1)
     write_json(args.out.name, data, args.out)
     report(data)
     print(f"wrote {args.out}")
