@@ -439,15 +439,14 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="vdag-adaptive-"))
     planners = [p.strip() for p in args.planners.split(",") if p.strip()]
     delays = [float(d) for d in args.delays.split(",")]
+    started = time.monotonic()
     if args.merge:  # runs of separate invocations (e.g. one video each), summarised as one
         parts = [json.loads(Path(f).read_text()) for f in args.merge]
         data = {"machine": parts[0]["machine"], "video_s": parts[0]["video_s"],
                 "videos": {k: v for part in parts for k, v in part["videos"].items()}, "merged_from": args.merge}
-        started = time.monotonic()
     else:
         sources = {"vtest": VTEST, "megamind": looped_copy(MEGAMIND, args.video_s + 5, tmp)}
         data = {"machine": machine(), "video_s": args.video_s, "videos": {}}
-        started = time.monotonic()
         for name in [v.strip() for v in args.videos.split(",") if v.strip()]:
             data["videos"][name] = bench_video(name, sources[name], planners, delays, args.video_s, tmp,
                                                loop_of=MEGAMIND if name == "megamind" else None)

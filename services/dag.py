@@ -78,11 +78,11 @@ class DagSpec(BaseModel):
                     producer = get_service(by_name[src].service)
                     if out not in producer.outputs:
                         raise ValueError(f"stage {stage.name!r}: stage {src!r} has no output {out!r}")
-                    given = producer.type_of(out)
+                    given = producer.types[out]
                 # A mismatch would fail in the worker on every frame: refuse it at submit.
-                if given != service.type_of(field):
-                    raise ValueError(f"stage {stage.name!r}: input {field!r} takes {service.type_of(field)}, "
-                                     f"but {ref!r} is {given}")
+                wanted = service.types[field]
+                if given != wanted:
+                    raise ValueError(f"stage {stage.name!r}: input {field!r} takes {wanted}, but {ref!r} is {given}")
         try:
             self.topological_order()
         except CycleError as exc:

@@ -67,9 +67,6 @@ class Service:
         if undeclared:
             raise ValueError(f"service {self.name!r}: no known type for fields {undeclared}")
 
-    def type_of(self, field_name: str) -> str:
-        return self.types[field_name]
-
     @property
     def required_inputs(self) -> tuple[str, ...]:
         return tuple(k for k, req in self.inputs.items() if req)
