@@ -73,10 +73,16 @@ def profile_rows(env: Envelope) -> tuple[str, list[dict]] | None:
     return None
 
 
+LATE_MEMORY = 4096  # declared-lost seqs per job remembered, so that their late result is stored
+
+
 @dataclass
 class Emitted:
     records: list[FrameRecord] = field(default_factory=list)  # in sequence order, lost ones included
     duplicates: int = 0
+    # Frames that arrived after they were declared lost (a cold model load, a pool grow, a
+    # requeue): stored in place of the lost row, out of sequence order.
+    late: list[FrameRecord] = field(default_factory=list)
 
 
 class _JobOrder:
@@ -86,7 +92,9 @@ class _JobOrder:
         self.gap_since: float | None = None  # when we started waiting for next_seq
         self.duplicates = 0
         self.lost = 0
+        self.late = 0
         self.emitted = 0
+        self.declared_lost: dict[int, None] = {}  # insertion-ordered: the oldest go first
 
 
 class ReorderBuffer:
@@ -117,12 +125,18 @@ class ReorderBuffer:
             if j is None:
                 return {}
             return {"frames_out": j.emitted, "frames_lost": j.lost, "duplicates": j.duplicates,
-                    "reorder_pending": len(j.pending)}
+                    "frames_late": j.late, "reorder_pending": len(j.pending)}
 
     def push(self, record: FrameRecord, now: float | None = None) -> Emitted:
         now = time.monotonic() if now is None else now
         with self._lock:
             job = self._jobs.setdefault(record.job_uid, _JobOrder(0))
+            if record.seq < job.next_seq and record.seq in job.declared_lost:
+                del job.declared_lost[record.seq]
+                job.lost -= 1
+                job.late += 1
+                job.emitted += 1
+                return Emitted(late=[record])
             if record.seq < job.next_seq or record.seq in job.pending:
                 job.duplicates += 1
                 return Emitted(duplicates=1)
@@ -163,6 +177,10 @@ class ReorderBuffer:
             lost.append(FrameRecord(job_uid=any_rec.job_uid, seq=seq, plan_id=-1, capture_ts=-1.0, width=0,
                                     height=0, latency_s=0.0, outputs={}, stages=[], lost=True))
         job.lost += len(lost)
+        for r in lost:
+            job.declared_lost[r.seq] = None
+        while len(job.declared_lost) > LATE_MEMORY:
+            del job.declared_lost[next(iter(job.declared_lost))]
         job.next_seq = first_present
         job.gap_since = None
         return lost

@@ -26,6 +26,11 @@ SEGMENT_SERVICES = frozenset({"person_detection", "yolo_detection", "car_detecti
 FAST_SEGMENTS = 3
 
 
+class DispatchUnavailable(RuntimeError):
+    """The transport cannot take frames right now (the broker is restarting, a link is down).
+    The generator drops the frame, counts it, and goes on: a transient outage never ends a job."""
+
+
 @dataclass(frozen=True)
 class ActivePlan:
     """What the generator needs of a plan: its id, the video knobs and the stage route."""
@@ -98,7 +103,8 @@ class GeneratorStats:
     read: int = 0  # source frames read
     skipped: int = 0  # not kept by the fps / nskip knob
     sent: int = 0
-    dropped: int = 0  # kept, but the window was full
+    dropped: int = 0  # kept, but not sent: the window was full or the broker away
+    unavailable: int = 0  # of those, dropped because the broker could not take them
     tracked: int = 0  # kept frames whose boxes come from the tracker (ntracking)
     segments: int = 0  # profiling segments sent
     peak_in_flight: int = 0
@@ -111,6 +117,7 @@ class GeneratorStats:
             "frames_skipped": self.skipped,
             "frames_sent": self.sent,
             "frames_dropped": self.dropped,
+            "frames_dropped_broker": self.unavailable,
             "frames_tracked": self.tracked,
             "profile_segments": self.segments,
             "peak_in_flight": self.peak_in_flight,
@@ -188,7 +195,11 @@ class FrameGenerator:
                     self.stats.dropped += 1
                     self._last_kept = None  # the tracking chain is broken: detect next
                     continue
-                self._send(frame.image, frame.ts, plan)
+                try:
+                    self._send(frame.image, frame.ts, plan)
+                except DispatchUnavailable:
+                    self.stats.dropped += 1
+                    self.stats.unavailable += 1
         finally:
             self.source.close()
 

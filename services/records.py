@@ -28,3 +28,4 @@ class FrameRecord:
     frame_bytes: int = 0
     lost: bool = False  # never arrived within the reorder wait; outputs empty
     produced: str = "detected"  # "tracked": boxes carried by the tracker from the detected frame before it
+    late: bool = False  # arrived after the reorder wait had declared it lost; stored in place of that row

@@ -45,6 +45,8 @@ class Settings(BaseSettings):
         description="a job's file source must lie under one of these directories (comma-separated)",
     )
     allowed_url_schemes: Annotated[tuple[str, ...], NoDecode] = ("rtsp", "rtsps", "http", "https")
+    url_probe_timeout_s: float = Field(5.0, ge=0, le=60, description=(
+        "a URL source must open and yield a frame within this long at submit, or the job is a 422; 0 = no probe"))
     api_token: str | None = Field(None, description="bearer token for mutating and /node routes; None = open")
     results_queue: str = Field("vdag.results", pattern=r"^[\w.\-]{1,200}$",
                                description="queue the last stage publishes to; one per cloud tracker")

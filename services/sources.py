@@ -47,9 +47,15 @@ class VideoSource(Protocol):
 class OpenCVSource:
     """File, URL or webcam through cv2.VideoCapture."""
 
-    def __init__(self, spec: str | int, live: bool) -> None:
+    def __init__(self, spec: str | int, live: bool, timeout_s: float | None = None) -> None:
         self._spec = spec
-        self._cap = cv2.VideoCapture(spec)
+        if timeout_s and isinstance(spec, str):
+            # FFmpeg's own open/read timeouts: a URL that never answers cannot hold a thread.
+            ms = int(timeout_s * 1000)
+            self._cap = cv2.VideoCapture(spec, cv2.CAP_FFMPEG,
+                                         [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
+        else:
+            self._cap = cv2.VideoCapture(spec)
         if not self._cap.isOpened():
             raise SourceError(f"cannot open video source {spec!r}")
         w = int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH))
@@ -133,9 +139,13 @@ def open_source(spec: str | int) -> VideoSource:
     return OpenCVSource(spec, live=live)
 
 
-def probe_source(spec: str | int) -> dict:
-    """{width, height, fps, frame_count, live} of a source, opened and closed again."""
-    source = open_source(spec)
+def probe_source(spec: str | int, timeout_s: float | None = None) -> dict:
+    """{width, height, fps, frame_count, live} of a source, opened and closed again; a URL
+    must open (and show its first frame) within `timeout_s`."""
+    if timeout_s and isinstance(spec, str) and "://" in spec and not spec.startswith(SYNTHETIC_PREFIX):
+        source: VideoSource = OpenCVSource(spec, live=True, timeout_s=timeout_s)
+    else:
+        source = open_source(spec)
     try:
         i = source.info
         return {"width": i.width, "height": i.height, "fps": i.fps, "frame_count": i.frame_count, "live": i.live}

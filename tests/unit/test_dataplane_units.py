@@ -65,7 +65,14 @@ def test_reorder_emits_in_order_dedups_and_declares_gaps_lost():
     assert buf.expire(now=0.5) == []
     out = buf.expire(now=1.4)
     assert [(r.seq, r.lost) for r in out] == [(2, True), (3, False)]
-    assert buf.stats("j") == {"frames_out": 3, "frames_lost": 1, "duplicates": 1, "reorder_pending": 0}
+    assert buf.stats("j") == {"frames_out": 3, "frames_lost": 1, "duplicates": 1, "frames_late": 0,
+                              "reorder_pending": 0}
+    # Frame 2 turns up after all (a cold model load held it): late, not lost, and not a duplicate.
+    late = buf.push(_record(2), now=2.0)
+    assert [r.seq for r in late.late] == [2] and late.records == [] and late.duplicates == 0
+    assert buf.push(_record(2), now=2.1).duplicates == 1, "once stored, a redelivery is a duplicate again"
+    assert buf.stats("j") == {"frames_out": 4, "frames_lost": 0, "duplicates": 2, "frames_late": 1,
+                              "reorder_pending": 0}
 
 
 def test_window_blocks_then_expires_stale_entries():

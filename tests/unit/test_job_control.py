@@ -2,6 +2,8 @@
 aggregator's per-job state, on a real store."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from scheduler.interface import Plan
@@ -123,3 +125,33 @@ def test_the_aggregator_stores_in_order_and_frees_a_job_when_it_ends(store):
     assert agg.tracked_jobs() == 0 and agg.stats(uid) is None
     agg.on_frame(_frame(uid, 3, plan_id))  # still in flight when the job ended: acked, not kept
     assert acked[-1] == 3 and agg.frames_after_end == 1 and agg.tracked_jobs() == 0
+
+
+def test_a_frame_after_its_reorder_wait_is_stored_late_in_place_of_its_lost_row(store):
+    from tasks.app import make_celery
+    from tasks.consumers import AckPublisher
+
+    settings = Settings(reorder_wait_s=0.05)
+    agg = Aggregator(settings, store, ViewerHub(), AckPublisher(make_celery(settings)),
+                     NodeLoad(lambda: [("cloud", 1)]), lambda job, seq: None)
+    control = JobControl(store, RecordedEffects())
+    uid = control.submit(dag=DAG, source="synthetic://64x48@10/20", fixed_plan=PLAN).uid
+    plan_id = store.current_plan(uid)[0]
+    agg.start_job(uid, DAG, 0)
+    agg.remember_plan(uid, plan_id, PLAN)
+    for seq in (0, 2):
+        agg.on_frame(_frame(uid, seq, plan_id))
+    time.sleep(0.1)
+    agg.expire()                                   # frame 1 waited too long: declared lost
+    agg.flush(force=True)
+    assert [(r.seq, r.lost) for r in store.results(uid, after_seq=-1, limit=10)] == [(0, False), (1, True), (2, False)]
+    assert agg.stats(uid)["frames_lost"] == 1
+    observed = len(store.recent_observations(uid, limit=100))
+    agg.on_frame(_frame(uid, 1, plan_id))          # ... and then arrives
+    agg.flush(force=True)
+    rows = store.results(uid, after_seq=-1, limit=10)
+    assert [(r.seq, r.lost, r.late) for r in rows] == [(0, False, False), (1, False, True), (2, False, False)]
+    assert rows[1].outputs["probe"]["width"] == 64
+    stats = agg.stats(uid)
+    assert (stats["frames_lost"], stats["frames_late"], stats["frames_out"]) == (0, 1, 3)
+    assert len(store.recent_observations(uid, limit=100)) == observed, "a late frame's time is no observation"

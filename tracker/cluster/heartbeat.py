@@ -78,12 +78,23 @@ class PeriodicLoop(threading.Thread):
         raise NotImplementedError
 
     def run(self) -> None:
+        failing_since: float | None = None  # a run of failed ticks: one traceback, then a line
+        next_warning = 0.0                  # every 30 s (a broker restart, a database outage)
         while not self.stop_event.is_set():
             started = time.monotonic()
             try:
                 self.tick()
-            except Exception:
-                log.exception("%s: tick failed", self.name)
+                if failing_since is not None:
+                    log.info("%s: recovered after %.1f s of failed ticks", self.name, started - failing_since)
+                    failing_since = None
+            except Exception as exc:
+                if failing_since is None:
+                    failing_since = started
+                    log.exception("%s: tick failed", self.name)
+                    next_warning = started + 30.0
+                elif started >= next_warning:
+                    log.warning("%s: still failing after %.0f s: %s", self.name, started - failing_since, exc)
+                    next_warning = started + 30.0
             self.stop_event.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
         log.info("%s stopped", self.name)
 

@@ -3,6 +3,7 @@ stored in batches with the planner's observations, counted into each job's stats
 to viewers. Every per-job structure is freed by `forget` when the job ends."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -20,12 +21,17 @@ from services.records import FrameRecord
 from services.settings import Settings
 from tasks.consumers import AckPublisher
 from tracker.runtime.node_load import NodeLoad
+from tracker.store.jobs import JobNotFound
 
 log = logging.getLogger(__name__)
 
 FLUSH_EVERY_S = 0.1
 FLUSH_BATCH = 32  # frames pending that trigger a flush before FLUSH_EVERY_S
 CONSTRAINT_TTL_S = 2.0  # how long a job's delay bound is cached for SLO counting
+# While the store is away, received frames wait here (their generator slots are already free)
+# and are retried with backoff; past this many the oldest are dropped and counted.
+MAX_UNSAVED = 20_000
+RETRY_FIRST_S, RETRY_MAX_S = 0.5, 5.0
 
 RecordObserver = Callable[[str, list[FrameRecord]], None]
 
@@ -36,6 +42,7 @@ class JobStats:
 
     frames_out: int = 0
     lost: int = 0
+    late: int = 0  # arrived after being declared lost, then stored (and no longer counted lost)
     slo_violations: int = 0
     latency_sum: float = 0.0
     stage_latency: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
@@ -48,6 +55,7 @@ class JobStats:
         return {
             "frames_out": self.frames_out,
             "frames_lost": self.lost,
+            "frames_late": self.late,
             "slo_violations": self.slo_violations,
             "fps_out": round(len(window) / 5.0, 2),
             "mean_latency_s": round(self.latency_sum / self.frames_out, 4) if self.frames_out else None,
@@ -82,6 +90,10 @@ class Aggregator:
         self._constraints: dict[str, tuple[float, UserConstraint]] = {}
         self._last_flush = 0.0
         self.frames_after_end = 0
+        self._unsaved: list[tuple[FrameRecord, str | None]] = []  # a batch the store refused, retried
+        self._retry_at = 0.0
+        self._retry_s = RETRY_FIRST_S
+        self.unsaved_dropped = 0  # over MAX_UNSAVED while the store was away
 
     # -- jobs ------------------------------------------------------------------------------------
     def start_job(self, job_uid: str, dag: DagSpec, next_seq: int) -> None:
@@ -135,7 +147,7 @@ class Aggregator:
                 jpeg = rendered_jpeg(env)
         if jpeg:
             self.hub.publish(env.job, env.seq, jpeg)
-        self._queue_records(emitted.records, env.origin)
+        self._queue_records(emitted.records + [dataclasses.replace(r, late=True) for r in emitted.late], env.origin)
         # Free the generator's window slot on receipt, not after the batched store: with acks
         # after a 0.1 s flush a window of 8 capped a job at ~40 frames/s (bench/pipeline.py).
         # The record is already pending, and a forced flush waits on _flush_lock, so an empty
@@ -180,7 +192,7 @@ class Aggregator:
         if not records:
             return
         for r in records:  # in sequence order per job (the reorder buffer's output)
-            if not r.lost:
+            if not r.lost and not r.late:  # a late frame's identities were carried past already
                 self.counts.apply(r.job_uid, r.outputs)
         with self._lock:
             self._pending.extend((r, origin) for r in records)
@@ -191,23 +203,43 @@ class Aggregator:
         with self._flush_lock:  # one batch at a time: a forced flush returns after what was pending is stored
             now = time.monotonic()
             with self._lock:
-                if not self._pending or (not force and now - self._last_flush < FLUSH_EVERY_S
-                                         and len(self._pending) < FLUSH_BATCH):
+                if self._unsaved and now < self._retry_at:
+                    return  # the store is away: the next try is due later
+                if not (self._pending or self._unsaved) or (
+                        not force and not self._unsaved and now - self._last_flush < FLUSH_EVERY_S
+                        and len(self._pending) < FLUSH_BATCH):
                     return
-                batch, self._pending = self._pending, []
+                batch, self._pending, self._unsaved = self._unsaved + self._pending, [], []
                 self._last_flush = now
             self._store(batch)
+
+    def unsaved(self) -> int:
+        """Frames received but not stored yet (the store refused them; they are retried)."""
+        with self._lock:
+            return len(self._unsaved)
 
     def _store(self, batch: list[tuple[FrameRecord, str | None]]) -> None:
         by_job: dict[str, list[FrameRecord]] = defaultdict(list)
         for record, _ in batch:
             by_job[record.job_uid].append(record)
+        refused: list[tuple[FrameRecord, str | None]] = []
         for job_uid, records in by_job.items():
             try:
-                self.store.save_frames(job_uid, records)
+                self.store.save_frames(job_uid, [r for r in records if not r.late])
+                self.store.replace_lost_frames(job_uid, [r for r in records if r.late])
+            except JobNotFound:
+                log.warning("%d frames of deleted job %s dropped", len(records), job_uid)
+                continue
+            except Exception as exc:
+                # Stats, polls and viewers count only what the store holds: keep it for later.
+                refused.extend(item for item in batch if item[0].job_uid == job_uid)
+                log.warning("could not store %d frames of job %s (%s); retrying", len(records), job_uid,
+                            type(exc).__name__)
+                continue
+            try:
                 self.store.add_observations(job_uid, self._observations(job_uid, records))
             except Exception:
-                log.exception("could not store %d frames of job %s", len(records), job_uid)
+                log.exception("observations of job %s not stored", job_uid)
             self._count(job_uid, records)
             for observe in self.observers:
                 try:
@@ -217,6 +249,24 @@ class Aggregator:
         for record, origin in batch:
             if record.lost:  # received frames were acked in on_frame
                 self._ack(origin, record.job_uid, record.seq)
+        self._hold(refused)
+
+    def _hold(self, refused: list[tuple[FrameRecord, str | None]]) -> None:
+        with self._lock:
+            if not refused:
+                self._retry_s = RETRY_FIRST_S
+                return
+            self._unsaved = refused + self._unsaved
+            over = len(self._unsaved) - MAX_UNSAVED
+            if over > 0:
+                for record, _ in self._unsaved[:over]:
+                    if record.job_uid in self._stats and not record.lost:
+                        self._stats[record.job_uid].lost += 1
+                del self._unsaved[:over]
+                self.unsaved_dropped += over
+                log.error("the store has been away too long: %d received frames dropped", over)
+            self._retry_at = time.monotonic() + self._retry_s
+            self._retry_s = min(self._retry_s * 2, RETRY_MAX_S)
 
     def _plan(self, plan_id: int) -> Plan | None:
         """Plans of jobs whose generator runs on another node are not cached at dispatch."""
@@ -237,8 +287,10 @@ class Aggregator:
         now = time.time()
         for r in records:
             plan = self._plan(r.plan_id)
-            if r.lost or plan is None or r.produced == "tracked":
-                continue  # its detector stage tracked instead of detecting: no service-time sample
+            if r.lost or r.late or plan is None or r.produced == "tracked":
+                # Tracked: its detector stage did not detect. Late: a model load or a requeue
+                # held it, which says nothing about the plan's service time.
+                continue
             for s in r.stages:
                 mapping = plan.flow_mapping.get(s.stage)
                 self.node_load.record(job_uid, s.node, s.service_s, now)
@@ -266,6 +318,9 @@ class Aggregator:
                 if r.lost:
                     st.lost += 1
                     continue
+                if r.late:
+                    st.lost -= 1   # counted lost at the reorder wait; it is stored now
+                    st.late += 1
                 st.frames_out += 1
                 st.latency_sum += r.latency_s
                 st.slo_violations += r.latency_s > delay

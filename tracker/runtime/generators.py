@@ -8,11 +8,12 @@ import time
 from typing import Callable
 
 from celery import Celery
+from kombu.exceptions import OperationalError
 
 from scheduler.interface import Plan
 from services.codec import Envelope, Hop
 from services.dag import DagSpec
-from services.generator import ActivePlan, FrameGenerator, InFlightWindow
+from services.generator import ActivePlan, DispatchUnavailable, FrameGenerator, InFlightWindow
 from services.registry import get_service
 from services.settings import Settings
 from services.sources import SourceError, open_source
@@ -22,6 +23,9 @@ from tracker.store.jobs import JobState
 log = logging.getLogger(__name__)
 
 CLIP_FRAMES = 4  # frames per ClipGenerator message: the current one and the three before
+# After a failed publish, frames are dropped (and counted) without trying for this long: one
+# publish attempt (Celery's own short retry) per interval until the broker is back.
+BROKER_RETRY_S = 0.5
 
 
 def build_route(dag: DagSpec, plan: Plan) -> tuple[Hop, ...]:
@@ -84,6 +88,9 @@ class JobRunner:
         self.window = InFlightWindow(settings.max_in_flight, expire_s=max(30.0, 4 * settings.reorder_wait_s))
         self.generator: FrameGenerator | None = None
         self.first_seq, self.start_ts, self.pace, self.backpressure = first_seq, start_ts, pace, backpressure
+        self._broker_errors = _connection_errors(celery)
+        self._broker_down_since: float | None = None
+        self._next_try = 0.0
         self.thread = threading.Thread(target=self._run, name=f"vdag-gen-{job_uid}", daemon=True)
 
     @property
@@ -104,7 +111,22 @@ class JobRunner:
             self.thread.join(timeout)
 
     def _dispatch(self, env: Envelope) -> None:
-        dispatch_frame(self.celery, env)
+        now = time.monotonic()
+        if self._broker_down_since is not None and now < self._next_try:
+            raise DispatchUnavailable("broker away")
+        try:
+            dispatch_frame(self.celery, env)
+        except self._broker_errors as exc:
+            if self._broker_down_since is None:
+                self._broker_down_since = now
+                log.warning("job %s: the broker cannot take frames (%s); dropping and counting them until "
+                            "it is back", self.job_uid, exc)
+            self._next_try = time.monotonic() + BROKER_RETRY_S
+            raise DispatchUnavailable(str(exc)) from exc
+        if self._broker_down_since is not None:
+            log.warning("job %s: the broker is back after %.1f s; producing again", self.job_uid,
+                        now - self._broker_down_since)
+            self._broker_down_since = None
         if self.preview and env.kind == "frame" and env.image:
             self.preview(self.job_uid, env.seq, env.image)
 
@@ -133,3 +155,10 @@ class JobRunner:
         while len(self.window) and time.monotonic() < deadline and not self.stop_event.is_set():
             self.stop_event.wait(0.05)
         self.on_end(self.job_uid, JobState.DONE, "end of video")
+
+
+def _connection_errors(celery: Celery) -> tuple[type[BaseException], ...]:
+    """What a publish raises while the broker is away: kombu's wrapper, socket errors and the
+    transport's own connection errors (py-amqp's RecoverableConnectionError is not an OSError)."""
+    with celery.connection_for_write() as conn:
+        return (OperationalError, OSError, *conn.connection_errors)

@@ -36,6 +36,10 @@ class RecentResults:
         with self._lock:
             ring = self._frames.setdefault(job_uid, deque(maxlen=self.per_job))
             for r in records:
+                if r.late:  # replaces its lost placeholder where memory still holds it
+                    if ring and ring[0].seq <= r.seq <= ring[-1].seq:
+                        ring[r.seq - ring[0].seq] = r
+                    continue
                 if ring and r.seq != ring[-1].seq + 1:
                     ring.clear()  # a gap (e.g. after a restart): start a new contiguous run
                 ring.append(r)

@@ -317,6 +317,26 @@ class Store(NodeTable):
                 new += len(s.execute(stmt).all())
         return new
 
+    def replace_lost_frames(self, uid: str, records: Sequence[FrameRecord]) -> int:
+        """Store frames that arrived after they were declared lost: each replaces its lost row
+        (or is inserted if that row is not stored yet); a row that holds a result stays.
+        Returns how many rows were written."""
+        rows = [frame_row(r) for r in records if r.job_uid == uid]
+        if not rows:
+            return 0
+        written = 0
+        with self._sessions.writer() as s, s.begin():
+            self._require_job(s, uid)
+            for row in rows:
+                stmt = self._insert(FrameResultRow).values(row)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["job_uid", "seq"],
+                    set_={k: stmt.excluded[k] for k in row if k not in ("job_uid", "seq")},
+                    where=FrameResultRow.lost.is_(True),
+                ).returning(FrameResultRow.seq)
+                written += len(s.execute(stmt).all())
+        return written
+
     def _frames(self, stmt: Select) -> list[FrameRecord]:
         with self._sessions.reader() as s:
             return [frame_from_row(r) for r in s.scalars(stmt)]

@@ -12,6 +12,7 @@ from typing import Any
 from flask import Flask, Response, current_app, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from pydantic import BaseModel, Field, ValidationError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from scheduler.seed_format import SeedFormatError
@@ -21,6 +22,7 @@ from tracker.store.jobs import IllegalTransition, JobNotFound
 log = logging.getLogger(__name__)
 
 SEED_PREFIXES = ("/user/", "/query/", "/node/")
+STORE_RETRY_AFTER_S = 5
 
 
 class APIError(Exception):
@@ -188,6 +190,15 @@ def init_app(app: Flask) -> None:
         resp, status = error_response(exc.code or 500, code, exc.description or exc.name)
         if exc.code == 405 and getattr(exc, "valid_methods", None):
             resp.headers["Allow"] = ", ".join(exc.valid_methods)
+        return resp, status
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    def _store_away(exc: Exception):
+        # The database is restarting or unreachable: a transient state, not a server bug.
+        log.warning("store unavailable on %s %s: %s", request.method, request.path, type(exc.__cause__ or exc).__name__)
+        resp, status = error_response(503, "store_unavailable", "the job store is unavailable; retry shortly")
+        resp.headers["Retry-After"] = str(STORE_RETRY_AFTER_S)
         return resp, status
 
     @app.errorhandler(Exception)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hmac
 import os
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
@@ -17,12 +19,15 @@ from urllib.parse import urlsplit
 from flask import Flask, request
 
 from services.settings import Settings
-from services.sources import SYNTHETIC_PREFIX, SourceError, open_source
+from services.sources import SYNTHETIC_PREFIX, SourceError, open_source, probe_source
 from tracker.web.errors import Unauthorized, ValidationFailed
 
 MAX_CONTENT_LENGTH = 1 << 20  # 1 MiB: a job spec is a few KB
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MAX_WEBCAM_INDEX = 63
+# URL probes run here, not on the request thread: a camera that never answers holds a probe
+# thread until FFmpeg's own timeout, never a server thread, and at most this many at once.
+_url_probes = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vdag-url-probe")
 
 
 def init_app(app: Flask, settings: Settings) -> None:
@@ -77,8 +82,24 @@ def check_source(source: str | int, settings: Settings, field: str = "source", p
             raise ValidationFailed(f"URL scheme {parts.scheme!r} is not allowed (allowed: {allowed})", field=field)
         if not parts.hostname:
             raise ValidationFailed("URL has no host", field=field)
-        return CheckedSource("url", source)
+        info = _probe_url(source, settings.url_probe_timeout_s, field) if probe else None
+        return CheckedSource("url", source, info)
     return _check_file(source, settings, field, probe)
+
+
+def _probe_url(url: str, timeout_s: float, field: str) -> dict | None:
+    """{width, height, fps} of a URL source that opens within `timeout_s`, else a 422."""
+    if timeout_s <= 0:
+        return None
+    future = _url_probes.submit(probe_source, url, timeout_s)
+    try:
+        info = future.result(timeout=timeout_s + 1.0)  # FFmpeg's timeout fires first; this is the belt
+    except FutureTimeout:
+        raise ValidationFailed(f"the video URL did not open within {timeout_s:g} s", field=field) from None
+    except SourceError:
+        raise ValidationFailed(f"the video URL cannot be opened (probed for up to {timeout_s:g} s)",
+                               field=field) from None
+    return {"width": info["width"], "height": info["height"], "fps": info["fps"]}
 
 
 def _check_file(source: str, settings: Settings, field: str, probe: bool) -> CheckedSource:
