@@ -8,9 +8,9 @@ import time
 
 import pytest
 
+from bench.tcp_proxy import TcpProxy
 from tests.support.db import PG_BASE, drop_pg_schema, new_pg_schema, pg_unreachable
 from tests.support.pipeline import all_results, fixed_plan, settings_for, submit, wait_state
-from tests.support.tcp_proxy import TcpProxy
 from tracker.server import TrackerServer
 
 pytestmark = pytest.mark.integration
