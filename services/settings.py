@@ -67,6 +67,8 @@ class Settings(BaseSettings):
         "torch threads per worker process, kept in force after ultralytics' predictor setup resets them; "
         "default: every core but one, split over a prefork pool's processes (tasks.worker)"))
     person_weights: str | None = Field(None, description="path of a trained person detector (.pt)")
+    warm_up: bool = Field(True, description=(
+        "each worker pool process loads and runs the person detector once before it takes tasks"))
     models_dir: Path | None = Field(Path("models"), description=(
         "the only place a job's `weights` param may name a .pt checkpoint, by bare file name "
         "(relative = to the worker's working directory; symlinks out of it are refused); "

@@ -35,6 +35,9 @@ def make_celery(settings: Settings) -> Celery:
         # kombu's in-process memory transport has no use for it.
         worker_enable_remote_control=not settings.broker_url.startswith("memory://"),
         broker_connection_retry_on_startup=True,
+        # A pool process loads and runs the detector once before it is up (tasks.worker_state
+        # .warm_up): on a busy 2-core host that takes 10-50 s, far past Celery's 4 s default.
+        worker_proc_alive_timeout=120.0,
         broker_heartbeat=30,
     )
     if settings.broker_url.startswith("memory://"):
@@ -43,6 +46,7 @@ def make_celery(settings: Settings) -> Celery:
     # The stage task is a shared task: it reads this app's settings at run time.
     app.vdag_settings = settings
     import tasks.stage  # noqa: F401  (registers the shared task with every app)
+    import tasks.worker_state  # noqa: F401  (its worker_process_init handler must exist before the pool forks)
 
     return app
 

@@ -2,13 +2,18 @@
 cached per (weights, device) for the life of the process."""
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import time
 
+from celery import current_app
 from celery.signals import worker_process_init
 
 from services.registry import ServiceContext
 from services.settings import Settings
+
+log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _context: ServiceContext | None = None
@@ -57,3 +62,30 @@ def _forget_parent_models(**_: object) -> None:
     with _lock:
         _context = None
         _profiler = None
+    settings = getattr(current_app, "vdag_settings", None)
+    if settings is not None and settings.warm_up:
+        warm_up(settings)
+
+
+def warm_up(settings: Settings) -> float | None:
+    """Load the person detector and run it once before this process takes a task: the first
+    frames of a job (and of a pool that just grew) then pay inference, not a 10-50 s model
+    load that the reorder wait would count as lost and the planner as a slow node.
+    Returns the seconds it took, None when there is no detector to warm."""
+    import numpy as np
+
+    from services.detection import detect
+
+    ctx = service_context(settings)
+    if not ctx.person_weights:
+        return None
+    t0 = time.perf_counter()
+    try:
+        model = ctx.models.get(ctx.person_weights, ctx.device)
+        detect(np.zeros((480, 640, 3), np.uint8), model, conf=0.25, imgsz=None)
+    except Exception:  # a broken checkpoint must not keep the process from serving other stages
+        log.exception("warm-up of %s failed", ctx.person_weights)
+        return None
+    took = time.perf_counter() - t0
+    log.info("process %d warm: person detector loaded and run once in %.1f s", os.getpid(), took)
+    return took
