@@ -36,6 +36,10 @@ class TcpProxy:
     def close(self) -> None:
         self._closed = True
         self.cut()
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept thread (close alone does not)
+        except OSError:
+            pass
         self._listener.close()
 
     def _accept(self) -> None:

@@ -5,6 +5,8 @@ import time
 
 import pytest
 
+from scheduler.interface import Plan
+from services.dag import DagSpec
 from tests.support.pipeline import VTEST, all_results, fixed_plan, settings_for, submit, wait_state
 from tracker.server import TrackerServer
 
@@ -55,10 +57,18 @@ def test_unreadable_sources_are_refused_or_fail_the_job_with_a_reason(embedded, 
     resp = client.post("/api/v1/jobs", json={"source": str(bad), "stages": PROBE, "plan": fixed_plan(["probe"])})
     assert resp.status_code in (400, 422) and "source" in str(resp.get_json())
     assert client.get("/api/v1/jobs").get_json()["total"] == 0
-    # A stream is only opened when the job starts: the job fails with the reason.
-    uid = submit(client, "http://127.0.0.1:9/camera.mjpg", PROBE, fixed_plan(["probe"]))
+    # So is a stream (under VDAG_URL_PROBE_TIMEOUT_S; port 9 refuses at once).
+    resp = client.post("/api/v1/jobs", json={"source": "http://127.0.0.1:9/camera.mjpg", "stages": PROBE,
+                                             "plan": fixed_plan(["probe"])})
+    assert resp.status_code == 422 and resp.get_json()["error"]["details"][0]["loc"] == ["source"], resp.get_json()
+    # A source that stops opening after the submit fails its job with the reason.
+    gone = tmp_path / "gone.avi"
+    gone.write_bytes((tmp_path / "broken.avi").read_bytes())
+    uid = embedded.runtime.control.submit(dag=DagSpec(stages=PROBE), source=str(gone),
+                                          fixed_plan=Plan.model_validate(fixed_plan(["probe"]))).uid
     job = wait_state(client, uid, timeout=30)
-    assert job["state"] == "FAILED" and "cannot open video source" in job["reason"], job
+    assert job["state"] == "FAILED" and "video source failed" in job["reason"], job
+    assert client.get("/api/v1/jobs").get_json()["total"] == 1
 
 
 def test_slow_stage_never_exceeds_the_window_and_counts_drops(tmp_path):
