@@ -211,8 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(run_scenario(name, clip, tmp))
         log.info("%s", rows[-1])
     report(rows)
-    write_json("faults", {"machine": machine(), "clip_s": CLIP_S, "fault_at_s": FAULT_AT_S,
-                          "runs": {r["scenario"]: r for r in rows}, "not_run": NOT_RUN})
+    path = write_json("faults.json", {"machine": machine(), "clip_s": CLIP_S, "fault_at_s": FAULT_AT_S,
+                                      "runs": {r["scenario"]: r for r in rows}, "not_run": NOT_RUN})
+    print(f"wrote {path}")
     return 0
 
 
