@@ -161,6 +161,7 @@ class FrameGenerator:
         self.backpressure = backpressure
         self.seq = first_seq
         self.start_ts = start_ts
+        self.last_sent_ts = start_ts  # source time of the newest frame sent (where a restart continues)
         self.stats = GeneratorStats()
         self._skipper = FrameSkipper()
         # ClipGenerator: each message also carries the previous kept frames, oldest first.
@@ -260,6 +261,7 @@ class FrameGenerator:
             raise
         self._last_kept = self.seq
         self.seq += 1
+        self.last_sent_ts = ts
         self.stats.sent += 1
         if track_from >= 0:
             self.stats.tracked += 1

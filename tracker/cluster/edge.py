@@ -228,8 +228,9 @@ class EdgeAgent:
         out = {}
         for r in runners:
             if r.generator is not None:
-                out[r.job_uid] = {**r.generator.stats.as_dict(), "in_flight": len(r.window),
-                                  "window_expired": r.window.expired}
+                out[r.job_uid] = {**r.stats(), "in_flight": len(r.window), "window_expired": r.window.expired,
+                                  "next_seq": r.generator.seq, "sent_ts": r.generator.last_sent_ts,
+                                  "stopped_cleanly": False}
         return out
 
     def _send_heartbeat(self, resources: dict) -> bool:
@@ -279,7 +280,8 @@ class EdgeAgent:
             return
         runner = JobRunner(self.settings, self.celery, uid, dag, spec["source"], self._active(dag, spec),
                            int(spec.get("first_seq", 0)), float(spec.get("start_ts", 0.0)), self.pace,
-                           self.backpressure, on_end=self._on_end, results_queue=self.results_queue)
+                           self.backpressure, on_end=self._on_end, results_queue=self.results_queue,
+                           counters={k: v for k, v in (spec.get("counters") or {}).items() if isinstance(v, int)})
         with self._lock:
             self.runners[uid] = runner
         runner.start()

@@ -45,6 +45,7 @@ class JobStats:
     late: int = 0  # arrived after being declared lost, then stored (and no longer counted lost)
     slo_violations: int = 0
     latency_sum: float = 0.0
+    latency_n: int = 0  # frames in latency_sum (frames_out also counts those stored before a restart)
     stage_latency: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     last_out: list[float] = field(default_factory=list)  # wall times of recent outputs, for fps_out
     last_viewer_seq: int = -1
@@ -58,7 +59,7 @@ class JobStats:
             "frames_late": self.late,
             "slo_violations": self.slo_violations,
             "fps_out": round(len(window) / 5.0, 2),
-            "mean_latency_s": round(self.latency_sum / self.frames_out, 4) if self.frames_out else None,
+            "mean_latency_s": round(self.latency_sum / self.latency_n, 4) if self.latency_n else None,
             "segments_scored": self.segments_scored,
             "stage_latency_s": {k: round(sum(v) / len(v), 4) for k, v in self.stage_latency.items() if v},
         }
@@ -96,13 +97,14 @@ class Aggregator:
         self.unsaved_dropped = 0  # over MAX_UNSAVED while the store was away
 
     # -- jobs ------------------------------------------------------------------------------------
-    def start_job(self, job_uid: str, dag: DagSpec, next_seq: int) -> None:
-        """Expect the job's frames from `next_seq` on (everything below is stored)."""
+    def start_job(self, job_uid: str, dag: DagSpec, next_seq: int, stored: tuple[int, int] = (0, 0)) -> None:
+        """Expect the job's frames from `next_seq` on (everything below is stored); `stored` =
+        (frames with a result, frames recorded lost) already in the store, where the counts resume."""
         self.reorder.start_job(job_uid, next_seq)
         self.counts.start(job_uid, dag)
         with self._lock:
             self._active.add(job_uid)
-            self._stats.setdefault(job_uid, JobStats())
+            self._stats.setdefault(job_uid, JobStats(frames_out=stored[0], lost=stored[1]))
 
     def remember_plan(self, job_uid: str, plan_id: int, plan: Plan) -> None:
         with self._lock:
@@ -323,6 +325,7 @@ class Aggregator:
                     st.late += 1
                 st.frames_out += 1
                 st.latency_sum += r.latency_s
+                st.latency_n += 1
                 st.slo_violations += r.latency_s > delay
                 st.last_out.append(now)
                 for s in r.stages:

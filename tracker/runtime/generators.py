@@ -73,7 +73,7 @@ class JobRunner:
     def __init__(self, settings: Settings, celery: Celery, job_uid: str, dag: DagSpec, source: str,
                  active: ActivePlan, first_seq: int, start_ts: float, pace: float, backpressure: str,
                  on_end: OnJobEnd, results_queue: str | None = None,
-                 preview: Callable[[str, int, bytes], None] | None = None) -> None:
+                 preview: Callable[[str, int, bytes], None] | None = None, counters: dict | None = None) -> None:
         self.settings = settings
         self.preview = preview
         self.celery = celery
@@ -88,6 +88,7 @@ class JobRunner:
         self.window = InFlightWindow(settings.max_in_flight, expire_s=max(30.0, 4 * settings.reorder_wait_s))
         self.generator: FrameGenerator | None = None
         self.first_seq, self.start_ts, self.pace, self.backpressure = first_seq, start_ts, pace, backpressure
+        self.counters = counters or {}  # a resumed job's generator counters before this process
         self._broker_errors = _connection_errors(celery)
         self._broker_down_since: float | None = None
         self._next_try = 0.0
@@ -104,6 +105,13 @@ class JobRunner:
 
     def start(self) -> None:
         self.thread.start()
+
+    def stats(self) -> dict:
+        """The generator's counters over the whole job, across restarts."""
+        out = self.generator.stats.as_dict() if self.generator else {}
+        for key, before in self.counters.items():
+            out[key] = out.get(key, 0) + before
+        return out
 
     def stop(self, timeout: float = 5.0) -> None:
         self.stop_event.set()

@@ -24,6 +24,7 @@ from tracker.runtime.generators import JobRunner, active_plan, renders
 from tracker.runtime.job_control import JobControl
 from tracker.runtime.node_load import NodeLoad
 from tracker.runtime.planning import PlanningInputs, StoreJobSource, make_scheduler_loop
+from tracker.runtime.resume import resume_point
 from tracker.store import Store
 from tracker.store.jobs import Job, JobState
 from tracker.store.recent_results import LivePlan, RecentResults
@@ -111,6 +112,8 @@ class Runtime:
             self.result_consumer.stop()
             self.aggregator.flush(force=True)
             log.info("aggregator stopped")
+        for runner in runners:  # where each job continues: exactly, since nothing sends any more
+            self.publish_stats(runner.job_uid, stopped_cleanly=True)
 
     # -- generators ------------------------------------------------------------------------
     def start_generator(self, job_uid: str) -> None:
@@ -119,16 +122,14 @@ class Runtime:
         if current is None:
             return
         plan_id, plan = current
-        last = self.store.last_result_position(job_uid)  # (seq, capture_ts) or None
-        first_seq = last[0] + 1 if last else 0
-        start_ts = last[1] if last and last[1] >= 0 else 0.0
-        self.aggregator.start_job(job_uid, job.dag, first_seq)
+        at = resume_point(self.store.last_result_position(job_uid), job.stats, self.settings.max_in_flight)
+        self.aggregator.start_job(job_uid, job.dag, at.expect_from, stored=self.store.result_counts(job_uid))
         self._show_plan(job, plan_id, plan)
         if job.node != self.settings.node:
             return  # another node reads this job's source (tracker.cluster.edge polls for it)
         runner = JobRunner(self.settings, self.celery, job_uid, job.dag, job.source, self._active(job, plan_id, plan),
-                           first_seq, start_ts, self.pace, self.backpressure, on_end=self.control.finish,
-                           preview=None if renders(job.dag) else self.hub.publish)
+                           at.first_seq, at.start_ts, self.pace, self.backpressure, on_end=self.control.finish,
+                           preview=None if renders(job.dag) else self.hub.publish, counters=at.counters)
         with self._runners_lock:
             old = self.runners.pop(job_uid, None)
             self.runners[job_uid] = runner
@@ -165,16 +166,19 @@ class Runtime:
             for job_uid in self.aggregator.active_jobs():
                 self.publish_stats(job_uid)
 
-    def publish_stats(self, job_uid: str) -> None:
+    def publish_stats(self, job_uid: str, stopped_cleanly: bool = False) -> None:
         stats = self.aggregator.stats(job_uid)
         if stats is None:
             return
         with self._runners_lock:
             runner = self.runners.get(job_uid)
         if runner and runner.generator:
-            stats.update(runner.generator.stats.as_dict())
+            stats.update(runner.stats())
             stats["in_flight"] = len(runner.window)
             stats["window_expired"] = runner.window.expired
+            stats["next_seq"] = runner.generator.seq  # where a restart continues (tracker.runtime.resume)
+            stats["sent_ts"] = runner.generator.last_sent_ts
+            stats["stopped_cleanly"] = stopped_cleanly
         try:
             self.store.update_stats(job_uid, stats)
         except Exception:

@@ -367,6 +367,13 @@ class Store(NodeTable):
             ).first()
             return (int(row[0]), float(row[1])) if row and row[0] is not None else None
 
+    def result_counts(self, uid: str) -> tuple[int, int]:
+        """(frames stored with a result, frames recorded lost) of a job."""
+        with self._sessions.reader() as s:
+            rows = dict(s.execute(select(FrameResultRow.lost, func.count()).where(FrameResultRow.job_uid == uid)
+                                  .group_by(FrameResultRow.lost)).all())
+        return int(rows.get(False, 0)), int(rows.get(True, 0))
+
     def result_count(self, uid: str) -> int:
         with self._sessions.reader() as s:
             return int(s.scalar(select(func.count()).select_from(FrameResultRow).where(FrameResultRow.job_uid == uid)))

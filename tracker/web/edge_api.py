@@ -15,6 +15,7 @@ from typing import Literal
 from flask import Blueprint, Flask, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field
 
+from tracker.runtime.resume import resume_point
 from tracker.store.jobs import JobState
 from tracker.web.api.schemas import JOB_UID_PATTERN, NODE_NAME_PATTERN
 from tracker.web.context import tracker_context
@@ -58,7 +59,7 @@ def node_jobs():
         current = ctx.store.current_plan(job.uid)
         if current is None:
             continue
-        last = ctx.store.last_result_position(job.uid)
+        at = resume_point(ctx.store.last_result_position(job.uid), job.stats, ctx.settings.max_in_flight)
         items.append({
             "uid": job.uid,
             "source": job.source,
@@ -67,8 +68,9 @@ def node_jobs():
             "plan_id": current[0],
             "plan": current[1].model_dump(mode="json"),
             "planned": job.fixed_plan is None,
-            "first_seq": last[0] + 1 if last else 0,
-            "start_ts": last[1] if last and last[1] >= 0 else 0.0,
+            "first_seq": at.first_seq,
+            "start_ts": at.start_ts,
+            "counters": at.counters,
         })
     return jsonify({"status": 0, "node": node, "results_queue": ctx.settings.results_queue,
                     "cloud": ctx.settings.node, "jobs": items})
