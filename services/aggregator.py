@@ -74,6 +74,10 @@ def profile_rows(env: Envelope) -> tuple[str, list[dict]] | None:
 
 
 LATE_MEMORY = 4096  # declared-lost seqs per job remembered, so that their late result is stored
+# The numbers a restarted generator skipped (tracker.runtime.resume) are waited for this long at
+# most: the old process's frames are already on the queues, the rest never come, and any that
+# turn up later are still stored (late).
+RESTART_GAP_WAIT_S = 2.0
 
 
 @dataclass
@@ -90,6 +94,7 @@ class _JobOrder:
         self.next_seq = next_seq
         self.pending: dict[int, FrameRecord] = {}
         self.gap_since: float | None = None  # when we started waiting for next_seq
+        self.restart_gap_end = next_seq  # seqs below this one were skipped at a restart
         self.duplicates = 0
         self.lost = 0
         self.late = 0
@@ -106,10 +111,12 @@ class ReorderBuffer:
         self._jobs: dict[str, _JobOrder] = {}
         self._lock = threading.Lock()
 
-    def start_job(self, job_uid: str, next_seq: int = 0) -> None:
-        """Resume point after a restart: everything below next_seq is already stored."""
+    def start_job(self, job_uid: str, next_seq: int = 0, generator_from: int | None = None) -> None:
+        """Resume point after a restart: everything below next_seq is already stored; the
+        generator continues at `generator_from` (the numbers between were the old process's)."""
         with self._lock:
-            self._jobs[job_uid] = _JobOrder(next_seq)
+            job = self._jobs[job_uid] = _JobOrder(next_seq)
+            job.restart_gap_end = max(next_seq, generator_from or next_seq)
 
     def forget(self, job_uid: str) -> None:
         with self._lock:
@@ -153,7 +160,8 @@ class ReorderBuffer:
         out: list[FrameRecord] = []
         with self._lock:
             for job in self._jobs.values():
-                while job.pending and job.gap_since is not None and now - job.gap_since >= self.wait_s:
+                while job.pending and job.gap_since is not None and now - job.gap_since >= (
+                        RESTART_GAP_WAIT_S if job.next_seq < job.restart_gap_end else self.wait_s):
                     out.extend(self._skip_gap(job))
                     out.extend(self._drain(job, now))
         return out

@@ -75,6 +75,19 @@ def test_reorder_emits_in_order_dedups_and_declares_gaps_lost():
                               "reorder_pending": 0}
 
 
+def test_the_numbers_a_restart_skipped_are_waited_for_briefly_and_stored_if_they_come():
+    from services.aggregator import RESTART_GAP_WAIT_S
+
+    buf = ReorderBuffer(wait_s=15.0)
+    buf.start_job("j", 10, generator_from=50)   # 10..49: the old process's, in flight or never sent
+    assert buf.push(_record(10), now=0.0).records[0].seq == 10      # an old frame, in order
+    assert buf.push(_record(50), now=0.1).records == []
+    assert buf.expire(now=0.1 + RESTART_GAP_WAIT_S / 2) == []
+    out = buf.expire(now=0.2 + RESTART_GAP_WAIT_S)                  # not the 15-s reorder wait
+    assert [r.seq for r in out if r.lost] == list(range(11, 50)) and out[-1].seq == 50
+    assert [r.seq for r in buf.push(_record(12), now=5.0).late] == [12], "a straggler is still stored"
+
+
 def test_window_blocks_then_expires_stale_entries():
     win = InFlightWindow(2, expire_s=0.05)
     assert win.try_add(0) and win.try_add(1) and not win.try_add(2)

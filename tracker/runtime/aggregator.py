@@ -97,10 +97,12 @@ class Aggregator:
         self.unsaved_dropped = 0  # over MAX_UNSAVED while the store was away
 
     # -- jobs ------------------------------------------------------------------------------------
-    def start_job(self, job_uid: str, dag: DagSpec, next_seq: int, stored: tuple[int, int] = (0, 0)) -> None:
+    def start_job(self, job_uid: str, dag: DagSpec, next_seq: int, stored: tuple[int, int] = (0, 0),
+                  generator_from: int | None = None) -> None:
         """Expect the job's frames from `next_seq` on (everything below is stored); `stored` =
-        (frames with a result, frames recorded lost) already in the store, where the counts resume."""
-        self.reorder.start_job(job_uid, next_seq)
+        (frames with a result, frames recorded lost) already in the store, where the counts resume;
+        `generator_from` = where a resumed generator continues (tracker.runtime.resume)."""
+        self.reorder.start_job(job_uid, next_seq, generator_from)
         self.counts.start(job_uid, dag)
         with self._lock:
             self._active.add(job_uid)

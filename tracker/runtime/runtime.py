@@ -123,7 +123,8 @@ class Runtime:
             return
         plan_id, plan = current
         at = resume_point(self.store.last_result_position(job_uid), job.stats, self.settings.max_in_flight)
-        self.aggregator.start_job(job_uid, job.dag, at.expect_from, stored=self.store.result_counts(job_uid))
+        self.aggregator.start_job(job_uid, job.dag, at.expect_from, stored=self.store.result_counts(job_uid),
+                                  generator_from=at.first_seq)
         self._show_plan(job, plan_id, plan)
         if job.node != self.settings.node:
             return  # another node reads this job's source (tracker.cluster.edge polls for it)
