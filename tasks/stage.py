@@ -20,6 +20,7 @@ from services.profiling import score_segment, step_options
 from services.registry import ServiceContext, get_service
 from services.settings import Settings
 from services.video_conf import FPS_LEVELS, decode_jpeg, resolutions_below
+from tasks.deliveries import ledger
 from tasks.queues import EXCHANGE, STAGE_TASK, node_queue, results_queue
 
 log = logging.getLogger(__name__)
@@ -156,14 +157,26 @@ def run_stage(self, payload: Any) -> None:
             return
         profiler.start()  # a job that profiles is running (its first frame is marked): load the child's models
     worker = f"{settings.node}/{_HOST}/{os.getpid()}"
+    deliveries = ledger(settings.data_dir)
+    attempt = deliveries.start(self.request.id)
     try:
-        env = execute_hop(env, service_context(settings), settings.node, worker)
-    except Exception as exc:  # a failing stage must not stall the job: report the frame
-        stage = env.route[0].stage
-        log.exception("stage %s failed on frame %s/%s", stage, env.job, env.seq)
-        env.outputs[stage] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
-        env.route = []
-    forward(self.app, env)
+        if deliveries.given_up(attempt):  # it took down a process each time: report it, stop trying
+            stage = env.route[0].stage
+            log.error("frame %s/%s given up at stage %s: %d worker processes died on it", env.job, env.seq,
+                      stage, attempt - 1)
+            env.outputs[stage] = {"error": f"given up: {attempt - 1} worker processes died on this frame"}
+            env.route = []
+        else:
+            try:
+                env = execute_hop(env, service_context(settings), settings.node, worker)
+            except Exception as exc:  # a failing stage must not stall the job: report the frame
+                stage = env.route[0].stage
+                log.exception("stage %s failed on frame %s/%s", stage, env.job, env.seq)
+                env.outputs[stage] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+                env.route = []
+        forward(self.app, env)
+    finally:
+        deliveries.finish(self.request.id)
 
 
 def forward(app: Celery, env: Envelope) -> None:
