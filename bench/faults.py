@@ -1,6 +1,6 @@
 """Faults on real parts: does a job survive them with nothing lost?
 
-    .venv/bin/python -m bench.faults                       # ~5 min, writes bench/results/faults.json
+    .venv/bin/python -m bench.faults                       # ~8 min, writes bench/results/faults.json
     .venv/bin/python -m bench.faults --only broker_restart,db_outage_10s
 
 Cluster mode as an operator runs it: a cloud tracker (in this process: generator, aggregator,
@@ -19,7 +19,9 @@ scenario injects one fault ~8 s into the job and reports:
 Scenarios: worker_kill (SIGKILL of one child of a two-process worker mid-frame),
 broker_restart (rabbitmqctl stop_app, 5 s, start_app), db_outage_10s (the proxy to
 PostgreSQL cut for 10 s), poison_frame (garbage and a malformed envelope on the node's
-queue), cold_start (the worker starts with the job: the model loads under the first frames).
+queue), cold_start (the worker starts with the job: the model loads under the first frames),
+pool_grow (a one-process pool grows by one, as the elasticity loop does), tracker_kill (the
+cloud tracker's process SIGKILLed, a new one resumes the job from the store).
 """
 from __future__ import annotations
 
@@ -65,8 +67,9 @@ STAGES = [
 ]
 CLIP_S = 40
 FAULT_AT_S = 8.0
-SCENARIOS = ("worker_kill", "broker_restart", "db_outage_10s", "poison_frame", "cold_start", "tracker_kill")
-NOT_RUN = {"pool_grow": "the elasticity loop's pool grow is not driven by this bench yet"}
+SCENARIOS = ("worker_kill", "broker_restart", "db_outage_10s", "poison_frame", "cold_start", "pool_grow",
+             "tracker_kill")
+NOT_RUN = {"jobs_churn": "covered by tests/integration/test_job_churn.py, not timed here"}
 # tracker_kill: the first tracker runs in its own process (so that it can be SIGKILLed); it warms
 # the worker, submits the job and prints its uid; a tracker in this process takes over.
 FIRST_TRACKER = """
@@ -212,7 +215,9 @@ def run_scenario(name: str, clip: Path, tmp: Path) -> dict:
     settings = bench_settings(tmp / name, node, max_in_flight=8, reorder_wait_s=15.0).model_copy(
         update={"database_url": PG_URL.format(port=proxy.port, schema=schema)})
     (tmp / name).mkdir(parents=True, exist_ok=True)
-    worker = None if name == "cold_start" else start_worker(node, concurrency=2, log_path=tmp / f"{name}-worker.log")
+    concurrency = 1 if name == "pool_grow" else 2
+    worker = None if name == "cold_start" else start_worker(node, concurrency=concurrency,
+                                                            log_path=tmp / f"{name}-worker.log")
     server = TrackerServer(settings, pace=1.0, backpressure="drop", serve_http=False,
                            scheduler_interval_s=None).start()
     client = server.app.test_client()
@@ -268,6 +273,13 @@ def _inject(name: str, worker, proxy: TcpProxy, server) -> float:
         proxy.restore()
     elif name == "poison_frame":
         _poison(server.settings.node, server.celery)
+    elif name == "pool_grow":  # what the elasticity controller does: one more pool process, cold
+        node = server.settings.node
+        names = [n for reply in server.celery.control.ping(timeout=2.0) or [] for n in reply
+                 if n.startswith(f"{node}@")]
+        replies = server.celery.control.pool_grow(1, destination=names, reply=True, timeout=5.0) or []
+        if not any("ok" in r for reply in replies for r in reply.values()):
+            raise RuntimeError(f"pool_grow not acknowledged by {names}: {replies}")
     return time.monotonic()
 
 

@@ -128,6 +128,8 @@ class Runtime:
         self._show_plan(job, plan_id, plan)
         if job.node != self.settings.node:
             return  # another node reads this job's source (tracker.cluster.edge polls for it)
+        # Running again: a crash from here on must not read the last clean stop's record as exact.
+        self.store.update_stats(job_uid, {"next_seq": at.first_seq, "stopped_cleanly": False})
         runner = JobRunner(self.settings, self.celery, job_uid, job.dag, job.source, self._active(job, plan_id, plan),
                            at.first_seq, at.start_ts, self.pace, self.backpressure, on_end=self.control.finish,
                            preview=None if renders(job.dag) else self.hub.publish, counters=at.counters)

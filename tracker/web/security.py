@@ -26,7 +26,7 @@ MAX_CONTENT_LENGTH = 1 << 20  # 1 MiB: a job spec is a few KB
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MAX_WEBCAM_INDEX = 63
 # URL probes run here, not on the request thread: a camera that never answers holds a probe
-# thread until FFmpeg's own timeout, never a server thread, and at most this many at once.
+# thread until FFmpeg's own timeout (the request waits at most that long), at most 4 at once.
 _url_probes = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vdag-url-probe")
 
 
