@@ -62,6 +62,9 @@ class OpenCVSource:
         h = int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         fps = fps if fps and math.isfinite(fps) and 0 < fps < 1000 else 25.0
+        if live and isinstance(spec, str) and spec.lower().startswith(("http://", "https://")) \
+                and self._cap.get(cv2.CAP_PROP_FRAME_COUNT) > 0:
+            live = False  # a file served over HTTP, not a camera: video time, paced like a local file
         count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT)) if not live else None
         if w <= 0 or h <= 0:
             ok, first = self._cap.read()
