@@ -9,8 +9,8 @@ import time
 import uuid
 
 import pytest
-from kombu import Connection
 
+from bench.common import delete_queues, node_queues
 from tests.support.pipeline import (
     AMQP_URL,
     all_results,
@@ -73,12 +73,7 @@ def test_a_broker_restart_mid_job_drops_and_counts_frames_then_the_job_resumes(t
     finally:
         stop_process(worker)
         server.stop()
-        with Connection(AMQP_URL) as conn:
-            for q in (f"vdag.node.{node}", f"vdag.results.{node}", f"vdag.acks.{node}"):
-                try:
-                    conn.default_channel.queue_delete(q)
-                except Exception:
-                    pass
+        delete_queues(*node_queues(node))
 
     assert job["state"] == "DONE", job
     stats = job["stats"]

@@ -8,8 +8,8 @@ import time
 import uuid
 
 import pytest
-from kombu import Connection
 
+from bench.common import delete_queues, node_queues
 from tests.support.pipeline import (
     AMQP_URL,
     VTEST,
@@ -56,12 +56,7 @@ def detect_times(tmp_path, warm: bool) -> list[float]:
     finally:
         stop_process(worker)
         server.stop()
-        with Connection(AMQP_URL) as conn:
-            for q in (f"vdag.node.{node}", f"vdag.results.{node}", f"vdag.acks.{node}"):
-                try:
-                    conn.default_channel.queue_delete(q)
-                except Exception:
-                    pass
+        delete_queues(*node_queues(node))
     assert ("warm: person detector loaded" in log) == warm, log[-2000:]
     return [next(s["service_s"] for s in r["stages"] if s["stage"] == "detect") for r in results]
 

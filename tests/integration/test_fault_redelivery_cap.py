@@ -12,8 +12,8 @@ import uuid
 
 import psutil
 import pytest
-from kombu import Connection
 
+from bench.common import delete_queues, node_queues
 from tasks.deliveries import MAX_ATTEMPTS
 from tests.support.pipeline import (
     AMQP_URL,
@@ -76,12 +76,7 @@ def test_a_frame_that_kills_its_worker_every_time_is_given_up_and_the_job_goes_o
         done.set()
         stop_process(worker)
         server.stop()
-        with Connection(AMQP_URL) as conn:
-            for q in (f"vdag.node.{node}", f"vdag.results.{node}", f"vdag.acks.{node}"):
-                try:
-                    conn.default_channel.queue_delete(q)
-                except Exception:
-                    pass
+        delete_queues(*node_queues(node))
 
     assert len(kills) == MAX_ATTEMPTS, kills
     assert job["state"] == "DONE", job

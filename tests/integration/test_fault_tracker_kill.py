@@ -13,8 +13,8 @@ import time
 import uuid
 
 import pytest
-from kombu import Connection
 
+from bench.common import delete_queues, node_queues
 from tests.support.pipeline import (
     AMQP_URL,
     ROOT,
@@ -79,12 +79,7 @@ def test_a_killed_tracker_resumes_its_job_without_reusing_a_sequence_number(tmp_
         if server is not None:
             server.stop()
         stop_process(worker)
-        with Connection(AMQP_URL) as conn:
-            for q in (f"vdag.node.{node}", f"vdag.results.{node}", f"vdag.acks.{node}"):
-                try:
-                    conn.default_channel.queue_delete(q)
-                except Exception:
-                    pass
+        delete_queues(*node_queues(node))
 
     assert job["state"] == "DONE", job
     stats = job["stats"]

@@ -11,6 +11,7 @@ import msgpack
 import pytest
 from kombu import Connection, Exchange, Producer
 
+from bench.common import delete_queues, node_queues
 from tests.support.pipeline import (
     AMQP_URL,
     VTEST,
@@ -54,12 +55,7 @@ def cluster(tmp_path, node):
     for proc in workers:
         stop_process(proc)
     server.stop()
-    with Connection(AMQP_URL) as conn:
-        for q in (f"vdag.node.{node}", f"vdag.results.{node}", f"vdag.acks.{node}"):
-            try:
-                conn.default_channel.queue_delete(q)
-            except Exception:
-                pass
+    delete_queues(*node_queues(node))
 
 
 @pytest.mark.skipif(not VTEST.exists(), reason="apt-get install opencv-doc provides vtest.avi")

@@ -12,9 +12,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
-from kombu import Connection
 
-from bench.common import write_clip
+from bench.common import delete_queues, node_queues, write_clip
 from tests.support.db import drop_pg_schema, new_pg_schema, pg_unreachable
 from tests.support.pipeline import (
     AMQP_URL,
@@ -64,12 +63,7 @@ def cluster(tmp_path):
     http.server_close()
     server.stop()
     stop_process(worker)
-    with Connection(AMQP_URL) as conn:
-        for q in (f"vdag.node.{node}", f"vdag.results.{node}", f"vdag.acks.{node}"):
-            try:
-                conn.default_channel.queue_delete(q)
-            except Exception:
-                pass
+    delete_queues(*node_queues(node))
     drop_pg_schema(schema)
     shutil.rmtree(videos, ignore_errors=True)
 
