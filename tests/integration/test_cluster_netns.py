@@ -3,7 +3,7 @@
 The cloud tracker and its worker stay in the root namespace on a veth address; the edge
 tracker and its worker run in their own namespace (`ip netns exec`) and reach the cloud
 only through the veth pair: the cloud API by IP, and RabbitMQ through a small TCP
-forwarder on the veth address (RabbitMQ itself listens on 127.0.0.1 only, and its
+proxy (bench/tcp_proxy.py) on the veth address (RabbitMQ itself listens on 127.0.0.1 only, and its
 configuration is left alone). Needs root."""
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import random
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from bench.tcp_proxy import TcpProxy
 from tests.support.cluster import CONF_ENV, PIN_ENV, delete_queues, node_queues
 from tests.support.pipeline import AMQP_URL, ROOT, stop_process
 
@@ -29,56 +29,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.netns]
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=10)
-
-
-class TcpForwarder:
-    """Accepts on (host, port) and pipes each connection to `target`; threads, no buffering."""
-
-    def __init__(self, host: str, target: tuple[str, int]) -> None:
-        self.target = target
-        self.sock = socket.create_server((host, 0))
-        self.port = self.sock.getsockname()[1]
-        self.sock.settimeout(0.5)
-        self.stop_event = threading.Event()
-        self.conns: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._accept, name="tcp-forwarder", daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        while not self.stop_event.is_set():
-            try:
-                client, _ = self.sock.accept()
-            except (socket.timeout, OSError):
-                continue
-            upstream = socket.create_connection(self.target, timeout=5)
-            upstream.settimeout(None)
-            client.settimeout(None)
-            self.conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.sock.close()
-        for c in self.conns:
-            try:
-                c.close()
-            except OSError:
-                pass
 
 
 @pytest.fixture
@@ -117,7 +67,7 @@ def test_edge_in_its_own_namespace_registers_by_ip_and_frames_flow(netns, tmp_pa
     tag = uuid.uuid4().hex[:6]
     cloud, edge = f"n{tag}-cloud", f"n{tag}-edge"
     results_queue = f"vdag.results.{cloud}"
-    fwd = TcpForwarder(netns["cloud_ip"], ("127.0.0.1", 5672))
+    fwd = TcpProxy(("127.0.0.1", 5672), host=netns["cloud_ip"])
     with socket.socket() as s:
         s.bind((netns["cloud_ip"], 0))
         api_port = s.getsockname()[1]
@@ -192,5 +142,5 @@ def test_edge_in_its_own_namespace_registers_by_ip_and_frames_flow(netns, tmp_pa
     finally:
         for p in reversed(procs):
             stop_process(p)
-        fwd.stop()
+        fwd.close()
         delete_queues(results_queue, *node_queues(cloud, edge))
