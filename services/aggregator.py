@@ -34,6 +34,8 @@ def record_from_envelope(env: Envelope, received_at: float) -> FrameRecord:
             worker=t.worker,
             queue_s=max(t.started - t.enqueued, 0.0),
             service_s=max(t.finished - t.started, 0.0),
+            runtime=t.runtime,
+            threads=t.threads,
         )
         for t in env.timings
     ]

@@ -39,6 +39,8 @@ class StageTiming(BaseModel):
     enqueued: float  # wall time the frame was put on this stage's queue
     started: float
     finished: float
+    runtime: str | None = None  # what the stage's model ran in (services/runtimes.py), when it has one
+    threads: int | None = None  # inference threads observed during its predict
 
 
 class Envelope(BaseModel):

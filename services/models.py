@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,23 +193,63 @@ class LoadedModel:
     """One model instance and the lock that serialises its use.
 
     An ultralytics model keeps its predictor (and that predictor's state) on the instance,
-    so two threads predicting on one instance would interfere.
+    so two threads predicting on one instance would interfere. `runtime` says what it runs
+    in now: a background export may move it from PyTorch to a faster runtime (`swap`).
     """
 
     weights: str
     device: str
     model: Any
+    runtime: str = "pytorch"
+    exported: Path | None = None  # what an exported model was loaded from
     lock: threading.Lock = field(default_factory=threading.Lock)
+    _threads_pinned: bool = False
+    _threads_seen: int | None = None
 
     @property
     def names(self) -> dict[int, str]:
         return dict(self.model.names)
 
     def predict(self, frame, **kwargs) -> Any:
+        if self.runtime == "pytorch" and self.device.startswith("cuda"):
+            kwargs.setdefault("half", True)  # FP16 where TensorRT is absent
         with self.lock:
+            if self.runtime == "pytorch" and not self._threads_pinned:
+                # Observed inside predict, after ultralytics' predictor setup has had its say.
+                self.model.add_callback("on_predict_batch_start", self._observe_torch_threads)
+                self._threads_pinned = True
             result = self.model.predict(frame, device=self.device, verbose=False, **kwargs)[0]
             keep_torch_threads()
+            if self.runtime == "openvino" and not self._threads_pinned:
+                from services.runtimes import pin_openvino_threads
+
+                # After the first predict: ultralytics builds the compiled model in its predictor.
+                if pin_openvino_threads(self.model, self.exported, configured_threads()):
+                    self._threads_seen = configured_threads()
+                self._threads_pinned = True
+            _last_inference.value = (self.runtime, self._threads_seen)
             return result
+
+    def _observe_torch_threads(self, _predictor: Any) -> None:
+        import torch
+
+        self._threads_seen = torch.get_num_threads()
+
+    def swap(self, model: Any, runtime: str, exported: Path) -> None:
+        """Serve from `model` from the next frame on (a finished background export)."""
+        with self.lock:
+            self.model, self.runtime, self.exported = model, runtime, exported
+            self._threads_pinned, self._threads_seen = False, None
+
+
+_last_inference = threading.local()
+
+
+def take_last_inference() -> tuple[str, int | None] | None:
+    """(runtime, threads) of this thread's last predict since the last call, for the stage's timing."""
+    info = getattr(_last_inference, "value", None)
+    _last_inference.value = None
+    return info
 
 
 _torch_threads: int | None = None
@@ -224,13 +265,17 @@ def set_torch_threads(n: int | None) -> None:
     keep_torch_threads()
 
 
+def configured_threads() -> int:
+    return _torch_threads or max(1, (os.cpu_count() or 1) - 1)
+
+
 def keep_torch_threads() -> None:
     """ultralytics' select_device, run at each predictor setup, sets torch to cpu_count - 1
     threads: on a 2-core node inference silently ran on one (person model at 320: 131 vs 84 ms
     a frame, DESIGN.md s.7). Put the configured count back after it."""
     import torch
 
-    want = _torch_threads or max(1, (os.cpu_count() or 1) - 1)
+    want = configured_threads()
     if torch.get_num_threads() != want:
         torch.set_num_threads(want)
 
@@ -239,13 +284,19 @@ class ModelCache:
     """Models loaded once per worker process, keyed by (resolved weights, device).
 
     `models_dir` is where jobs' own checkpoints may come from; by default VDAG_MODELS_DIR
-    (Settings.models_dir), read when a job first names weights.
+    (Settings.models_dir), read when a job first names weights. `runtime` (services/runtimes.py)
+    is what models run in; "pytorch" unless asked, so that only workers export models.
+    `exports_dir` holds exports that cannot lie beside their weights.
     """
 
-    def __init__(self, models_dir: str | Path | None = _FROM_ENV) -> None:  # type: ignore[assignment]
+    def __init__(self, models_dir: str | Path | None = _FROM_ENV, runtime: str = "pytorch",  # type: ignore[assignment]
+                 exports_dir: str | Path = "var/exports") -> None:
         self._lock = threading.Lock()
         self._models: dict[tuple[str, str], LoadedModel] = {}
         self._models_dir = models_dir
+        self.runtime = runtime
+        self.exports_dir = Path(exports_dir)
+        self._exports: list[threading.Thread] = []
 
     @property
     def models_dir(self) -> Path | None:
@@ -280,18 +331,53 @@ class ModelCache:
         with self._lock:
             self._models.clear()
 
-    @staticmethod
-    def _load(weights: str, device: str) -> LoadedModel:
-        from ultralytics import YOLO
+    def _load(self, weights: str, device: str) -> LoadedModel:
+        from services import runtimes
 
-        log.info("loading model %s on %s", weights, device)
-        model = YOLO(weights)
-        if weights.endswith((".yaml", ".yml")) and len(model.names) == 80:
-            # An architecture YAML carries no class names; give it COCO's so that class
-            # filters such as ["person"] mean the same as with the trained checkpoint.
-            model.model.names = coco_names()
-        model.to(device)
-        return LoadedModel(weights=weights, device=device, model=model)
+        runtime = runtimes.choose_runtime(self.runtime, device)
+        if runtime != "pytorch":
+            root = runtimes.exports_dir(weights, self.exports_dir)
+            found = runtimes.cached_export(weights, runtime, root)
+            if found is not None:
+                log.info("loading model %s in %s from %s", weights, runtimes.label(runtime), found)
+                return LoadedModel(weights, device, runtimes.load_exported(found), runtime=runtime, exported=found)
+        loaded = LoadedModel(weights=weights, device=device, model=_load_pytorch(weights, device))
+        if runtime != "pytorch":
+            thread = threading.Thread(target=_export_then_swap, args=(loaded, runtime, root), daemon=True,
+                                      name=f"vdag-export-{Path(weights).stem}")
+            thread.start()
+            self._exports.append(thread)
+        return loaded
+
+    def wait_for_exports(self, timeout: float | None = None) -> None:
+        """Until every background export has been swapped in (or failed): for `vdag profile`
+        and benches, which must time the runtime a worker will serve with."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in list(self._exports):
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+
+def _load_pytorch(weights: str, device: str) -> Any:
+    from ultralytics import YOLO
+
+    log.info("loading model %s on %s", weights, device)
+    model = YOLO(weights)
+    if weights.endswith((".yaml", ".yml")) and len(model.names) == 80:
+        # An architecture YAML carries no class names; give it COCO's so that class
+        # filters such as ["person"] mean the same as with the trained checkpoint.
+        model.model.names = coco_names()
+    model.to(device)
+    return model
+
+
+def _export_then_swap(loaded: LoadedModel, runtime: str, root: Path) -> None:
+    from services import runtimes
+
+    try:
+        path = runtimes.export_with_log(loaded.weights, runtime, root, loaded.device)
+        loaded.swap(runtimes.load_exported(path), runtime, path)
+    except Exception:  # a failed export costs speed, never the model
+        log.exception("export of %s to %s failed; it stays on PyTorch", loaded.weights, runtimes.label(runtime))
 
 
 _default_cache: ModelCache | None = None

@@ -12,6 +12,8 @@ class StageRecord:
     worker: str
     queue_s: float  # waiting on the node queue (includes transfer from the previous node)
     service_s: float  # inside the stage (decode + DNN service)
+    runtime: str | None = None  # the model's runtime (services/runtimes.py), for stages with a model
+    threads: int | None = None  # inference threads observed during its predict
 
 
 @dataclass(frozen=True)

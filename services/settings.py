@@ -63,6 +63,9 @@ class Settings(BaseSettings):
         "YOLO grade of the golden config when profiling; the largest, x, is very slow on a CPU"))
     prefetch: int = Field(4, ge=1, le=256)
     device: str = Field("auto", description="auto | cpu | cuda:N")
+    runtime: str = Field("auto", pattern="^(auto|pytorch|openvino|onnx|tensorrt)$", description=(
+        "what a worker runs models in (services/runtimes.py): auto = OpenVINO on a CPU, TensorRT on CUDA "
+        "when installed (else PyTorch FP16); models are exported once and cached beside their weights"))
     torch_threads: int | None = Field(None, ge=1, le=256, description=(
         "torch threads per worker process, kept in force after ultralytics' predictor setup resets them; "
         "default: every core but one, split over a prefork pool's processes (tasks.worker)"))

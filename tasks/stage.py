@@ -16,6 +16,7 @@ from celery.exceptions import Reject
 from services.accuracy import f1_score
 from services.codec import BadEnvelope, Envelope, StageTiming, decode_envelope, encode_envelope
 from services.dag import GENERATOR_NAMES, GENERATOR_STAGE
+from services.models import take_last_inference
 from services.profiling import score_segment, step_options
 from services.registry import ServiceContext, get_service
 from services.settings import Settings
@@ -50,8 +51,10 @@ def execute_hop(env: Envelope, ctx: ServiceContext, node: str, worker: str) -> E
     """Run env.route[0] and return the envelope advanced by one hop."""
     hop = env.route[0]
     started = time.time()
+    take_last_inference()  # forget what ran before this hop
     service = get_service(hop.service)
     params = service.validate_params(hop.params)
+    inference = None
     if env.kind == "profile":
         outputs = {"profile": _profile_segment(env, service, hop.params, ctx)}
         finished = started  # profiling is not stage latency
@@ -62,11 +65,13 @@ def execute_hop(env: Envelope, ctx: ServiceContext, node: str, worker: str) -> E
             frame = decode_jpeg(inputs[service.image_input])
         outputs = _detect_or_track(env, hop.stage, service, params, inputs, frame, ctx)
         finished = time.time()
+        inference = take_last_inference()  # before the golden run below predicts too
         if env.profile and env.golden_image and "detections" in outputs and not outputs.get("tracked"):
             outputs["accuracy"] = _golden_f1(env, service, hop.params, inputs, outputs, ctx)
     env.outputs[hop.stage] = outputs
-    env.timings.append(StageTiming(stage=hop.stage, node=node, worker=worker,
-                                   enqueued=env.enqueued_at, started=started, finished=finished))
+    runtime, threads = inference or (None, None)
+    env.timings.append(StageTiming(stage=hop.stage, node=node, worker=worker, enqueued=env.enqueued_at,
+                                   started=started, finished=finished, runtime=runtime, threads=threads))
     env.route = env.route[1:]
     return env
 

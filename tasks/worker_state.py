@@ -29,7 +29,8 @@ def service_context(settings: Settings) -> ServiceContext:
 
             _context = ServiceContext(
                 device=pick_device(settings.device),
-                models=ModelCache(models_dir=settings.models_dir),
+                models=ModelCache(models_dir=settings.models_dir, runtime=settings.runtime,
+                                  exports_dir=settings.data_dir / "exports"),
                 person_weights=settings.person_weights or trained_person_weights(),
                 tracks=TrackStore(),
             )

@@ -12,6 +12,8 @@ import pytest
 from kombu import Connection, Exchange, Producer
 
 from bench.common import delete_queues, node_queues
+from services import runtimes
+from tasks.worker import pool_torch_threads
 from tests.support.pipeline import (
     AMQP_URL,
     VTEST,
@@ -89,6 +91,11 @@ def test_vtest_two_workers_survive_kill_minus_9(cluster, node, tmp_path):
     assert all(w.startswith(f"{node}/") for w in workers_seen)
     pids = {r["stages"][0]["worker"].rsplit("/", 1)[1] for r in results}
     assert len(pids) >= 2, "both worker processes served frames"
+    # Once the export made at warm-up is in: the fastest runtime, on the thread count configured
+    # for a one-process pool (tasks.worker), as observed inside predict.
+    late = [r["stages"][0] for r in results[kept // 2:]]
+    assert {s["runtime"] for s in late} == {"openvino" if runtimes.installed("openvino") else "pytorch"}
+    assert {s["threads"] for s in late} == {pool_torch_threads(1)}
 
 
 def test_plan_change_mid_run_applies_at_next_frame(cluster, node, tmp_path):

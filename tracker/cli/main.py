@@ -3,6 +3,7 @@
   vdag up [SOURCE]                 embedded default: SQLite + in-process broker and worker
   vdag tracker --side cloud|edge   a cloud or edge tracker (cluster / pseudo mode)
   vdag worker --node NAME          a Celery worker on that node's queue
+  vdag export [WEIGHTS...]         export models to the fastest runtime ahead of first use
   vdag db upgrade                  migrate the job store
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import logging
 import sys
 
+from services.runtimes import RUNTIMES
 from services.settings import settings_from_env
 from tracker.cli.tracker_cmd import add_tracker_arguments
 
@@ -76,9 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     wk = sub.add_parser("worker", help="a Celery worker on a node's queue")
     wk.add_argument("--device", default=None, help="cpu | cuda:0 | auto")
+    wk.add_argument("--runtime", choices=RUNTIMES, default=None,
+                    help="what models run in (VDAG_RUNTIME); auto = the fastest this device has")
     wk.add_argument("--concurrency", type=int, default=1)
     wk.add_argument("--pool", default="prefork", choices=("prefork", "solo", "threads"))
     _common(wk)
+
+    ex = sub.add_parser("export", help="export models to the fastest runtime ahead of first use")
+    ex.add_argument("weights", nargs="*", help="grades, .pt paths or model .yaml names; default: the person detector")
+    ex.add_argument("--runtime", choices=RUNTIMES, default="auto")
+    ex.add_argument("--device", default=None, help="cpu | cuda:0 | auto")
+    _common(ex)
 
     db = sub.add_parser("db", help="job store maintenance")
     db.add_argument("action", choices=("upgrade",))
@@ -104,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         from tasks.worker import pool_torch_threads, run_worker
 
         settings = settings_from_env(broker_url=args.broker, node=args.node, device=args.device,
-                                     database_url=args.db)
+                                     database_url=args.db, runtime=args.runtime)
         if settings.torch_threads is None and args.pool == "prefork":
             settings = settings.model_copy(update={"torch_threads": pool_torch_threads(args.concurrency)})
         run_worker(make_celery(settings), settings.node, args.concurrency, args.pool, args.log_level.upper())
@@ -113,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         from tracker.cli.profile_cmd import run_profile
 
         return run_profile(args)
+    if args.command == "export":
+        from tracker.cli.export_cmd import run_export
+
+        return run_export(args)
     if args.command == "db":
         from tracker.store.migrate import upgrade
 

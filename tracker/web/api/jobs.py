@@ -78,7 +78,8 @@ def frame_out(r: FrameRecord) -> FrameOut:
         seq=r.seq, plan_id=r.plan_id, capture_ts=r.capture_ts, width=r.width, height=r.height,
         latency_s=r.latency_s, frame_bytes=getattr(r, "frame_bytes", 0), lost=r.lost,
         produced="tracked" if r.produced == "tracked" else "detected", outputs=r.outputs,
-        stages=[{"stage": s.stage, "node": s.node, "worker": s.worker, "queue_s": s.queue_s, "service_s": s.service_s}
+        stages=[{"stage": s.stage, "node": s.node, "worker": s.worker, "queue_s": s.queue_s, "service_s": s.service_s,
+                 "runtime": s.runtime, "threads": s.threads}
                 for s in r.stages],
     )
 

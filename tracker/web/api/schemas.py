@@ -120,6 +120,8 @@ class StageTiming(BaseModel):
     worker: str
     queue_s: float
     service_s: float
+    runtime: str | None = Field(None, description="what the stage's model ran in: pytorch, openvino, onnx, tensorrt")
+    threads: int | None = Field(None, description="inference threads observed during the stage's predict")
 
 
 class FrameOut(BaseModel):
