@@ -6,11 +6,11 @@ Decision (per job, a few ms, all numpy over the posterior draws):
 2. For those, draw the *window-mean* frame delay (what the SLO counts: parameter uncertainty
    plus the noise of a mean of the window's frames) and F1 from the posterior:
    P(delay <= D) and expected utility. Utility = E[min(F1, aim)] (+ a little above it)
-   - COST_WEIGHT x compute share, where aim = the accuracy goal (user's, else 0.95) plus a
+   - COST_WEIGHT x compute share, where aim = the accuracy goal (user's, else 0.99) plus a
    margin: accuracy counts first, compute only breaks ties once the aim is reached.
 3. Feasible = P(delay <= D) >= delay_prob (and E[F1] >= the user's accuracy when some
    candidate reaches it). Keep the last plan when it is within `keep_margin` of the best
-   (stability), else jump straight to the best (no knob-by-knob climbing). Nothing feasible:
+   (stability; not an explored plan, which runs one window and then must win), else jump straight to the best (no knob-by-knob climbing). Nothing feasible:
    the plan most likely to meet the delay.
 
 Between posterior refreshes the draws are recalibrated per job from its latest window: per
@@ -122,7 +122,7 @@ class BayesPlanner:
         cold_delay_prob: float = 0.8,
         n_draws: int = 64,
         shortlist: int = 48,
-        keep_margin: float = 0.02,
+        keep_margin: float = 0.01,
         explore_margin: float = 0.01,
         explore_every: int = 6,
         explore_delay_prob: float = 0.99,
@@ -570,7 +570,9 @@ class BayesPlanner:
                 ts_u = knobs.utility(f1[:, d_star], cost, delay[:, d_star] <= D, aim)
                 pick, why = int(np.argmax(np.where(safe, ts_u, -np.inf))), "explore"
                 st.last_explore = st.rounds
-            elif pos_last is not None and feasible[pos_last] and eu[pos_last] >= eu[best] - self.keep_margin:
+            elif (pos_last is not None and feasible[pos_last] and st.last_explore != st.rounds - 1
+                  and eu[pos_last] >= eu[best] - self.keep_margin):
+                # An explored plan ran for its window; it stays only if it now scores best.
                 pick, why = pos_last, "keep"
             else:
                 pick, why = best, "best"

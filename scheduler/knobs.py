@@ -378,9 +378,14 @@ def describe(c: Candidates, i: int) -> str:
 
 
 # ---- utility -----------------------------------------------------------------------------
-ACCURACY_TARGET = 0.95   # relative F1 the planner aims for when the user sets none
+# With no accuracy goal from the user, as accurate as the delay bound allows: compute only breaks
+# ties near the top. (0.95 let a planner stop at 0.93-0.95 measured while the golden config fit
+# D: on vtest.avi with OpenVINO, static 0.977 vs bayes 0.932.)
+ACCURACY_TARGET = 0.99
 ABOVE_TARGET_SLOPE = 0.02
-COST_WEIGHT = 0.05
+# Compute breaks ties: at 0.05, halving compute was worth 0.025 F1, and with the golden config
+# fitting D the planner tracked every other frame (vtest.avi: 0.934 measured vs static 0.977).
+COST_WEIGHT = 0.01
 
 
 def utility(f1: np.ndarray, cost_share: np.ndarray, delay_ok: np.ndarray, target: float = ACCURACY_TARGET) -> np.ndarray:
