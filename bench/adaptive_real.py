@@ -67,6 +67,7 @@ WINDOW_S = 2.0
 CALIBRATION_AFTER_S = 20.0
 PROFILE_S = 10.0
 WORKER_THREADS = max(1, (os.cpu_count() or 1) - 1)
+WORKER_RUNTIME = "auto"  # --runtime: what the worker (and the profiles timing it) run the detector in
 PLANNERS = ("bayes", "bayes-notrack", "golden", "pid", "greedy", "static")
 E_F1 = re.compile(r"E\[F1\]=([0-9.]+)")
 
@@ -149,7 +150,7 @@ def offline_profile(frames: list[np.ndarray], golden: list[list[dict]], src_fps:
     from services.tracking import track_detections
     from services.video_conf import resize_to, resolutions_below
 
-    detect = _detector(runtime="auto")
+    detect = _detector(runtime=WORKER_RUNTIME)
     n = min(len(frames), int(PROFILE_S * src_fps))
     src_h = frames[0].shape[0]
     resolutions = resolutions_below(src_h)
@@ -198,7 +199,7 @@ def node_speed_profile(node: str, frames: list[np.ndarray], tmp: Path) -> Path:
     from services.registry import ServiceContext
 
     set_torch_threads(WORKER_THREADS)  # the worker's threads, so the profile is the worker's speed
-    ctx = ServiceContext(device="cpu", models=ModelCache(runtime="auto"), person_weights=trained_person_weights())
+    ctx = ServiceContext(device="cpu", models=ModelCache(runtime=WORKER_RUNTIME), person_weights=trained_person_weights())
     profile = node_profile.profile_node(frames[:8], ctx, node, services=(("person_detection", None),))
     return node_profile.save(profile, tmp / "profiles")
 
@@ -373,7 +374,7 @@ def bench_video(name: str, source: Path, planners: list[str], delays: list[float
     # This host also runs the tracker, the segment profiler and the sampler: the worker gets
     # cores - 1 threads, as a worker sharing its host should (services/models.set_torch_threads).
     worker = start_worker(node, concurrency=1, log_path=tmp / f"worker-{name}.log",
-                          extra_env={"VDAG_TORCH_THREADS": str(WORKER_THREADS)})
+                          extra_env={"VDAG_TORCH_THREADS": str(WORKER_THREADS), "VDAG_RUNTIME": WORKER_RUNTIME})
     try:
         # Warm-up: the worker loads the checkpoint before any measured run.
         run_one("golden", node=node, source=source, delay=1.0, video_s=8.0, tmp=tmp / "warmup")
@@ -429,10 +430,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--planners", default=",".join(PLANNERS))
     ap.add_argument("--delays", default="1,0.5")
     ap.add_argument("--video-s", type=float, default=60.0)
+    ap.add_argument("--runtime", default="auto", choices=("auto", "pytorch", "openvino"),
+                    help="the worker's runtime (and the profiles'): pytorch = a node ~3x slower per frame")
     ap.add_argument("--no-compile", action="store_true", help="skip the compile-time measurement")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "adaptive_real.json")
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="summarise earlier runs' files as one (no new runs)")
     args = ap.parse_args(argv)
+    global WORKER_RUNTIME
+    WORKER_RUNTIME = args.runtime
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("celery", "kombu", "amqp", "werkzeug", "tracker", "scheduler", "tasks", "services", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -450,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
                 "videos": {k: v for part in parts for k, v in part["videos"].items()}, "merged_from": args.merge}
     else:
         sources = {"vtest": VTEST, "megamind": looped_copy(MEGAMIND, args.video_s + 5, tmp)}
-        data = {"machine": machine(), "video_s": args.video_s, "videos": {}}
+        data = {"machine": machine(), "video_s": args.video_s, "runtime": args.runtime, "videos": {}}
         for name in [v.strip() for v in args.videos.split(",") if v.strip()]:
             data["videos"][name] = bench_video(name, sources[name], planners, delays, args.video_s, tmp,
                                                loop_of=MEGAMIND if name == "megamind" else None)
