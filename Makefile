@@ -40,7 +40,7 @@ test-all: $(STAMP) system-deps
 	$(PY) -m pytest -q
 
 bench: $(STAMP) system-deps
-	$(PY) bench/pipeline.py && $(PY) bench/api.py && $(PY) bench/planner.py
+	$(PY) bench/pipeline.py && $(PY) bench/throughput.py && $(PY) bench/api.py && $(PY) bench/planner.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
