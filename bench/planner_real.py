@@ -296,15 +296,16 @@ def _rolling_fps(t: list[float]) -> list[float]:
 
 # -- main -------------------------------------------------------------------------------------
 def bench(planners: list[str], delay: float, video_s: float, interval_s: float = 2.0, out: Path | None = None,
-          warmup: bool = True, offline_f1: bool = True) -> dict:
-    """Run each planner in turn on one shared worker; summaries per planner (and files if out)."""
+          warmup: bool = True, offline_f1: bool = True, runtime: str = "auto") -> dict:
+    """Run each planner in turn on one shared worker; summaries per planner (and files if out).
+    `runtime`: the worker's (VDAG_RUNTIME); "pytorch" is a node ~3x slower per frame than OpenVINO."""
     if not rabbit_up():
         raise SystemExit(f"RabbitMQ not reachable at {AMQP_URL}")
     if not VTEST.exists():
         raise SystemExit("apt-get install opencv-doc provides vtest.avi")
     node = unique_node("pr")
     tmp = Path(tempfile.mkdtemp(prefix="vdag-planner-real-"))
-    worker = start_worker(node, concurrency=1, log_path=tmp / "worker.log")
+    worker = start_worker(node, concurrency=1, log_path=tmp / "worker.log", extra_env={"VDAG_RUNTIME": runtime})
     raw: dict[str, dict] = {}
     started = time.monotonic()
     try:

@@ -61,7 +61,9 @@ class SegmentProfiler:
     def _start_locked(self) -> subprocess.Popen:
         if self._proc is None or self._proc.poll() is not None:
             # One thread: background work must leave the frames' cores alone, not stall them.
-            child = self.settings.model_copy(update={"torch_threads": 1})
+            # PyTorch: it scores accuracy, not speed, and the stdout this protocol runs on must
+            # not carry ultralytics' "Loading ... for OpenVINO inference" lines.
+            child = self.settings.model_copy(update={"torch_threads": 1, "runtime": "pytorch"})
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "tasks.profiler", child.model_dump_json()], stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, preexec_fn=lambda: os.nice(self.nice),

