@@ -10,8 +10,9 @@ Decision (per job, a few ms, all numpy over the posterior draws):
    margin: accuracy counts first, compute only breaks ties once the aim is reached.
 3. Feasible = P(delay <= D) >= delay_prob (and E[F1] >= the user's accuracy when some
    candidate reaches it). Keep the last plan when it is within `keep_margin` of the best
-   (stability; not an explored plan, which runs one window and then must win), else jump straight to the best (no knob-by-knob climbing). Nothing feasible:
-   the plan most likely to meet the delay.
+   (stability; not an explored plan, which runs one window and then must win), else jump
+   straight to the best (no knob-by-knob climbing). Nothing feasible: the plan most likely to
+   meet the delay.
 
 Between posterior refreshes the draws are recalibrated per job from its latest window: per
 (service, node) the log residual of the measured service times, and per job a ridge fit of the

@@ -203,7 +203,7 @@ class LoadedModel:
     runtime: str = "pytorch"
     exported: Path | None = None  # what an exported model was loaded from
     lock: threading.Lock = field(default_factory=threading.Lock)
-    _threads_pinned: bool = False
+    _threads_set_up: bool = False
     _threads_seen: int | None = None
 
     @property
@@ -214,19 +214,19 @@ class LoadedModel:
         if self.runtime == "pytorch" and self.device.startswith("cuda"):
             kwargs.setdefault("half", True)  # FP16 where TensorRT is absent
         with self.lock:
-            if self.runtime == "pytorch" and not self._threads_pinned:
+            if self.runtime == "pytorch" and not self._threads_set_up:
                 # Observed inside predict, after ultralytics' predictor setup has had its say.
                 self.model.add_callback("on_predict_batch_start", self._observe_torch_threads)
-                self._threads_pinned = True
+                self._threads_set_up = True
             result = self.model.predict(frame, device=self.device, verbose=False, **kwargs)[0]
             keep_torch_threads()
-            if self.runtime == "openvino" and not self._threads_pinned:
+            if self.runtime == "openvino" and not self._threads_set_up:
                 from services.runtimes import pin_openvino_threads
 
                 # After the first predict: ultralytics builds the compiled model in its predictor.
                 if pin_openvino_threads(self.model, self.exported, configured_threads()):
                     self._threads_seen = configured_threads()
-                self._threads_pinned = True
+                self._threads_set_up = True
             _last_inference.value = (self.runtime, self._threads_seen)
             return result
 
@@ -239,7 +239,7 @@ class LoadedModel:
         """Serve from `model` from the next frame on (a finished background export)."""
         with self.lock:
             self.model, self.runtime, self.exported = model, runtime, exported
-            self._threads_pinned, self._threads_seen = False, None
+            self._threads_set_up, self._threads_seen = False, None
 
 
 _last_inference = threading.local()

@@ -61,9 +61,7 @@ class SegmentProfiler:
     def _start_locked(self) -> subprocess.Popen:
         if self._proc is None or self._proc.poll() is not None:
             # One thread: background work must leave the frames' cores alone, not stall them.
-            # PyTorch: it scores accuracy, not speed, and the stdout this protocol runs on must
-            # not carry ultralytics' "Loading ... for OpenVINO inference" lines.
-            child = self.settings.model_copy(update={"torch_threads": 1, "runtime": "pytorch"})
+            child = self.settings.model_copy(update={"torch_threads": 1})
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "tasks.profiler", child.model_dump_json()], stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, preexec_fn=lambda: os.nice(self.nice),
@@ -133,6 +131,11 @@ def main() -> int:
     from tasks.stage import execute_hop
     from tasks.worker_state import service_context
 
+    # The answers own the real stdout; whatever a library prints (ultralytics announces every
+    # OpenVINO load there) goes to stderr instead of into the length-prefixed stream.
+    answers = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     settings = Settings.model_validate_json(sys.argv[1])  # the parent's settings, as they are
     ctx = service_context(settings)
@@ -143,7 +146,7 @@ def main() -> int:
 
         detect(np.zeros((64, 64, 3), np.uint8), ctx.models.get(ctx.person_weights, ctx.device), conf=0.25, imgsz=64)
     worker = f"{settings.node}/profiler/{os.getpid()}"
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    stdin, stdout = sys.stdin.buffer, answers
     while (payload := _read(stdin)) is not None:
         try:
             env = decode_envelope(payload)
