@@ -66,6 +66,7 @@ STAGES = [
 WINDOW_S = 2.0
 CALIBRATION_AFTER_S = 20.0
 PROFILE_S = 10.0
+STATIC_QUALITY = 90  # the one-time baseline's JPEG quality (the best a plan may ask for)
 WORKER_THREADS = max(1, (os.cpu_count() or 1) - 1)
 WORKER_RUNTIME = "auto"  # --runtime: what the worker (and the profiles timing it) run the detector in
 PLANNERS = ("bayes", "bayes-notrack", "golden", "pid", "greedy", "static")
@@ -148,7 +149,7 @@ def offline_profile(frames: list[np.ndarray], golden: list[list[dict]], src_fps:
     kept frames in between), with its detector time measured here."""
     from scheduler.knobs import fps_options
     from services.tracking import track_detections
-    from services.video_conf import resize_to, resolutions_below
+    from services.video_conf import decode_jpeg, encode_jpeg, resize_to, resolutions_below
 
     detect = _detector(runtime=WORKER_RUNTIME)
     n = min(len(frames), int(PROFILE_S * src_fps))
@@ -156,7 +157,8 @@ def offline_profile(frames: list[np.ndarray], golden: list[list[dict]], src_fps:
     resolutions = resolutions_below(src_h)
     rows = []
     for res in resolutions:
-        small = [resize_to(f, res) for f in frames[:n]]
+        # As the static plan's frames travel: resized, then JPEG at its quality.
+        small = [decode_jpeg(encode_jpeg(resize_to(f, res), STATIC_QUALITY)) for f in frames[:n]]
         t0 = time.perf_counter()
         dets = [detect(f) for f in small]
         det_s = (time.perf_counter() - t0) / n
@@ -185,7 +187,7 @@ def static_choice(rows: list[dict], delay: float) -> dict:
 
 def static_plan(choice: dict, node: str, src_fps: float) -> dict:
     fps = 0 if choice["fps"] >= src_fps else choice["fps"]
-    return {"video_conf": {"resolution": choice["resolution"], "fps": fps, "quality": 90,
+    return {"video_conf": {"resolution": choice["resolution"], "fps": fps, "quality": STATIC_QUALITY,
                            "ntracking": choice["ntracking"]},
             "flow_mapping": {s["name"]: {"node": node, "node_role": "cloud", "grade": None} for s in STAGES},
             "planner": "static", "reason": f"one-time profile: {choice}"}

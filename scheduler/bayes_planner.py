@@ -14,10 +14,12 @@ Decision (per job, a few ms, all numpy over the posterior draws):
    straight to the best (no knob-by-knob climbing). Nothing feasible: the plan most likely to
    meet the delay.
 
-Between posterior refreshes the draws are recalibrated per job from its latest window: per
-(service, node) the log residual of the measured service times, and per job a ridge fit of the
-log residual of its profiled F1 on (1, log height ratio, staleness) (content differs between
-jobs: small objects, fast motion), each computed per draw and shrunk toward the pooled model.
+Between posterior refreshes the draws are recalibrated per job: per (service, node) the log
+residual of its last few measured service times, and per job a ridge fit of the log residual
+of its profiled F1 on (1, log height ratio, staleness, tracking, log JPEG quality) (content
+differs between jobs: small objects, fast motion, fine texture), each computed per draw and
+shrunk toward the pooled model; then each profiled (height, step, ntracking) moves toward its
+segment scores.
 On the prior alone (cold start) a plan needs P(delay <= D) >= cold_delay_prob (0.8), not 0.95:
 the first window's measurements remove most of that uncertainty. Decisions and refreshes run
 with numpy's BLAS on one thread (bayes.blas_single): small matrices, contended cores.
@@ -46,24 +48,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from scheduler import bayes, knobs
+from scheduler import bayes, job_accuracy, knobs
 from scheduler.bayes import BayesModel, Slots, Snapshot
 from scheduler.delay import node_arrays, plan_delay, transfer_s
 from scheduler.interface import Observation, Plan, PlanningInput
+from scheduler.job_accuracy import JobAccuracy
 from services.video_conf import GRADES
 
 log = logging.getLogger(__name__)
 
 AIM_MARGIN = 0.01        # aim this far above the accuracy goal: E[F1] near the goal is a coin toss
 SURPRISE_LOG = math.log(1.5)  # a window's service time this far (x or /) from the predictive is a shift
+LAT_FRAMES, LAT_HORIZON_S = 10, 8.0  # the recent frames a job's service-time correction pools
 MAX_WINDOW_FRAMES = 30
-# Prior sd of a job's own deviation from the pooled accuracy model: log F1 offset, slope on
-# log height ratio, slope per second of staleness, slope per second of tracking.
-JOB_ACC_SD = np.array([0.1, 0.25, 0.25, 0.15])
-# A profiled config's own measurements vs the model's prediction for it (Chameleon's profile
-# table, shrunk toward the model): the model's error at one config, and one segment's noise.
-CELL_MODEL_SD = 0.1   # log F1
-CELL_OBS_SD = 0.12    # log F1 of one 10-frame segment
 
 
 def _acc_key(o: Observation) -> tuple:
@@ -80,9 +77,7 @@ class _JobState:
     shift_round: int = -(10**9)
     shift_why: str = ""
     stale: dict[str, float] = field(default_factory=dict)  # node -> drop this job's obs there before ts
-    f1_coef: np.ndarray | None = None      # [4, n] per-draw correction of this job's log F1
-    # (height, source-frame step, ntracking) -> (mean log F1, count) of this job's profiled configs
-    cells: dict[tuple[int, int, int], tuple[float, int]] = field(default_factory=dict)
+    accuracy: JobAccuracy | None = None    # this job's correction of the pooled F1 model
     priors_seen: tuple = ()
     last_plan: Plan | None = None          # the last plan passed in, its candidate set and index there
     last_cands: knobs.Candidates | None = None
@@ -97,7 +92,7 @@ class _Static:
     nbytes: np.ndarray        # [C] modelled JPEG bytes
     grid: np.ndarray          # [C] grid row of each candidate
     rows: np.ndarray          # [R] first candidate of each grid row
-    acc_x: np.ndarray         # [R, 4] grade, log h ratio, staleness (s), log q of each grid row
+    acc_x: np.ndarray         # [R, 5] grade, log h ratio, staleness (s), log q, tracking (s) per grid row
     frames: np.ndarray        # [C] frames in a planning window
     memo: dict = field(default_factory=dict)  # name -> (key, value): results reused while the key holds
 
@@ -390,61 +385,43 @@ class BayesPlanner:
 
     # ---- recalibration and shift detection ----------------------------------------------------
     def _recalibrate(self, inp: PlanningInput, st: _JobState, snap: Snapshot, d: dict[str, np.ndarray]) -> list[str]:
-        """Per-draw corrections from the job's latest window; returns nodes whose window was a surprise."""
+        """Per-draw corrections from the job's recent frames; returns nodes whose latest window was a surprise."""
         services = {s.name: s.service for s in inp.dag.stages}
         surprised: list[str] = []
         if self._lat_delta and next(iter(self._lat_delta.values()))[2] != snap.version:
             self._lat_delta.clear()
-        # The measured stages of the latest window, per (service, node): observations come
-        # oldest first, so read from the end and stop at the first older one.
-        groups: dict[tuple[str, str], list[Observation]] = {}
-        last_ts = math.inf
+        # The job's recent measured stages per (service, node), newest first: observations come
+        # oldest first, so read from the end. The latest window alone decides a surprise; the
+        # correction pools the last LAT_FRAMES frames of LAT_HORIZON_S (a tracked plan's 2-s window
+        # holds one or two detected frames: one slow frame must not swing every plan's P(delay)).
+        recent: dict[tuple[str, str], list[Observation]] = {}
+        newest = None
         for o in reversed(inp.observations):
-            if o.ts < last_ts - 1e-9 and groups:
-                break
             if o.service_s <= 0 or o.stage not in services or o.ts < st.stale.get(o.node, -math.inf):
                 continue
-            if not groups:
-                last_ts = o.ts
-            groups.setdefault((services[o.stage], o.node), []).append(o)
-        for (svc, node), os_ in groups.items():
-            y = float(np.mean(np.log([o.service_s for o in os_])))
-            mu = self._obs_log_mu(d, snap, svc, os_[0])
-            resid = y - mu                                       # [n]
+            newest = o.ts if newest is None else newest
+            if o.ts < newest - LAT_HORIZON_S:
+                break
+            group = recent.setdefault((services[o.stage], o.node), [])
+            if len(group) < LAT_FRAMES:
+                group.append(o)
+        for (svc, node), os_ in recent.items():
+            y = np.log([o.service_s for o in os_])
+            mu = np.stack([self._obs_log_mu(d, snap, svc, o) for o in os_])    # [m, n]
+            resid = (y[:, None] - mu).mean(axis=0)                               # [n]
             n = len(os_)
-            sd = math.sqrt(float(np.var(mu)) + float(np.mean(d["sig"] ** 2)) / n)
-            heavy = math.exp(y) > 0.05 * inp.constraint.delay  # a light stage's wobble is no shift
-            if heavy and abs(float(np.median(resid))) > max(SURPRISE_LOG, 3 * sd):
-                surprised.append(node)
-            self._lat_delta[(self.svc_slot(svc), self.node_slot(node))] = (resid * n / (n + 2.0), last_ts, snap.version)
-        # Accuracy: this job's profiled F1 vs the pooled model, per draw: a Bayesian ridge fit of
-        # an offset and slopes on resolution and staleness (content differs between jobs: small
-        # objects make resolution matter more, fast motion makes skipped frames cost more).
+            latest = np.array([o.ts >= newest - 1e-9 for o in os_])
+            if latest.any():
+                y_l, mu_l = float(y[latest].mean()), mu[latest].mean(axis=0)
+                sd = math.sqrt(float(np.var(mu_l)) + float(np.mean(d["sig"] ** 2)) / int(latest.sum()))
+                heavy = math.exp(y_l) > 0.05 * inp.constraint.delay  # a light stage's wobble is no shift
+                if heavy and abs(float(np.median(y_l - mu_l))) > max(SURPRISE_LOG, 3 * sd):
+                    surprised.append(node)
+            self._lat_delta[(self.svc_slot(svc), self.node_slot(node))] = (resid * n / (n + 2.0), newest, snap.version)
+        # Accuracy: this job's profiled F1 vs the pooled model (scheduler/job_accuracy.py).
         with self._lock:
             acc = [r[0] for r in self._acc.get(inp.job_uid, {}).values()]
-        if acc:
-            h, f = float(inp.source.height), float(inp.source.fps)
-            g = np.array([GRADES.index(o.grade) if o.grade in GRADES else len(GRADES) - 1 for o in acc])
-            logh = np.log(np.minimum(np.array([o.height for o in acc]) / max(h, 1), 1.0))
-            fps = np.array([o.fps for o in acc])
-            stale = np.where(fps > 0, bayes.stale_s(fps, f), 0.0)
-            track = bayes.track_s([bayes.obs_rate(o, f) for o in acc], [o.ntracking for o in acc])
-            logq = np.log(np.array([o.quality for o in acc]) / 100.0)
-            eta = (d["th"][:, g] + d["kappa"][:, None] * logh + d["lam"][:, None] * stale + d["rho"][:, None] * logq
-                   + d["tau"][:, None] * track)
-            y = bayes.log_f1([o.accuracy for o in acc])
-            R = (y[None, :] - eta).T                                        # [m, n]
-            X = np.stack([np.ones(len(acc)), logh, stale, track], axis=1)   # [m, 4]
-            s2 = float(np.mean(d["sig_a"] ** 2)) + 1e-4
-            A = X.T @ X / s2 + np.diag(1.0 / JOB_ACC_SD**2)
-            st.f1_coef = np.linalg.solve(A, X.T @ R / s2)                  # [4, n]
-            cells: dict[tuple[int, int, int], list[float]] = {}
-            for o, yi in zip(acc, y):
-                step = max(1, int(round(f / bayes.obs_rate(o, f))))
-                cells.setdefault((int(o.height), step, int(o.ntracking)), []).append(float(yi))
-            st.cells = {k: (float(np.mean(v)), len(v)) for k, v in cells.items()}
-        else:
-            st.f1_coef, st.cells = None, {}
+        st.accuracy = job_accuracy.fit(acc, d, float(inp.source.height), float(inp.source.fps))
         return surprised
 
     def _detect_shift(self, inp: PlanningInput, st: _JobState, c: knobs.Candidates, surprised: list[str]) -> str:
@@ -521,7 +498,8 @@ class BayesPlanner:
         slow = np.exp(self._load_slope(d, self._node_gpu[j_idx]) * bayes.load_term(bg)[:, None])   # [J, n]
         mean_t = mean_t * slow[None, :, None, None, :]
         tbar = mean_t.mean(axis=-1)
-        f1_rows = self._cell_shrink(c, S, self._f1_draws(d, S, snap.version, st.f1_coef), st)  # [rows, n]
+        f1_rows = job_accuracy.shrink_to_cells(c, S.rows, self._f1_draws(d, S, snap.version, st.accuracy),
+                                               st.accuracy)  # [rows, n]
         ef1_rows = f1_rows.mean(axis=1)
         nbytes_all = S.nbytes * self._bytes_ratio
 
@@ -592,42 +570,10 @@ class BayesPlanner:
         self.decision_cpu_times.append(time.thread_time() - cpu0)
         return plan
 
-    def _f1_draws(self, d: dict[str, np.ndarray], S: _Static, version: int, coef: np.ndarray | None) -> np.ndarray:
-        """F1 draws per grid row [rows, n] (log-linear, capped at 1), with the job's correction."""
-        x = S.acc_x
-        eta = S.cached("f1_logits", version, lambda: (
-            d["th"][:, x[:, 0].astype(np.int64)] + d["kappa"][:, None] * x[:, 1] + d["lam"][:, None] * x[:, 2]
-            + d["rho"][:, None] * x[:, 3] + d["tau"][:, None] * x[:, 4]).T)  # [rows, n]
-        if coef is None:
-            return np.exp(np.minimum(eta, 0.0))
-        # The job's offset and slopes on log height ratio, staleness and tracking, in one matmul.
-        x1 = np.column_stack([np.ones(len(x)), x[:, 1], x[:, 2], x[:, 4]])
-        eta = eta + x1 @ coef[:, : eta.shape[1]]                             # a new array: the cache stays
-        return np.exp(np.minimum(eta, 0.0, out=eta), out=eta)
-
-    @staticmethod
-    def _cell_shrink(c: knobs.Candidates, S: _Static, f1: np.ndarray, st: _JobState) -> np.ndarray:
-        """Rows whose config this job has profiled move toward what was measured there, by the
-        precision of the measurements against the model's (a normal-normal update on log F1;
-        one shift per row for every draw, so the model's spread stays)."""
-        if not st.cells:
-            return f1
-        rows = S.rows
-        h = c.height[rows]
-        step = np.maximum(1, np.round(c.src_fps / c.fps[rows])).astype(int)
-        k = c.ntrack[rows]
-        q90 = c.quality[rows] == knobs.GOLDEN_QUALITY
-        eta = np.log(np.maximum(f1, 1e-6))
-        for (ch, cs, ck), (ybar, n) in st.cells.items():
-            match = (h == ch) & (step == cs) & (k == ck)
-            ref = match & q90
-            if not ref.any():
-                continue
-            m = eta[ref].mean(axis=0)                           # [n] the model at the profiled quality
-            vp = float(np.var(m)) + CELL_MODEL_SD**2
-            vo = CELL_OBS_SD**2 / n
-            eta[match] += vp / (vp + vo) * (ybar - float(m.mean()))
-        return np.exp(np.minimum(eta, 0.0))
+    def _f1_draws(self, d: dict[str, np.ndarray], S: _Static, version: int, job: JobAccuracy | None) -> np.ndarray:
+        """F1 draws per grid row [rows, n] with the job's correction; the pooled part once per posterior."""
+        eta = S.cached("f1_logits", version, lambda: job_accuracy.pooled_logit(d, S.acc_x).T)  # [rows, n]
+        return job_accuracy.f1_draws(eta, S.acc_x, job)
 
     @staticmethod
     def _own_work(c: knobs.Candidates, i: int, tbar: np.ndarray) -> np.ndarray:

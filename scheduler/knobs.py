@@ -15,12 +15,11 @@ import numpy as np
 
 from scheduler.interface import NodeInfo, Plan, PlanningError, PlanningInput, StageMapping
 from services.dag import DagSpec
-from services.video_conf import FPS_LEVELS, GRADES, RESOLUTION_HEIGHTS, VideoConf, target_size
+from services.video_conf import FPS_LEVELS, GRADES, QUALITY_LEVELS, RESOLUTION_HEIGHTS, VideoConf, target_size
 
 log = logging.getLogger(__name__)
 
 RES_LABELS: tuple[str, ...] = tuple(RESOLUTION_HEIGHTS)  # 360p .. 1080p, cheapest first
-QUALITY_LEVELS: tuple[int, ...] = (60, 75, 90)
 # Seed ntracking: kept frames after each detected frame whose boxes come from the tracker.
 NTRACKING_LEVELS: tuple[int, ...] = (0, 1, 2, 4)
 # Optical-flow tracking of one frame's boxes (services/tracking.py): ~1-3 ms at 360p-576p on

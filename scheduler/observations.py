@@ -11,8 +11,7 @@ from typing import Any, Iterable
 
 from scheduler.interface import Observation
 from services.dag import DagSpec
-
-SEGMENT_QUALITY = 90  # the JPEG quality a segment's frames travel at (services/generator.py)
+from services.profiling import SEGMENT_QUALITY
 
 
 def segment_observations(stage: str, node: str, grade: str | None, rows: Iterable[dict[str, Any]],
@@ -26,7 +25,7 @@ def segment_observations(stage: str, node: str, grade: str | None, rows: Iterabl
         out.append(Observation(
             stage=stage, node=node, grade=grade, width=int(round(src_width * r["height"] / src_height)),
             height=int(r["height"]), fps=0.0 if step == 1 else src_fps / step, ntracking=int(r.get("ntracking", 0)),
-            quality=SEGMENT_QUALITY, service_s=0.0, ts=ts, accuracy=float(f1), source="segment",
+            quality=int(r.get("quality") or SEGMENT_QUALITY), service_s=0.0, ts=ts, accuracy=float(f1), source="segment",
         ))
     return out
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 from services.codec import Envelope, Hop
+from services.profiling import SEGMENT_QUALITY
 from services.sources import SourceError, VideoSource
 from services.video_conf import FrameSkipper, VideoConf, encode_jpeg, resize_to
 
@@ -281,7 +282,7 @@ class FrameGenerator:
             if ts < self._next_segment_ts:
                 return
             self._segment = []
-        self._segment.append(encode_jpeg(image, 90))
+        self._segment.append(encode_jpeg(image, SEGMENT_QUALITY))
         if len(self._segment) >= plan.segment_frames:
             frames, self._segment = self._segment, None
             # The first few come faster: the planner learns the content's accuracy in seconds.

@@ -14,6 +14,7 @@ GRADES: tuple[str, ...] = ("n", "s", "m", "l", "x")
 # Frame rates a plan may ask for (below the source's own); the planner, the profiling segments
 # and the benches all use these.
 FPS_LEVELS: tuple[float, ...] = (1, 2, 5, 10, 15, 20, 30)
+QUALITY_LEVELS: tuple[int, ...] = (60, 75, 90)  # JPEG qualities a plan may ask for
 
 
 def resolutions_below(src_h: int) -> list[str]:

@@ -20,7 +20,7 @@ from services.models import take_last_inference
 from services.profiling import score_segment, step_options
 from services.registry import ServiceContext, get_service
 from services.settings import Settings
-from services.video_conf import FPS_LEVELS, decode_jpeg, resolutions_below
+from services.video_conf import FPS_LEVELS, QUALITY_LEVELS, decode_jpeg, resolutions_below
 from tasks.deliveries import ledger
 from tasks.queues import EXCHANGE, STAGE_TASK, node_queue, results_queue
 
@@ -98,7 +98,8 @@ def _detect_or_track(env: Envelope, stage: str, service, params, inputs: dict, f
 
 
 def _profile_segment(env: Envelope, service, params: dict, ctx: ServiceContext) -> list[dict]:
-    """Score candidate configs on the segment against the golden config (services/profiling.py)."""
+    """Score candidate configs, at every plan quality, on the segment against the golden config
+    (services/profiling.py)."""
     frames = [decode_jpeg(b) for b in env.segment]
     gp = _golden_params(service, params, env.golden_grade)
     cp = service.validate_params({k: v for k, v in params.items() if k != "imgsz"})
@@ -108,7 +109,8 @@ def _profile_segment(env: Envelope, service, params: dict, ctx: ServiceContext) 
 
     golden = [run(gp, f) for f in frames]
     steps = step_options(env.segment_fps, FPS_LEVELS)
-    return score_segment(frames, lambda image: run(cp, image), golden, resolutions_below(frames[0].shape[0]), steps)
+    return score_segment(frames, lambda image: run(cp, image), golden, resolutions_below(frames[0].shape[0]), steps,
+                         qualities=QUALITY_LEVELS)
 
 
 def _golden_f1(env: Envelope, service, params: dict, inputs: dict, outputs: dict, ctx: ServiceContext) -> float:
@@ -153,10 +155,10 @@ def run_stage(self, payload: Any) -> None:
     if not env.route:
         log.warning("rejected frame %s/%s with an empty route", env.job, env.seq)
         raise Reject("empty route", requeue=False)
-    from tasks.worker_state import segment_profiler, service_context
+    from tasks.worker_state import service_context
 
     if env.kind == "profile" or env.profile:
-        profiler = segment_profiler(settings, lambda done: publish_result(self.app, _strip_for_results(done)))
+        profiler = segment_profiler_of(self.app)
         if env.kind == "profile":  # scored on idle capacity by a niced child, not on this frame path
             profiler.submit(env)
             return
@@ -182,6 +184,13 @@ def run_stage(self, payload: Any) -> None:
         forward(self.app, env)
     finally:
         deliveries.finish(self.request.id)
+
+
+def segment_profiler_of(app: Celery):
+    """This worker process's niced segment-profiling child; what it scores goes to the results."""
+    from tasks.worker_state import segment_profiler
+
+    return segment_profiler(app.vdag_settings, lambda done: publish_result(app, _strip_for_results(done)))
 
 
 def forward(app: Celery, env: Envelope) -> None:

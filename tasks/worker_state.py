@@ -66,6 +66,13 @@ def _forget_parent_models(**_: object) -> None:
     settings = getattr(current_app, "vdag_settings", None)
     if settings is not None and settings.warm_up:
         warm_up(settings)
+        if settings.profile_segment_every_s > 0:
+            # The child loads its models now, while the node is idle: started with a job's first
+            # frame, at nice 19 on a busy node, it took 10-15 s, and the planner's first
+            # accuracy from the video as long.
+            from tasks.stage import segment_profiler_of
+
+            segment_profiler_of(current_app).start()
 
 
 def warm_up(settings: Settings) -> float | None:

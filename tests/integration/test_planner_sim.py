@@ -6,6 +6,7 @@ import time
 import numpy as np
 import pytest
 
+from scheduler import job_accuracy
 from scheduler import simulator as sm
 from scheduler.baselines import GoldenPlanner
 from scheduler.bayes import BayesModel
@@ -144,7 +145,7 @@ def test_accuracy_model_is_log_linear_with_per_job_slopes(model):
     p.plan(inp.model_copy(update={"observations": obs}))
     c, S = p._candidates(inp)
     st = p._jobs[inp.job_uid]
-    f1 = p._f1_draws(p._draws(p.snapshot, 64), S, p.snapshot.version, st.f1_coef).mean(axis=1)
+    f1 = p._f1_draws(p._draws(p.snapshot, 64), S, p.snapshot.version, st.accuracy).mean(axis=1)
     at = {c.res[int(c.res_idx[r])][0]: f1[i] for i, r in enumerate(S.rows)
           if c.fps[r] == 5 and c.quality[r] == 90 and c.ntrack[r] == 0}
     assert at["360p"] == pytest.approx(0.6, abs=0.08) and at["480p"] == pytest.approx(0.85, abs=0.08)
@@ -163,9 +164,9 @@ def test_profiled_configs_move_toward_what_the_segments_measured(model):
     p.plan(inp.model_copy(update={"observations": obs}))
     c, S = p._candidates(inp)
     st = p._jobs[inp.job_uid]
-    assert st.cells[(480, 2, 4)][1] == 4
-    raw = p._f1_draws(p._draws(p.snapshot, 64), S, p.snapshot.version, st.f1_coef)
-    shrunk = BayesPlanner._cell_shrink(c, S, raw, st)
+    assert st.accuracy.cells[(480, 2, 4)][90][1] == 4
+    raw = p._f1_draws(p._draws(p.snapshot, 64), S, p.snapshot.version, st.accuracy)
+    shrunk = job_accuracy.shrink_to_cells(c, S.rows, raw, st.accuracy)
     rows = S.rows
 
     def row(h, fps, k):
@@ -176,3 +177,33 @@ def test_profiled_configs_move_toward_what_the_segments_measured(model):
     assert abs(shrunk[hit].mean() - 0.45) < abs(raw[hit].mean() - 0.45) - 0.05
     assert shrunk[hit].mean() < 0.6
     assert np.allclose(shrunk[other], raw[other])  # never profiled: the model's own prediction
+
+
+def test_segments_scored_at_each_quality_teach_the_job_what_coding_costs(model):
+    """Segments at q90 score 0.92 and at q60 0.78 for every profiled config: the job's quality
+    slope carries that to configs it never profiled, and q60 is no longer nearly free."""
+    p = BayesPlanner(model, background=False, seed=5)
+    inp = person_input()
+    obs = []
+    for t in range(3):
+        for h, w in [(480, 640), (576, 768)]:
+            for q, f1 in [(90, 0.92), (75, 0.85), (60, 0.78)]:
+                obs.append(Observation(stage="person_detection", node="cpu", width=w, height=h, fps=5.0,
+                                       ntracking=2, quality=q, service_s=0.0, ts=float(t), accuracy=f1,
+                                       source="segment"))
+    obs += [Observation(stage="person_detection", node="cpu", width=640, height=480, service_s=0.12, ts=float(t))
+            for t in range(3)]
+    p.plan(inp.model_copy(update={"observations": obs}))
+    c, S = p._candidates(inp)
+    st = p._jobs[inp.job_uid]
+    raw = p._f1_draws(p._draws(p.snapshot, 64), S, p.snapshot.version, st.accuracy)
+    f1 = job_accuracy.shrink_to_cells(c, S.rows, raw, st.accuracy).mean(axis=1)
+    rows = S.rows
+
+    def at(h, fps, k, q):
+        return float(f1[np.flatnonzero((c.height[rows] == h) & np.isclose(c.fps[rows], fps) & (c.ntrack[rows] == k)
+                                       & (c.quality[rows] == q))[0]])
+
+    assert at(480, 5, 2, 60) < at(480, 5, 2, 90) - 0.08          # profiled: both qualities measured
+    assert at(480, 10, 0, 60) < at(480, 10, 0, 90) - 0.05        # never profiled: the job's slope
+

@@ -6,6 +6,7 @@ import pytest
 
 from services.codec import Envelope, Hop
 from services.models import ModelCache
+from services.profiling import SEGMENT_QUALITY
 from services.registry import ServiceContext
 from services.video_conf import encode_jpeg, resize_to
 from tasks.stage import StageFailed, execute_hop
@@ -103,14 +104,15 @@ def test_tracked_frames_get_boxes_from_the_tracker_and_counts_from_every_stage()
 def test_profiling_segment_scores_configs_against_the_golden_detector(ctx):
     frames = _frames(400, 6)
     env = Envelope(job="j", seq=0, plan=1, capture_ts=0, sent_at=0, width=768, height=576, kind="profile",
-                   segment=[encode_jpeg(f, 90) for f in frames], segment_fps=10.0,
+                   segment=[encode_jpeg(f, SEGMENT_QUALITY) for f in frames], segment_fps=10.0,
                    route=[Hop(stage="detect", service="person_detection", node="cloud",
                               inputs={"image": "generator.image"})])
     rows = execute_hop(env, ctx, "cloud", "w").outputs["detect"]["profile"]
-    by = {(r["resolution"], r["step"], r["ntracking"]): r["f1"] for r in rows}
-    assert by[("source", 1, 0)] == 1.0  # the golden config against itself
-    assert by[("360p", 1, 0)] < by[("source", 1, 0)]
-    assert {r["resolution"] for r in rows} == {"360p", "480p", "source"}
+    by = {(r["resolution"], r["quality"], r["step"], r["ntracking"]): r["f1"] for r in rows}
+    assert by[("source", 90, 1, 0)] >= 0.9  # the golden config, JPEG-coded as a q90 plan sends it
+    assert by[("360p", 90, 1, 0)] < by[("source", 90, 1, 0)]
+    assert {(r["resolution"], r["quality"]) for r in rows} == {
+        ("360p", 90), ("480p", 90), ("source", 60), ("source", 75), ("source", 90)}
     assert all(r["step"] * (r["ntracking"] + 1) <= 6 for r in rows)
 
 

@@ -83,6 +83,22 @@ def test_segment_scores_rank_tracking_above_skipping_on_motion():
     assert all(r["step"] * (r["ntracking"] + 1) <= 10 for r in rows)
 
 
+def test_segment_candidates_see_the_frames_coded_at_their_quality():
+    """Each quality is scored on the frames as the pipeline would deliver them: the detector of
+    a q60 candidate gets a frame further from the segment's than a q90 one, None the frame itself."""
+    frames, golden = _scene(10)
+    seen: list[float] = []
+
+    def detect(image):
+        seen.append(float(np.abs(image.astype(float) - frames[0].astype(float)).mean()))
+        return golden[0]
+
+    rows = score_segment(frames, detect, golden, ["source"], [1, 2], qualities=(None, 90, 60))
+    assert seen[0] == 0.0 and 0 < seen[1] < seen[2]
+    assert {r["quality"] for r in rows} == {None, 90, 60}
+    assert len(rows) == 3 * len([r for r in rows if r["quality"] is None])
+
+
 def test_generator_marks_ntracking_frames_after_each_detected_one():
 
     sent: list[Envelope] = []

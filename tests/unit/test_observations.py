@@ -6,13 +6,13 @@ from services.dag import DagSpec
 
 
 def test_segment_rows_become_accuracy_observations_of_their_config():
-    rows = [{"resolution": "480p", "height": 480, "step": 2, "ntracking": 4, "f1": 0.86},
+    rows = [{"resolution": "480p", "height": 480, "quality": 60, "step": 2, "ntracking": 4, "f1": 0.86},
             {"resolution": "source", "height": 576, "step": 1, "ntracking": 0, "f1": 1.0},
             {"resolution": "360p", "height": 360, "step": 1, "ntracking": 0, "f1": 1.7}]  # not an F1: dropped
     obs = segment_observations("detect", "edge-1", None, rows, 768, 576, 10.0, ts=5.0)
-    assert [(o.width, o.height, o.fps, o.ntracking, o.accuracy) for o in obs] == [
-        (640, 480, 5.0, 4, 0.86), (768, 576, 0.0, 0, 1.0)]
-    assert all(o.service_s == 0 and o.source == "segment" and o.quality == 90 for o in obs)
+    assert [(o.width, o.height, o.fps, o.ntracking, o.quality, o.accuracy) for o in obs] == [
+        (640, 480, 5.0, 4, 60, 0.86), (768, 576, 0.0, 0, 100, 1.0)]  # no quality: the segment's own
+    assert all(o.service_s == 0 and o.source == "segment" for o in obs)
 
 
 def test_node_profile_rows_reach_the_stages_that_run_that_service():

@@ -1,0 +1,120 @@
+"""A job's own accuracy on top of the pooled model, learned from its profiling segments.
+
+Content differs between jobs: small objects make resolution matter more, fast motion makes
+skipped frames cost more, fine texture makes JPEG coding cost more. Per job and per posterior
+draw, two corrections of the pooled log-linear F1 model (scheduler/bayes.py):
+1. a Bayesian ridge fit of the log residual of the job's profiled F1 on (1, log height ratio,
+   staleness, tracking, log quality), shrunk toward the pooled model by JOB_ACC_SD;
+2. a profile table (Chameleon's): each profiled (height, step, ntracking) moves toward what its
+   segments measured there, by the precision of the measurements against the model's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from scheduler import bayes, knobs
+from scheduler.interface import Observation
+from services.video_conf import GRADES
+
+# Prior sd of a job's own deviation from the pooled accuracy model: log F1 offset, slope on
+# log height ratio, slope per second of staleness, slope per second of tracking, slope on log
+# JPEG quality (segments score every plan quality: content decides how much coding costs).
+JOB_ACC_SD = np.array([0.1, 0.25, 0.25, 0.15, 0.4])
+# A profiled config's own measurements vs the model's prediction for it: the model's error at
+# one config, and one segment's noise.
+CELL_MODEL_SD = 0.1   # log F1
+CELL_OBS_SD = 0.12    # log F1 of one 10-frame segment
+
+# (height, source-frame step, ntracking) -> quality -> (mean log F1, count)
+Cells = dict[tuple[int, int, int], dict[int, tuple[float, int]]]
+
+
+@dataclass(frozen=True)
+class JobAccuracy:
+    coef: np.ndarray                     # [5, n] per-draw correction of the job's log F1
+    cells: Cells = field(default_factory=dict)
+
+
+def covariates(acc: list[Observation], src_height: float, src_fps: float) -> np.ndarray:
+    """[m, 5] grade index, log height ratio, staleness (s), log quality, tracking (s): the
+    columns of the pooled model's accuracy rows (the planner's acc_x)."""
+    g = [GRADES.index(o.grade) if o.grade in GRADES else len(GRADES) - 1 for o in acc]
+    logh = np.log(np.minimum(np.array([o.height for o in acc]) / max(src_height, 1.0), 1.0))
+    fps = np.array([o.fps for o in acc])
+    stale = np.where(fps > 0, bayes.stale_s(fps, src_fps), 0.0)
+    track = bayes.track_s([bayes.obs_rate(o, src_fps) for o in acc], [o.ntracking for o in acc])
+    logq = np.log(np.array([o.quality for o in acc]) / 100.0)
+    return np.stack([np.array(g, float), logh, stale, logq, track], axis=1)
+
+
+def pooled_logit(d: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """The pooled model's log F1 [n, m] at covariate rows x [m, 5], per draw."""
+    return (d["th"][:, x[:, 0].astype(np.int64)] + d["kappa"][:, None] * x[:, 1] + d["lam"][:, None] * x[:, 2]
+            + d["rho"][:, None] * x[:, 3] + d["tau"][:, None] * x[:, 4])
+
+
+def _design(x: np.ndarray) -> np.ndarray:
+    """The job's own columns: offset, log height ratio, staleness, tracking, log quality."""
+    return np.column_stack([np.ones(len(x)), x[:, 1], x[:, 2], x[:, 4], x[:, 3]])
+
+
+def fit(acc: list[Observation], d: dict[str, np.ndarray], src_height: float, src_fps: float) -> JobAccuracy | None:
+    if not acc:
+        return None
+    x = covariates(acc, src_height, src_fps)
+    y = bayes.log_f1([o.accuracy for o in acc])
+    R = (y[None, :] - pooled_logit(d, x)).T                              # [m, n]
+    X = _design(x)
+    s2 = float(np.mean(d["sig_a"] ** 2)) + 1e-4
+    A = X.T @ X / s2 + np.diag(1.0 / JOB_ACC_SD**2)
+    coef = np.linalg.solve(A, X.T @ R / s2)                              # [5, n]
+    cells: dict[tuple[int, int, int], dict[int, list[float]]] = {}
+    for o, yi in zip(acc, y):
+        step = max(1, int(round(src_fps / bayes.obs_rate(o, src_fps))))
+        cell = cells.setdefault((int(o.height), step, int(o.ntracking)), {})
+        cell.setdefault(int(o.quality), []).append(float(yi))
+    return JobAccuracy(coef, {k: {q: (float(np.mean(v)), len(v)) for q, v in by_q.items()} for k, by_q in cells.items()})
+
+
+def f1_draws(eta: np.ndarray, x: np.ndarray, job: JobAccuracy | None) -> np.ndarray:
+    """F1 draws [rows, n] from the pooled log F1 eta [rows, n] at rows x, with the job's
+    correction (log-linear, capped at 1)."""
+    if job is not None:
+        eta = eta + _design(x) @ job.coef[:, : eta.shape[1]]              # a new array: the caller's stays
+        return np.exp(np.minimum(eta, 0.0, out=eta), out=eta)
+    return np.exp(np.minimum(eta, 0.0))
+
+
+def shrink_to_cells(c: knobs.Candidates, rows: np.ndarray, f1: np.ndarray, job: JobAccuracy | None) -> np.ndarray:
+    """Rows whose config the job has profiled move toward what was measured there (a
+    normal-normal update on log F1; one shift per row for every draw, so the model's spread
+    stays). A cell is a (height, step, ntracking) over every quality: each measurement counts
+    against the model at its own quality (the job's quality slope carries that effect), so the
+    planner does not chase the luckiest of three noisy per-quality scores."""
+    if job is None or not job.cells:
+        return f1
+    h = c.height[rows]
+    step = np.maximum(1, np.round(c.src_fps / c.fps[rows])).astype(int)
+    k = c.ntrack[rows]
+    q = c.quality[rows]
+    eta = np.log(np.maximum(f1, 1e-6))
+    for (ch, cs, ck), by_q in job.cells.items():
+        match = (h == ch) & (step == cs) & (k == ck)
+        resid, n, var_m = 0.0, 0, 0.0
+        for cq, (ybar, nq) in by_q.items():
+            ref = match & (q == cq)
+            if ref.any():
+                m = eta[ref].mean(axis=0)                               # [n] the model at the profiled config
+                resid, n, var_m = resid + nq * (ybar - float(m.mean())), n + nq, max(var_m, float(np.var(m)))
+        if not n:
+            continue
+        vp = var_m + CELL_MODEL_SD**2
+        vo = CELL_OBS_SD**2 / n
+        eta[match] += vp / (vp + vo) * resid / n
+    return np.exp(np.minimum(eta, 0.0))
+
+
+__all__ = ["CELL_MODEL_SD", "CELL_OBS_SD", "JOB_ACC_SD", "JobAccuracy", "covariates", "f1_draws", "fit",
+           "pooled_logit", "shrink_to_cells"]
