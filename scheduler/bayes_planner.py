@@ -315,14 +315,8 @@ class BayesPlanner:
         if hit is None:
             c = knobs.build_candidates(inp, tracking=self.tracking)
             rows = np.arange(len(c) // c.n_map) * c.n_map
-            h = c.height.astype(float)
-            acc_x = np.stack([
-                c.grade_idx[rows].astype(float),
-                np.log(np.minimum(h[rows] / c.src_height, 1.0)),
-                bayes.stale_s(c.fps[rows], c.src_fps),
-                np.log(c.quality[rows] / 100.0),
-                bayes.track_s(c.fps[rows], c.ntrack[rows]),
-            ], axis=1)
+            acc_x = job_accuracy.covariate_rows(c.grade_idx[rows], c.height[rows], c.src_height, c.fps[rows],
+                                                c.src_fps, c.quality[rows], c.ntrack[rows])
             static = _Static(
                 cost=c.compute() / c.golden_compute(),
                 nbytes=knobs.frame_bytes(c.width, c.height, c.quality),

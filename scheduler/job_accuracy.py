@@ -37,16 +37,25 @@ class JobAccuracy:
     cells: Cells = field(default_factory=dict)
 
 
-def covariates(acc: list[Observation], src_height: float, src_fps: float) -> np.ndarray:
+def covariate_rows(grade_idx, height, src_height: float, rate, src_fps: float, quality, ntracking) -> np.ndarray:
     """[m, 5] grade index, log height ratio, staleness (s), log quality, tracking (s): the
-    columns of the pooled model's accuracy rows (the planner's acc_x)."""
-    g = [GRADES.index(o.grade) if o.grade in GRADES else len(GRADES) - 1 for o in acc]
-    logh = np.log(np.minimum(np.array([o.height for o in acc]) / max(src_height, 1.0), 1.0))
-    fps = np.array([o.fps for o in acc])
-    stale = np.where(fps > 0, bayes.stale_s(fps, src_fps), 0.0)
-    track = bayes.track_s([bayes.obs_rate(o, src_fps) for o in acc], [o.ntracking for o in acc])
-    logq = np.log(np.array([o.quality for o in acc]) / 100.0)
-    return np.stack([np.array(g, float), logh, stale, logq, track], axis=1)
+    pooled model's accuracy columns, for candidates (the planner's acc_x) and observations alike.
+    `rate` is the kept-frame rate."""
+    rate = np.asarray(rate, float)
+    return np.stack([
+        np.asarray(grade_idx, float),
+        np.log(np.minimum(np.asarray(height, float) / max(float(src_height), 1.0), 1.0)),
+        bayes.stale_s(rate, src_fps),
+        np.log(np.asarray(quality, float) / 100.0),
+        bayes.track_s(rate, ntracking),
+    ], axis=1)
+
+
+def covariates(acc: list[Observation], src_height: float, src_fps: float) -> np.ndarray:
+    """covariate_rows of accuracy observations (fps 0 = the source's rate)."""
+    return covariate_rows([GRADES.index(o.grade) if o.grade in GRADES else len(GRADES) - 1 for o in acc],
+                          [o.height for o in acc], src_height, [bayes.obs_rate(o, src_fps) for o in acc], src_fps,
+                          [o.quality for o in acc], [o.ntracking for o in acc])
 
 
 def pooled_logit(d: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
@@ -116,5 +125,5 @@ def shrink_to_cells(c: knobs.Candidates, rows: np.ndarray, f1: np.ndarray, job: 
     return np.exp(np.minimum(eta, 0.0))
 
 
-__all__ = ["CELL_MODEL_SD", "CELL_OBS_SD", "JOB_ACC_SD", "JobAccuracy", "covariates", "f1_draws", "fit",
+__all__ = ["CELL_MODEL_SD", "CELL_OBS_SD", "JOB_ACC_SD", "JobAccuracy", "covariate_rows", "covariates", "f1_draws", "fit",
            "pooled_logit", "shrink_to_cells"]
