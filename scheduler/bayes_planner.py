@@ -14,34 +14,25 @@ Decision (per job, a few ms, all numpy over the posterior draws):
    straight to the best (no knob-by-knob climbing). Nothing feasible: the plan most likely to
    meet the delay.
 
-Between posterior refreshes the draws are recalibrated per job: per (service, node) the log
-residual of its last few measured service times, and per job a ridge fit of the log residual
-of its profiled F1 on (1, log height ratio, staleness, tracking, log JPEG quality) (content
-differs between jobs: small objects, fast motion, fine texture), each computed per draw and
-shrunk toward the pooled model; then each profiled (height, step, ntracking) moves toward its
-segment scores.
+Between posterior refreshes the draws are recalibrated per job: service times by the job's
+recent frames (scheduler/service_times.py), accuracy by a per-job fit to its profiled F1,
+shrunk toward the pooled model and then toward each profiled cell (scheduler/job_accuracy.py).
 On the prior alone (cold start) a plan needs P(delay <= D) >= cold_delay_prob (0.8), not 0.95:
-the first window's measurements remove most of that uncertainty. Decisions and refreshes run
-with numpy's BLAS on one thread (bayes.blas_single): small matrices, contended cores.
+the first window's measurements remove most of that uncertainty. Decisions run with numpy's
+BLAS on one thread (bayes.blas_single): small matrices, contended cores.
 A shift (constraint change, a node gone or added, a measured window far outside the
 predictive) drops the job's older observations on the affected nodes, asks the refresher to
 run now, and disables keep and exploration for a few rounds. Exploration is bounded: at most
 one Thompson-sampled plan per job every `explore_every` rounds, only among near-best plans
 with P(delay <= D) >= explore_delay_prob.
 
-Threads: `plan` may be called from one thread (the scheduler loop) while the refresher
-thread samples; they share only the immutable Snapshot (swapped under a lock) and the
-observation buffer (under a lock). The model compiles on its own thread (~25 s); until then
-the refresher publishes the Gaussian posterior at plug-in noise scales (bayes.gaussian_snapshot,
-milliseconds), so a tracker's first jobs do not plan on the prior for the whole compile. The
-compiled model is used by the refresher thread only (or by the caller of `refresh_now` when
-there is no refresher).
+Threads: `plan` is called from one thread (the scheduler loop) while the posterior refresher
+(scheduler/posterior_refresher.py) samples on its own; they share only its immutable Snapshot
+and its observation buffer, both under its lock.
 """
 from __future__ import annotations
 
 import logging
-import math
-import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -49,23 +40,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scheduler import bayes, job_accuracy, knobs
-from scheduler.bayes import BayesModel, Slots, Snapshot
+from scheduler.bayes import BayesModel, Snapshot
 from scheduler.delay import node_arrays, plan_delay, transfer_s
-from scheduler.interface import Observation, Plan, PlanningInput
+from scheduler.interface import Plan, PlanningInput
 from scheduler.job_accuracy import JobAccuracy
+from scheduler.posterior_refresher import PosteriorRefresher
+from scheduler.service_times import ServiceTimes
 from services.video_conf import GRADES
 
 log = logging.getLogger(__name__)
 
 AIM_MARGIN = 0.01        # aim this far above the accuracy goal: E[F1] near the goal is a coin toss
-SURPRISE_LOG = math.log(1.5)  # a window's service time this far (x or /) from the predictive is a shift
-LAT_FRAMES, LAT_HORIZON_S = 10, 8.0  # the recent frames a job's service-time correction pools
 MAX_WINDOW_FRAMES = 30
-
-
-def _acc_key(o: Observation) -> tuple:
-    """One profiling segment scores many configs at one time stamp: each is its own entry."""
-    return (o.ts, o.stage, o.height, o.fps, o.ntracking, o.quality)
 
 
 @dataclass
@@ -141,172 +127,58 @@ class BayesPlanner:
         self.keep_margin, self.explore_margin = keep_margin, explore_margin
         self.explore_every, self.explore_delay_prob = explore_every, explore_delay_prob
         self.aim_margin, self.window_s, self.shift_cooldown = aim_margin, window_s, shift_cooldown
-        self.obs_per_job, self.max_obs, self.job_ttl_s = obs_per_job, max_obs, job_ttl_s
-        self.refresh_interval_s = refresh_interval_s
-        self.svc_slot, self.node_slot = Slots(L.S), Slots(L.N)
-        self._svc_mu, self._node_mu, self._node_gpu = np.zeros(L.S), np.zeros(L.N), np.zeros(L.N)
-        self._svc_sd = np.full(L.S, bayes.PRIORS["svc_sd"])
-        self._prior_key: tuple = ()
+        self.times = ServiceTimes(L)
+        self.svc_slot, self.node_slot = self.times.svc_slot, self.times.node_slot
+        self.posterior = PosteriorRefresher(self.model, self.times, background=background,
+                                            refresh_interval_s=refresh_interval_s, obs_per_job=obs_per_job,
+                                            acc_memory=acc_memory, max_obs=max_obs, job_ttl_s=job_ttl_s, seed=seed)
         self._rng = np.random.default_rng(seed)
-        self._seed = seed
-        self._lock = threading.Lock()
-        self._obs: dict[str, tuple[float, list[tuple[Observation, str, float, float]]]] = {}
-        # Profiled accuracy outlives the job's sliding window (content drifts slowly, and each
-        # profile is one frame a round): the last `acc_memory` per job, keyed by (ts, stage).
-        self.acc_memory = acc_memory
-        self._acc: dict[str, OrderedDict[tuple, tuple[Observation, str, float, float]]] = {}
-        self._bytes_ratio = 1.0
-        self._dirty = False
-        self._wake = threading.Event()
-        self._snapshot = bayes.prior_snapshot(L, self._svc_mu, self._node_mu, seed=seed)
-        self._means: tuple[int, dict[str, np.ndarray]] | None = None
         self._cands: OrderedDict[tuple, tuple[knobs.Candidates, _Static]] = OrderedDict()
         self._jobs: dict[str, _JobState] = {}
-        # (service slot, node slot) -> (per-draw log correction, window ts, snapshot version)
-        self._lat_delta: dict[tuple[int, int], tuple[np.ndarray, float, int]] = {}
-        self.refresh_times: list[float] = []
         self.decision_times: list[float] = []      # wall seconds per decision
         self.decision_cpu_times: list[float] = []  # this thread's CPU seconds (excludes time descheduled)
         self.shifts: list[tuple[str, int, str]] = []  # (job, round, why), for reports and tests
-        self._background = background
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    # ---- lifecycle --------------------------------------------------------------------------
+    # ---- the posterior (scheduler/posterior_refresher.py) -------------------------------------
     def start(self) -> None:
-        if self._background and self._thread is None:
-            self._thread = threading.Thread(target=self._refresh_loop, name="vdag-posterior", daemon=True)
-            self._thread.start()
+        self.posterior.start()
 
     def close(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        close_model = getattr(self.model, "close", None)  # a sampler process (ProcessBayesModel)
-        if callable(close_model):
-            close_model()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self.posterior.close(timeout)
 
-    def _refresh_loop(self) -> None:
-        log.info("posterior refresher started (every %.1f s, or at once after a shift)", self.refresh_interval_s)
-        # The nutpie compile takes ~25 s; until it is done, refreshes use the Gaussian
-        # approximation. The compiled model is used by this thread only, after the join.
-        compiler = threading.Thread(target=self._compile, name="vdag-compile", daemon=True)
-        compiler.start()
-        while not self._stop.is_set():
-            self._wake.clear()
-            if self._dirty:
-                try:
-                    if self.model.compiled:
-                        compiler.join()
-                        self.refresh_now()
-                    else:
-                        self.refresh_gaussian()
-                except Exception:
-                    log.exception("posterior refresh failed; keeping the previous posterior")
-            self._wake.wait(1.0 if compiler.is_alive() else self.refresh_interval_s)
-        log.info("posterior refresher stopped")
+    @property
+    def snapshot(self) -> Snapshot:
+        return self.posterior.snapshot
 
     @property
     def urgent(self) -> bool:
         """A shift was detected since the last refresh: refresh now rather than on schedule."""
-        return self._wake.is_set()
+        return self.posterior.urgent
+
+    @property
+    def refresh_times(self) -> list[float]:
+        return self.posterior.refresh_times
+
+    def refresh_now(self) -> Snapshot:
+        """Sample the posterior from the current observations and publish it (blocking)."""
+        return self.posterior.refresh_now()
+
+    def refresh_gaussian(self) -> Snapshot:
+        """Publish the Gaussian approximation of the posterior (no compiled model needed)."""
+        return self.posterior.refresh_gaussian()
 
     # ---- data ---------------------------------------------------------------------------------
     def _ingest(self, inp: PlanningInput, st: _JobState) -> None:
         services = {s.name: s.service for s in inp.dag.stages}
-        h, f, stale = float(inp.source.height), float(inp.source.fps), st.stale
-        rows = [(o, services[o.stage], h, f) for o in inp.observations[-self.obs_per_job:]
-                if o.stage in services and (not stale or o.ts >= stale.get(o.node, -math.inf))]
         seen = (tuple((n.name, n.gpu, n.cpu_count) for n in inp.nodes), tuple(sorted(set(services.values()))))
         if seen != st.priors_seen:  # priors depend only on what a node is and which services run
             st.priors_seen = seen
-            for n in inp.nodes:
-                self._node_mu[self.node_slot(n.name)] = bayes.node_prior(n)
-                self._node_gpu[self.node_slot(n.name)] = float(n.gpu)
-            for svc in seen[1]:
-                self._svc_mu[self.svc_slot(svc)] = bayes.service_prior(svc)
-                self._svc_sd[self.svc_slot(svc)] = bayes.service_prior_sd(svc)
-        if self._snapshot.source == "prior":  # cold start: draw the prior of the services seen
-            key = (self._svc_mu.tobytes(), self._svc_sd.tobytes(), self._node_mu.tobytes())
-            if key != self._prior_key:
-                self._prior_key = key
-                snap = bayes.prior_snapshot(self.model.layout, self._svc_mu, self._node_mu, seed=self._seed,
-                                            svc_sd=self._svc_sd)
-                with self._lock:
-                    if self._snapshot.source == "prior":
-                        self._snapshot = Snapshot(**{**snap.__dict__, "version": self._snapshot.version + 1})
-        with_bytes = [(o.width, o.height, o.quality, o.frame_bytes) for o in inp.observations[-20:] if o.frame_bytes > 0]
-        with self._lock:
-            if with_bytes:
-                w, h, q, b = np.array(with_bytes, float).T
-                ratio = float(b.sum() / knobs.frame_bytes(w, h, q).sum())
-                self._bytes_ratio = 0.7 * self._bytes_ratio + 0.3 * ratio
-            mem = self._acc.setdefault(inp.job_uid, OrderedDict())
-            for r in rows:
-                if r[0].accuracy is not None:
-                    mem[_acc_key(r[0])] = r
-            while len(mem) > self.acc_memory:
-                mem.popitem(last=False)
-            in_window = {_acc_key(r[0]) for r in rows if r[0].accuracy is not None}
-            rows = rows + [r for k, r in mem.items() if k not in in_window]
-            if rows or inp.job_uid in self._obs:
-                self._obs[inp.job_uid] = (time.time(), rows)
-                self._dirty = True
-                if rows and self._snapshot.source == "prior":
-                    self._wake.set()  # first data: leave the prior at once
+            self.times.set_priors(inp.nodes, seen[1])
+        self.posterior.ingest(inp, st.stale)
 
     def forget(self, job_uid: str) -> None:
-        with self._lock:
-            self._obs.pop(job_uid, None)
-            self._jobs.pop(job_uid, None)
-            self._acc.pop(job_uid, None)
-
-    def _compile(self) -> None:
-        try:
-            self.model.compile()
-        except Exception:
-            log.exception("model compile failed; planning stays on the Gaussian approximation")
-
-    def refresh_now(self) -> Snapshot:
-        """Sample the posterior from the current observations and publish it (blocking)."""
-        with bayes.blas_single():
-            return self._refresh(lambda data: self.model.sample(data, seed=self._seed + len(self.refresh_times)))
-
-    def refresh_gaussian(self) -> Snapshot:
-        """Publish the Gaussian approximation of the posterior (no compiled model needed)."""
-        def gaussian(data: bayes.ModelData) -> Snapshot:
-            t0 = time.perf_counter()
-            snap = bayes.gaussian_snapshot(data, self.model.layout, seed=self._seed + len(self.refresh_times))
-            return Snapshot(**{**snap.__dict__, "refresh_s": time.perf_counter() - t0})
-        with bayes.blas_single():
-            return self._refresh(gaussian)
-
-    def _refresh(self, sample) -> Snapshot:
-        now = time.time()
-        self._wake.clear()
-        with self._lock:
-            for uid in [u for u, (ts, _) in self._obs.items() if now - ts > self.job_ttl_s]:
-                del self._obs[uid]
-                self._acc.pop(uid, None)
-            rows = [r for _, rs in self._obs.values() for r in rs][-self.max_obs:]
-            self._dirty = False
-            svc_mu, node_mu, node_gpu = self._svc_mu.copy(), self._node_mu.copy(), self._node_gpu.copy()
-            svc_sd = self._svc_sd.copy()
-        data = bayes.build_data(rows, self.model.layout, self.svc_slot, self.node_slot, svc_mu, node_mu, node_gpu,
-                                svc_sd=svc_sd)
-        snap = sample(data)
-        with self._lock:
-            self._snapshot = Snapshot(**{**snap.__dict__, "version": self._snapshot.version + 1})
-        if snap.source == "posterior":
-            self.refresh_times.append(snap.refresh_s)
-        log.debug("posterior refreshed: %d latency, %d accuracy obs in %.2f s", snap.n_lat, snap.n_acc, snap.refresh_s)
-        return self._snapshot
-
-    @property
-    def snapshot(self) -> Snapshot:
-        return self._snapshot
+        self.posterior.forget(job_uid)
+        self._jobs.pop(job_uid, None)
 
     # ---- candidates -----------------------------------------------------------------------------
     def _candidates(self, inp: PlanningInput) -> tuple[knobs.Candidates, _Static]:
@@ -335,86 +207,13 @@ class BayesPlanner:
         sel = slice(0, min(n, snap.n))
         return {k: v[sel] for k, v in snap.draws.items()}
 
-    def _prior_shift(self, snap: Snapshot, s_idx: np.ndarray, j_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """A slot whose prior mean changed after the draws were made is shifted by the change."""
-        if snap.svc_mu is None:
-            return np.zeros(len(s_idx)), np.zeros(len(j_idx))
-        return self._svc_mu[s_idx] - snap.svc_mu[s_idx], self._node_mu[j_idx] - snap.node_mu[j_idx]
-
-    def _service_draws(self, d: dict[str, np.ndarray], snap: Snapshot, c: knobs.Candidates):
-        """log service time without load [K, J, R, G, n]."""
-        s_idx = np.array([self.svc_slot(s) for s in c.services])
-        j_idx = np.array([self.node_slot(name) for name in c.nodes])
-        ds, dn = self._prior_shift(snap, s_idx, j_idx)
-        svc = d["svc"][:, s_idx] + ds                    # [n, K]
-        node = d["node"][:, j_idx] + dn                  # [n, J]
-        sn = d["sn"][:, s_idx][:, :, j_idx]              # [n, K, J]
-        beta = d["beta"][:, s_idx]                       # [n, K]
-        logpix = np.log(np.array([w * h for _, w, h in c.res], float) / knobs.REF_PIXELS)  # [R]
-        tun = c.tunable.astype(float)
-        gpu = self._node_gpu[j_idx]                      # [J]
-        gam_j = d["gam"][:, None, :] + gpu[None, :, None] * d["gam_gpu"][:, None, :]       # [n, J, G]
-        beta_j = beta[:, :, None] + gpu[None, None, :] * d["beta_gpu"][:, None, None]      # [n, K, J]
-        mu = (svc[:, :, None, None, None] + node[:, None, :, None, None] + sn[:, :, :, None, None]
-              + beta_j[:, :, :, None, None] * logpix[None, None, None, :, None]
-              + tun[None, :, None, None, None] * gam_j[:, None, :, None, :])
-        return np.moveaxis(mu, 0, -1)                    # [K, J, R, G, n]
-
-    def _load_slope(self, d: dict[str, np.ndarray], gpu: np.ndarray) -> np.ndarray:
-        """[J, n] coefficient of -log(1 - load) per node."""
-        return d["b_load"][None, :] + gpu[:, None] * d["b_load_gpu"][None, :]
-
-    def _obs_log_mu(self, d: dict[str, np.ndarray], snap: Snapshot, svc: str, o: Observation) -> np.ndarray:
-        """Per-draw predicted log service time [n] at one observation's covariates."""
-        s, j = self.svc_slot(svc), self.node_slot(o.node)
-        ds, dn = self._prior_shift(snap, np.array([s]), np.array([j]))
-        gpu = self._node_gpu[j]
-        logpix = math.log(max(o.width * o.height, 1) / knobs.REF_PIXELS)
-        mu = d["svc"][:, s] + ds[0] + d["node"][:, j] + dn[0] + d["sn"][:, s, j] + (d["beta"][:, s] + gpu * d["beta_gpu"]) * logpix
-        if knobs.is_tunable(svc) and o.grade in GRADES:
-            g = GRADES.index(o.grade)
-            mu = mu + d["gam"][:, g] + gpu * d["gam_gpu"][:, g]
-        lt = float(bayes.load_term(o.node_load or 0.0))
-        return mu + (d["b_load"] + gpu * d["b_load_gpu"]) * lt
-
     # ---- recalibration and shift detection ----------------------------------------------------
     def _recalibrate(self, inp: PlanningInput, st: _JobState, snap: Snapshot, d: dict[str, np.ndarray]) -> list[str]:
         """Per-draw corrections from the job's recent frames; returns nodes whose latest window was a surprise."""
         services = {s.name: s.service for s in inp.dag.stages}
-        surprised: list[str] = []
-        if self._lat_delta and next(iter(self._lat_delta.values()))[2] != snap.version:
-            self._lat_delta.clear()
-        # The job's recent measured stages per (service, node), newest first: observations come
-        # oldest first, so read from the end. The latest window alone decides a surprise; the
-        # correction pools the last LAT_FRAMES frames of LAT_HORIZON_S (a tracked plan's 2-s window
-        # holds one or two detected frames: one slow frame must not swing every plan's P(delay)).
-        recent: dict[tuple[str, str], list[Observation]] = {}
-        newest = None
-        for o in reversed(inp.observations):
-            if o.service_s <= 0 or o.stage not in services or o.ts < st.stale.get(o.node, -math.inf):
-                continue
-            newest = o.ts if newest is None else newest
-            if o.ts < newest - LAT_HORIZON_S:
-                break
-            group = recent.setdefault((services[o.stage], o.node), [])
-            if len(group) < LAT_FRAMES:
-                group.append(o)
-        for (svc, node), os_ in recent.items():
-            y = np.log([o.service_s for o in os_])
-            mu = np.stack([self._obs_log_mu(d, snap, svc, o) for o in os_])    # [m, n]
-            resid = (y[:, None] - mu).mean(axis=0)                               # [n]
-            n = len(os_)
-            latest = np.array([o.ts >= newest - 1e-9 for o in os_])
-            if latest.any():
-                y_l, mu_l = float(y[latest].mean()), mu[latest].mean(axis=0)
-                sd = math.sqrt(float(np.var(mu_l)) + float(np.mean(d["sig"] ** 2)) / int(latest.sum()))
-                heavy = math.exp(y_l) > 0.05 * inp.constraint.delay  # a light stage's wobble is no shift
-                if heavy and abs(float(np.median(y_l - mu_l))) > max(SURPRISE_LOG, 3 * sd):
-                    surprised.append(node)
-            self._lat_delta[(self.svc_slot(svc), self.node_slot(node))] = (resid * n / (n + 2.0), newest, snap.version)
+        surprised = self.times.recalibrate(inp.observations, services, st.stale, snap, d, inp.constraint.delay)
         # Accuracy: this job's profiled F1 vs the pooled model (scheduler/job_accuracy.py).
-        with self._lock:
-            acc = [r[0] for r in self._acc.get(inp.job_uid, {}).values()]
+        acc = self.posterior.accuracy_observations(inp.job_uid)
         st.accuracy = job_accuracy.fit(acc, d, float(inp.source.height), float(inp.source.fps))
         return surprised
 
@@ -432,17 +231,12 @@ class BayesPlanner:
             last_ts = max(o.ts for o in inp.observations)
             for n in surprised:  # older windows on that node describe a world that is gone
                 st.stale[n] = last_ts
-            with self._lock:
-                if inp.job_uid in self._obs:
-                    ts, rows = self._obs[inp.job_uid]
-                    self._obs[inp.job_uid] = (ts, [r for r in rows if r[0].ts >= st.stale.get(r[0].node, -math.inf)])
         st.constraint, st.nodes = cons, nodes
         if why:
             st.shift_round, st.shift_why = st.rounds, "; ".join(why)
             self.shifts.append((inp.job_uid, st.rounds, st.shift_why))
             if surprised:
-                self._dirty = True
-                self._wake.set()
+                self.posterior.drop_stale(inp.job_uid, st.stale)
             log.info("job %s: shift (%s): re-planning from the updated posterior", inp.job_uid, st.shift_why)
         return "; ".join(why)
 
@@ -457,7 +251,7 @@ class BayesPlanner:
         st = self._jobs.setdefault(inp.job_uid, _JobState())
         self._ingest(inp, st)
         c, S = self._candidates(inp)
-        snap = self._snapshot
+        snap = self.posterior.snapshot
         d = self._draws(snap, self.n_draws)
         n = len(d["sig"])
         D = inp.constraint.delay
@@ -472,16 +266,12 @@ class BayesPlanner:
         in_shift = st.rounds - st.shift_round <= self.shift_cooldown
 
         j_idx = np.array([self.node_slot(name) for name in c.nodes])
-        s_idx = np.array([self.svc_slot(s) for s in c.services])
         # Once per posterior and candidate set (jobs of one DAG on one cluster share it); a
         # copy, since this job's window corrections are added to it.
-        mu_key = (snap.version, self._svc_mu.tobytes(), self._node_mu.tobytes(), self._node_gpu.tobytes())
-        mu = S.cached("service_draws", mu_key, lambda: self._service_draws(d, snap, c)).copy()  # [K, J, R, G, n]
-        for k in range(len(c.stages)):                                     # recent-window corrections
-            for j in range(len(c.nodes)):
-                hit = self._lat_delta.get((int(s_idx[k]), int(j_idx[j])))
-                if hit is not None:
-                    mu[k, j] += hit[0][:n]
+        t = self.times
+        mu_key = (snap.version, t.svc_mu.tobytes(), t.node_mu.tobytes(), t.node_gpu.tobytes())
+        mu = S.cached("service_draws", mu_key, lambda: t.candidate_draws(d, snap, c)).copy()  # [K, J, R, G, n]
+        mu = t.with_window_corrections(mu, c, n)
         sig = d["sig"]
         mean_t = np.exp(mu + sig**2 / 2)
         # Load slows service ((b_load [+ b_load_gpu]) * -log(1 - load)); the load a node reports
@@ -489,13 +279,13 @@ class BayesPlanner:
         if last is not None:
             own = self._own_work(c, last, mean_t.mean(axis=-1))
             bg = np.clip(bg - c.msg_rate[last] * own / cap, 0.0, 0.99)
-        slow = np.exp(self._load_slope(d, self._node_gpu[j_idx]) * bayes.load_term(bg)[:, None])   # [J, n]
+        slow = np.exp(t.load_slope(d, t.node_gpu[j_idx]) * bayes.load_term(bg)[:, None])   # [J, n]
         mean_t = mean_t * slow[None, :, None, None, :]
         tbar = mean_t.mean(axis=-1)
         f1_rows = job_accuracy.shrink_to_cells(c, S.rows, self._f1_draws(d, S, snap.version, st.accuracy),
                                                st.accuracy)  # [rows, n]
         ef1_rows = f1_rows.mean(axis=1)
-        nbytes_all = S.nbytes * self._bytes_ratio
+        nbytes_all = S.nbytes * self.posterior.bytes_ratio
 
         # Phase 1: every candidate with posterior-mean service times.
         allidx = np.arange(len(c))

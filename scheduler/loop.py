@@ -1,7 +1,9 @@
 """The scheduling loop the tracker runs as a thread: plan every running job every few seconds.
 
 Knows nothing of Flask, Celery or the database: it reads jobs from a `JobSource` and hands
-plans back to it. A planner error for one job is logged and that job keeps its last plan.
+plans back to it. A planner error for one job is logged and that job keeps its last plan. A
+job that is no longer running is forgotten by the planner (its `forget`, where it has one) in
+this thread, the one that plans: the planner's per-job state never outlives the job.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ class SchedulerLoop:
         self._woken: set[str] = set()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._planned: set[str] = set()  # jobs the planner has seen and not yet forgotten
         self.rounds = 0
         self.errors = 0
         self.last_error: str | None = None
@@ -87,11 +90,14 @@ class SchedulerLoop:
             self.last_error = f"running_jobs: {exc}"
             log.warning("could not list running jobs: %s", exc)
             return
+        if only is None:
+            self._forget_ended(planner, {inp.job_uid for inp in jobs})
         for inp in jobs:
             if self.stop_event.is_set():
                 return
             if only is not None and inp.job_uid not in only:
                 continue
+            self._planned.add(inp.job_uid)
             try:
                 plan = planner.plan(inp)
             except Exception as exc:  # keep the job's last plan; try again next round
@@ -107,3 +113,13 @@ class SchedulerLoop:
                 self.last_error = f"save_plan {inp.job_uid}: {exc}"
                 log.warning("could not save the plan of job %s: %s", inp.job_uid, exc)
         self.rounds += 1
+
+    def _forget_ended(self, planner: Planner, running: set[str]) -> None:
+        forget = getattr(planner, "forget", None)
+        for uid in self._planned - running:
+            if callable(forget):
+                try:
+                    forget(uid)
+                except Exception:
+                    log.exception("planner could not forget job %s", uid)
+            self._planned.discard(uid)

@@ -101,10 +101,10 @@ def test_background_refresher_publishes_posterior(model):
         while p.snapshot.source != "posterior" and time.time() < deadline:
             time.sleep(0.05)
         assert p.snapshot.source == "posterior" and p.snapshot.n_lat > 0
-        assert p._thread is not None and p._thread.name == "vdag-posterior"
+        assert p.posterior._thread is not None and p.posterior._thread.name == "vdag-posterior"
     finally:
         p.close()
-    assert p._thread is None
+    assert p.posterior._thread is None
 
 
 @pytest.mark.slow

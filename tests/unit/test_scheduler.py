@@ -74,7 +74,7 @@ def test_gaussian_refresh_learns_before_any_compile():
     node = plan.flow_mapping["yolo_detection"].node
     o = Observation(stage="yolo_detection", node=node, grade=plan.flow_mapping["yolo_detection"].grade,
                     width=640, height=360, fps=5, service_s=1.0, ts=1.0)
-    predicted = lambda: float(np.exp(p._obs_log_mu(p.snapshot.draws, p.snapshot, "yolo_detection", o)).mean())
+    predicted = lambda: float(np.exp(p.times.at_observation(p.snapshot.draws, p.snapshot, "yolo_detection", o)).mean())
     before = predicted()
     measured = [o.model_copy(update={"service_s": float(s), "ts": 1.0 + i // 10})
                 for i, s in enumerate(5 * before * np.exp(np.random.default_rng(0).normal(0, 0.1, 40)))]
@@ -269,10 +269,39 @@ def test_cold_plan_for_a_person_job_is_sensible():
     # The prior knows detection is the heavy stage: ~0.2 s at 640x480 on a 2-core CPU.
     c, _ = p._candidates(inp)
     d = p._draws(p.snapshot, 64)
-    t = np.exp(np.median(p._service_draws(d, p.snapshot, c), axis=-1))   # [K, J, R, G]
+    t = np.exp(np.median(p.times.candidate_draws(d, p.snapshot, c), axis=-1))   # [K, J, R, G]
     assert 0.1 < t[0, 0, 1, 0] < 0.4
     assert t[1, 0, 1, 0] < 0.02 and t[2, 0, 1, 0] < 0.02
     # A 4-core node with two workers affords a higher resolution and/or rate.
     big = p.plan(person_input([NodeInfo(name="cpu", cpu_count=4, n_process=2)], uid="p2"))
     px = lambda pl: knobs.RESOLUTION_HEIGHTS[pl.video_conf.resolution] * (pl.video_conf.fps or 10)  # noqa: E731
     assert px(big) >= px(plan)
+
+
+def test_loop_makes_the_planner_forget_a_job_that_ended():
+    sim = sm.Scenario("forget", rounds=1, delay=0.5, n_jobs=2).build()
+    source = _Source([sim.planning_input(job, {}) for job in sim.jobs])
+    planners: list[BayesPlanner] = []
+
+    def factory():
+        planners.append(BayesPlanner(background=False))
+        return planners[-1]
+
+    loop = SchedulerLoop(factory, source, interval_s=0.02)
+    loop.start()
+    try:
+        deadline = time.time() + 20
+        while len(source.saved) < 2 and time.time() < deadline:
+            time.sleep(0.01)
+        p = planners[0]
+        assert set(p._jobs) == {"job-0", "job-1"}
+        source.inputs = source.inputs[:1]  # job-1 ended
+        while "job-1" in p._jobs and time.time() < deadline:
+            time.sleep(0.01)
+        assert set(p._jobs) == {"job-0"} and "job-1" not in p.posterior._obs
+        calls = source.calls
+        while source.calls < calls + 2 and time.time() < deadline:
+            time.sleep(0.01)
+        assert set(p._jobs) == {"job-0"}  # the running job is kept
+    finally:
+        loop.stop()

@@ -1,0 +1,137 @@
+"""Service times as the planner sees them: per-draw log service time of every (stage, node,
+resolution, grade) from the posterior, shifted by each slot's prior and corrected by a job's
+recent measured frames.
+
+Why a correction between posterior refreshes: a refresh takes seconds and pools every job, so
+a node that just slowed down (another job, thermal throttling, a cold cache) would otherwise
+keep its old prediction for a whole refresh interval. Per (service, node) the log residual of
+the job's last LAT_FRAMES frames within LAT_HORIZON_S, shrunk toward zero, is added per draw;
+the latest window alone decides whether the node surprised the model (a shift).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+
+from scheduler import bayes, knobs
+from scheduler.bayes import Layout, Slots, Snapshot
+from scheduler.interface import NodeInfo, Observation
+from services.video_conf import GRADES
+
+SURPRISE_LOG = math.log(1.5)  # a window's service time this far (x or /) from the predictive is a shift
+LAT_FRAMES, LAT_HORIZON_S = 10, 8.0  # the recent frames a job's service-time correction pools
+HEAVY_SHARE = 0.05  # a stage lighter than this share of the delay bound wobbles; that is no shift
+
+
+class ServiceTimes:
+    """The slots of services and nodes, their prior means, and the recent-window corrections."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.svc_slot, self.node_slot = Slots(layout.S), Slots(layout.N)
+        self.svc_mu, self.node_mu, self.node_gpu = np.zeros(layout.S), np.zeros(layout.N), np.zeros(layout.N)
+        self.svc_sd = np.full(layout.S, bayes.PRIORS["svc_sd"])
+        # (service slot, node slot) -> (per-draw log correction, window ts, snapshot version)
+        self.window_delta: dict[tuple[int, int], tuple[np.ndarray, float, int]] = {}
+
+    def set_priors(self, nodes: Iterable[NodeInfo], services: Iterable[str]) -> None:
+        """Prior means from what each node is (GPU, cores) and which services run."""
+        for n in nodes:
+            self.node_mu[self.node_slot(n.name)] = bayes.node_prior(n)
+            self.node_gpu[self.node_slot(n.name)] = float(n.gpu)
+        for svc in services:
+            self.svc_mu[self.svc_slot(svc)] = bayes.service_prior(svc)
+            self.svc_sd[self.svc_slot(svc)] = bayes.service_prior_sd(svc)
+
+    def prior_key(self) -> tuple:
+        return self.svc_mu.tobytes(), self.svc_sd.tobytes(), self.node_mu.tobytes()
+
+    def prior_shift(self, snap: Snapshot, s_idx: np.ndarray, j_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A slot whose prior mean changed after the draws were made is shifted by the change."""
+        if snap.svc_mu is None:
+            return np.zeros(len(s_idx)), np.zeros(len(j_idx))
+        return self.svc_mu[s_idx] - snap.svc_mu[s_idx], self.node_mu[j_idx] - snap.node_mu[j_idx]
+
+    def candidate_draws(self, d: dict[str, np.ndarray], snap: Snapshot, c: knobs.Candidates) -> np.ndarray:
+        """log service time without load [K, J, R, G, n]."""
+        s_idx = np.array([self.svc_slot(s) for s in c.services])
+        j_idx = np.array([self.node_slot(name) for name in c.nodes])
+        ds, dn = self.prior_shift(snap, s_idx, j_idx)
+        svc = d["svc"][:, s_idx] + ds                    # [n, K]
+        node = d["node"][:, j_idx] + dn                  # [n, J]
+        sn = d["sn"][:, s_idx][:, :, j_idx]              # [n, K, J]
+        beta = d["beta"][:, s_idx]                       # [n, K]
+        logpix = np.log(np.array([w * h for _, w, h in c.res], float) / knobs.REF_PIXELS)  # [R]
+        tun = c.tunable.astype(float)
+        gpu = self.node_gpu[j_idx]                       # [J]
+        gam_j = d["gam"][:, None, :] + gpu[None, :, None] * d["gam_gpu"][:, None, :]       # [n, J, G]
+        beta_j = beta[:, :, None] + gpu[None, None, :] * d["beta_gpu"][:, None, None]      # [n, K, J]
+        mu = (svc[:, :, None, None, None] + node[:, None, :, None, None] + sn[:, :, :, None, None]
+              + beta_j[:, :, :, None, None] * logpix[None, None, None, :, None]
+              + tun[None, :, None, None, None] * gam_j[:, None, :, None, :])
+        return np.moveaxis(mu, 0, -1)                    # [K, J, R, G, n]
+
+    def with_window_corrections(self, mu: np.ndarray, c: knobs.Candidates, n: int) -> np.ndarray:
+        """`mu` [K, J, R, G, n] (modified in place) plus each (stage, node)'s recent-window correction."""
+        for k, svc in enumerate(c.services):
+            for j, node in enumerate(c.nodes):
+                hit = self.window_delta.get((self.svc_slot(svc), self.node_slot(node)))
+                if hit is not None:
+                    mu[k, j] += hit[0][:n]
+        return mu
+
+    def load_slope(self, d: dict[str, np.ndarray], gpu: np.ndarray) -> np.ndarray:
+        """[J, n] coefficient of -log(1 - load) per node."""
+        return d["b_load"][None, :] + gpu[:, None] * d["b_load_gpu"][None, :]
+
+    def at_observation(self, d: dict[str, np.ndarray], snap: Snapshot, svc: str, o: Observation) -> np.ndarray:
+        """Per-draw predicted log service time [n] at one observation's covariates."""
+        s, j = self.svc_slot(svc), self.node_slot(o.node)
+        ds, dn = self.prior_shift(snap, np.array([s]), np.array([j]))
+        gpu = self.node_gpu[j]
+        logpix = math.log(max(o.width * o.height, 1) / knobs.REF_PIXELS)
+        mu = (d["svc"][:, s] + ds[0] + d["node"][:, j] + dn[0] + d["sn"][:, s, j]
+              + (d["beta"][:, s] + gpu * d["beta_gpu"]) * logpix)
+        if knobs.is_tunable(svc) and o.grade in GRADES:
+            g = GRADES.index(o.grade)
+            mu = mu + d["gam"][:, g] + gpu * d["gam_gpu"][:, g]
+        lt = float(bayes.load_term(o.node_load or 0.0))
+        return mu + (d["b_load"] + gpu * d["b_load_gpu"]) * lt
+
+    def recalibrate(self, observations: list[Observation], services: dict[str, str], stale: dict[str, float],
+                    snap: Snapshot, d: dict[str, np.ndarray], delay_bound: float) -> list[str]:
+        """Per-draw corrections from a job's recent frames; returns the nodes whose latest window
+        was a surprise. `services` maps stage -> service, `stale` node -> ignore frames before ts."""
+        surprised: list[str] = []
+        if self.window_delta and next(iter(self.window_delta.values()))[2] != snap.version:
+            self.window_delta.clear()
+        # The job's recent measured stages per (service, node), newest first: observations come
+        # oldest first, so read from the end. A tracked plan's 2-s window holds one or two
+        # detected frames: one slow frame must not swing every plan's P(delay).
+        recent: dict[tuple[str, str], list[Observation]] = {}
+        newest = None
+        for o in reversed(observations):
+            if o.service_s <= 0 or o.stage not in services or o.ts < stale.get(o.node, -math.inf):
+                continue
+            newest = o.ts if newest is None else newest
+            if o.ts < newest - LAT_HORIZON_S:
+                break
+            group = recent.setdefault((services[o.stage], o.node), [])
+            if len(group) < LAT_FRAMES:
+                group.append(o)
+        for (svc, node), group in recent.items():
+            y = np.log([o.service_s for o in group])
+            mu = np.stack([self.at_observation(d, snap, svc, o) for o in group])   # [m, n]
+            resid = (y[:, None] - mu).mean(axis=0)                                  # [n]
+            m = len(group)
+            latest = np.array([o.ts >= newest - 1e-9 for o in group])
+            if latest.any():
+                y_l, mu_l = float(y[latest].mean()), mu[latest].mean(axis=0)
+                sd = math.sqrt(float(np.var(mu_l)) + float(np.mean(d["sig"] ** 2)) / int(latest.sum()))
+                heavy = math.exp(y_l) > HEAVY_SHARE * delay_bound
+                if heavy and abs(float(np.median(y_l - mu_l))) > max(SURPRISE_LOG, 3 * sd):
+                    surprised.append(node)
+            self.window_delta[(self.svc_slot(svc), self.node_slot(node))] = (resid * m / (m + 2.0), newest,
+                                                                              snap.version)
+        return surprised
