@@ -1,26 +1,26 @@
-"""Viewer hub, MJPEG routes and pages: unit, real-HTTP-server and headless-browser tests."""
+"""MJPEG routes and pages of the viewer: through the Flask test client and a real HTTP server
+(the hub alone: test_viewer_hub.py)."""
 from __future__ import annotations
 
 import dataclasses
-import http.client
 import socket
 import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from flask import Flask, jsonify
 
 from scheduler.interface import UserConstraint
 from services.settings import Settings
-from tests.support.viewer import FAST, JOB, real_app, serve, wait_until
+from tests.support.viewer import FAST, JOB, StreamClient, fake_jpeg, real_app, serve, wait_until
 from tracker.runtime.job_control import JobControl, RecordedEffects
 from tracker.store.jobs import Job, JobNotFound, JobState, dag_unchecked
 from tracker.web import errors
 from tracker.web.context import TrackerContext
-from tracker.web.viewer.hub import StreamEnded, ViewerHub
+from tracker.web.viewer.hub import ViewerHub
 from tracker.web.viewer.routes import bp
 
 
@@ -108,185 +108,8 @@ def store() -> FakeStore:
     return s
 
 
-def fake_jpeg(seq: int, size: int = 20_000) -> bytes:
-    """Distinct bytes shaped like a JPEG (SOI ... EOI); the stream does not decode them."""
-    body = (f"frame-{seq:06d}-".encode() * (size // 13 + 1))[:size]
-    return b"\xff\xd8" + body + b"\xff\xd9"
-
-
-def parse_parts(buf: bytearray) -> Iterator[tuple[dict[str, str], bytes]]:
-    """Pop complete multipart parts (headers, body) off the front of `buf`."""
-    while True:
-        start = buf.find(b"--frame\r\n")
-        if start < 0:
-            return
-        head_end = buf.find(b"\r\n\r\n", start)
-        if head_end < 0:
-            return
-        lines = buf[start + 9 : head_end].decode("ascii").split("\r\n")
-        headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
-        n = int(headers["content-length"])
-        body_start = head_end + 4
-        if len(buf) < body_start + n + 2:
-            return
-        body = bytes(buf[body_start : body_start + n])
-        assert buf[body_start + n : body_start + n + 2] == b"\r\n"
-        del buf[: body_start + n + 2]
-        yield headers, body
-
-
-class StreamClient(threading.Thread):
-    """Reads an MJPEG stream over a real socket and records the sequence numbers."""
-
-    def __init__(self, port: int, path: str, stop_after: int | None = None) -> None:
-        super().__init__(daemon=True, name=f"client-{path}")
-        self.port, self.path, self.stop_after = port, path, stop_after
-        self.seqs: list[int] = []
-        self.parts = 0
-        self.status: int | None = None
-        self.content_type = ""
-        self.ended_cleanly = False
-        self.connected = threading.Event()
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
-        try:
-            conn.request("GET", self.path)
-            resp = conn.getresponse()
-            self.status = resp.status
-            self.content_type = resp.getheader("Content-Type", "")
-            self.connected.set()
-            buf = bytearray()
-            while True:
-                chunk = resp.read1(65536)
-                if not chunk:
-                    self.ended_cleanly = True
-                    return
-                buf += chunk
-                for headers, _body in parse_parts(buf):
-                    self.parts += 1
-                    if "x-frame-seq" in headers:
-                        self.seqs.append(int(headers["x-frame-seq"]))
-                    if self.stop_after is not None and self.parts >= self.stop_after:
-                        return  # walk away mid-stream
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            self.error = exc
-        finally:
-            self.connected.set()
-            conn.close()
-
-
 def request_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if "process_request_thread" in t.name}
-
-
-# -- hub unit tests ---------------------------------------------------------------------
-def test_fan_out_every_subscriber_gets_every_frame(hub: ViewerHub) -> None:
-    subs = [hub.subscribe(JOB) for _ in range(10)]
-    got: list[list[int]] = [[] for _ in subs]
-
-    def reader(i: int) -> None:
-        while True:
-            try:
-                item = subs[i].get(timeout=2)
-            except StreamEnded:
-                return
-            if item is not None:
-                got[i].append(item[0])
-
-    readers = [threading.Thread(target=reader, args=(i,)) for i in range(10)]
-    for t in readers:
-        t.start()
-    for seq in range(200):
-        hub.publish(JOB, seq, fake_jpeg(seq, 100))
-        time.sleep(0.002)  # ~500 fps: modest for in-process readers
-    hub.close_job(JOB)
-    for t in readers:
-        t.join(5)
-        assert not t.is_alive()
-    for sub, seqs in zip(subs, got):
-        assert seqs == list(range(200)), f"{sub}: missed {sorted(set(range(200)) - set(seqs))[:10]}"
-        assert sub.delivered == 200 and sub.dropped == 0
-        sub.close()
-    assert hub.subscriber_count() == 0
-
-
-def test_slow_subscriber_drops_oldest_and_counts(hub: ViewerHub) -> None:
-    fast, slow = hub.subscribe(JOB, maxsize=4), hub.subscribe(JOB, maxsize=4)
-    for seq in range(10):
-        hub.publish(JOB, seq, fake_jpeg(seq, 10))
-        assert fast.get(timeout=0)[0] == seq  # the fast viewer keeps up
-    # The slow viewer never read: it holds the 4 newest frames and counted 6 drops.
-    assert slow.dropped == 6 and fast.dropped == 0
-    assert [slow.get(timeout=0)[0] for _ in range(4)] == [6, 7, 8, 9]
-    assert slow.get(timeout=0.01) is None
-    assert (slow.delivered, fast.delivered) == (4, 10)
-    stats = {s.id: s for s in hub.stats(JOB)}
-    assert stats[slow.id].dropped == 6 and stats[fast.id].delivered == 10
-
-
-def test_publish_never_blocks_on_a_stuck_viewer(hub: ViewerHub) -> None:
-    with hub.subscribe(JOB, maxsize=2) as stuck:
-        t0 = time.perf_counter()
-        for seq in range(5000):
-            hub.publish(JOB, seq, b"x")
-        assert time.perf_counter() - t0 < 2
-        assert stuck.dropped == 4998 and stuck.stats().queued == 2
-
-
-def test_close_job_drains_then_ends_and_wakes_waiters(hub: ViewerHub) -> None:
-    sub = hub.subscribe(JOB)
-    other = hub.subscribe("job-2")
-    hub.publish(JOB, 1, b"a")
-    waiter_result: list[object] = []
-    idle = hub.subscribe(JOB)
-    idle.get(timeout=0)  # empty its queue
-
-    def wait_on_idle() -> None:
-        idle.get(timeout=0)
-        try:
-            waiter_result.append(idle.get(timeout=10))
-        except StreamEnded as exc:
-            waiter_result.append(exc)
-
-    t = threading.Thread(target=wait_on_idle)
-    t.start()
-    time.sleep(0.05)
-    hub.close_job(JOB)
-    t.join(2)
-    assert not t.is_alive() and isinstance(waiter_result[0], StreamEnded)
-    assert sub.get(timeout=0) == (1, b"a")  # queued frame still handed out
-    with pytest.raises(StreamEnded):
-        sub.get(timeout=1)
-    assert other.get(timeout=0) is None  # other jobs untouched
-    # A new viewer of the closed job sees the last frame, then the end.
-    with hub.subscribe(JOB, with_latest=True) as late:
-        assert late.get(timeout=0) == (1, b"a")
-        with pytest.raises(StreamEnded):
-            late.get(timeout=0)
-    # Publishing again re-opens the job.
-    hub.publish(JOB, 2, b"b")
-    assert not hub.is_closed(JOB)
-
-
-def test_subscription_lifecycle_and_latest(hub: ViewerHub) -> None:
-    assert hub.latest(JOB) is None
-    hub.publish(JOB, 7, b"seven")
-    assert hub.latest(JOB) == (7, b"seven")
-    with hub.subscribe(JOB, with_latest=True) as sub:
-        assert hub.subscriber_count(JOB) == 1
-        assert sub.get(timeout=0) == (7, b"seven")
-    assert hub.subscriber_count() == 0
-    sub.close()  # idempotent
-    with pytest.raises(StreamEnded):
-        sub.get(timeout=0)
-    with pytest.raises(ValueError):
-        hub.subscribe(JOB, maxsize=0)
-    with pytest.raises(TypeError):
-        hub.publish(JOB, 1, "not bytes")  # type: ignore[arg-type]
-    hub.forget_job(JOB)
-    assert hub.latest(JOB) is None and hub.published(JOB) == 0
 
 
 # -- routes through the Flask test client -----------------------------------------------
