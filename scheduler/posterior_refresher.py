@@ -141,8 +141,13 @@ class PosteriorRefresher:
             if rows or inp.job_uid in self._obs:
                 self._obs[inp.job_uid] = (time.time(), rows)
                 self._dirty = True
-                if rows and self._snapshot.source == "prior":
-                    self._wake.set()  # first data: leave the prior at once
+            on_prior = bool(rows) and self._snapshot.source == "prior"
+        if on_prior:
+            # First data (often this node's `vdag profile` rows, before any frame): the Gaussian
+            # posterior takes milliseconds, so even a job's first plan is made from this node's
+            # measured speed, not from the prior (measured on vtest.avi at D = 0.5 s: 480p@2fps
+            # first, from a prior that put the source resolution at P(delay) 0.75).
+            self.refresh_gaussian()
 
     def accuracy_observations(self, job_uid: str) -> list[Observation]:
         """The job's profiled accuracy, its window and its memory."""

@@ -72,12 +72,14 @@ def test_moves_stages_off_a_lost_node_within_two_rounds(model):
 
 def test_tightened_constraint_gives_cheaper_config(model):
     p = BayesPlanner(model, background=False, seed=3)
-    scn = sm.Scenario("tighten", rounds=16, delay=1.0, n_jobs=1, events={10: [sm.set_delay(0.15)]})
+    # Tightened below what the loose plans deliver (0.11-0.17 s here): at 0.15 s the loose plan
+    # already met the new bound and "cheaper" was a coin toss between equally good plans.
+    scn = sm.Scenario("tighten", rounds=16, delay=1.0, n_jobs=1, events={10: [sm.set_delay(0.1)]})
     sim = _run(scn, lambda: p)
     loose = _window(sim, 6, 10)
     tight = _window(sim, 11, 16)
     assert np.mean([s.delay_expected_s for s in tight]) < np.mean([s.delay_expected_s for s in loose])
-    assert np.mean([s.delay_expected_s for s in tight]) <= 0.15 * 1.1
+    assert np.mean([s.delay_expected_s for s in tight]) <= 0.1 * 1.1
     assert max(p.refresh_times) < 2.0
 
 
@@ -159,13 +161,16 @@ def test_profiled_configs_move_toward_what_the_segments_measured(model):
     inp = person_input()
     obs = [Observation(stage="person_detection", node="cpu", width=640, height=480, fps=5.0, ntracking=4,
                        quality=90, service_s=0.0, ts=float(t), accuracy=0.45, source="segment") for t in range(4)]
-    obs += [Observation(stage="person_detection", node="cpu", width=640, height=480, service_s=0.12, ts=float(t))
-            for t in range(4)]
-    p.plan(inp.model_copy(update={"observations": obs}))
+    timed = [Observation(stage="person_detection", node="cpu", width=640, height=480, service_s=0.12, ts=float(t))
+             for t in range(4)]
+    p.plan(inp.model_copy(update={"observations": timed}))  # the posterior learns speed, not this accuracy
+    p.plan(inp.model_copy(update={"observations": obs + timed}))
     c, S = p._candidates(inp)
     st = p._jobs[inp.job_uid]
     assert st.accuracy.cells[(480, 2, 4)][90][1] == 4
-    raw = p._f1_draws(p._draws(p.snapshot, 64), S, p.snapshot.version, st.accuracy)
+    d = p._draws(p.snapshot, 64)
+    pooled = p._f1_draws(d, S, p.snapshot.version, None)    # what the pooled model alone says
+    raw = p._f1_draws(d, S, p.snapshot.version, st.accuracy)
     shrunk = job_accuracy.shrink_to_cells(c, S.rows, raw, st.accuracy)
     rows = S.rows
 
@@ -174,7 +179,7 @@ def test_profiled_configs_move_toward_what_the_segments_measured(model):
                                   & (c.quality[rows] == 90))[0])
 
     hit, other = row(480, 5, 4), row(576, 10, 0)
-    assert abs(shrunk[hit].mean() - 0.45) < abs(raw[hit].mean() - 0.45) - 0.05
+    assert abs(shrunk[hit].mean() - 0.45) < abs(pooled[hit].mean() - 0.45) - 0.05
     assert shrunk[hit].mean() < 0.6
     assert np.allclose(shrunk[other], raw[other])  # never profiled: the model's own prediction
 

@@ -84,6 +84,22 @@ def test_gaussian_refresh_learns_before_any_compile():
     assert predicted() == pytest.approx(5 * before, rel=0.25)
 
 
+def test_first_plan_with_measurements_is_not_made_on_the_prior():
+    """A job whose node was profiled arrives with measurements: its first plan already reads
+    them (a Gaussian posterior, milliseconds), not the prior."""
+    p = BayesPlanner(BayesModel(), background=False, seed=2)
+    sim = sm.Scenario("first", rounds=1, delay=2.0, n_jobs=1).build()
+    inp = sim.planning_input(sim.jobs[0], {})
+    node = inp.nodes[0].name
+    profiled = [Observation(stage="yolo_detection", node=node, grade="n", width=w, height=h, service_s=s, ts=0.0,
+                            source="profile") for w, h, s in ((640, 360, 0.4), (854, 480, 0.7), (1280, 720, 1.5))]
+    plan = p.plan(inp.model_copy(update={"observations": profiled}))
+    assert p.snapshot.source == "gaussian" and p.snapshot.n_lat == 3
+    assert "gaussian" in plan.reason and "3 latency" in plan.reason
+    fresh = BayesPlanner(BayesModel(), background=False, seed=2)
+    assert "prior" in fresh.plan(inp).reason  # nothing measured yet: the prior it is
+
+
 def test_seed_function_shape_returns_seed_dicts():
     seed_dag = {
         "generator": "SingleFrameGenerator",
