@@ -314,18 +314,30 @@ def _ts(iso: str) -> float:
     return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
 
 
+def _conf_key(vc: dict) -> tuple:
+    return tuple(vc.get(k) for k in ("resolution", "fps", "nskip", "ntracking", "quality"))
+
+
 def calibration(run: dict, summary: dict) -> float | None:
-    """Mean |E[F1] predicted - measured frame-level F1| over windows after CALIBRATION_AFTER_S:
-    the prediction of the plan whose frames fill the window (capture time = time since the first frame)."""
+    """Mean |E[F1] predicted - measured frame-level F1| over windows after CALIBRATION_AFTER_S.
+    The prediction is the planner's latest for the plan whose frames fill the window: a plan it
+    keeps is re-predicted every round (a kept plan is not stored again, so the stored plan's
+    reason holds only the prediction made when it was first chosen, before any segment)."""
     frames = sorted((r for r in run["results"] if not r["lost"]), key=lambda r: r["capture_ts"])
-    predicted = {p["id"]: float(m.group(1)) for p in run["plans"] if (m := E_F1.search(p["reason"]))}
+    confs = {p["id"]: _conf_key(p["video_conf"]) for p in run["plans"]}
+    decided = [(d["t"] - run["t_submit"], _conf_key(d["video_conf"]), float(m.group(1)))
+               for d in run["decisions"] if (m := E_F1.search(d["reason"]))]
     errs = []
     for w0, measured in summary["windows"]:
         if w0 < CALIBRATION_AFTER_S:
             continue
-        ids = [r["plan_id"] for r in frames if w0 <= r["capture_ts"] < w0 + WINDOW_S and r["plan_id"] in predicted]
-        if ids:
-            errs.append(abs(predicted[max(set(ids), key=ids.count)] - measured))
+        ids = [r["plan_id"] for r in frames if w0 <= r["capture_ts"] < w0 + WINDOW_S and r["plan_id"] in confs]
+        if not ids:
+            continue
+        conf = confs[max(set(ids), key=ids.count)]
+        predicted = [e for t, c, e in decided if c == conf and t <= w0 + WINDOW_S]
+        if predicted:
+            errs.append(abs(predicted[-1] - measured))
     return round(float(np.mean(errs)), 4) if errs else None
 
 

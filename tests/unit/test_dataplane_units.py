@@ -114,6 +114,24 @@ def test_generator_applies_a_new_plan_at_the_next_frame_and_clips():
     assert decode_jpeg(sent[0].image).shape == (48, 64, 3)
 
 
+@pytest.mark.parametrize("resolution,grade,profiled", [
+    ("360p", None, 4),    # below the source resolution: every 2nd detected frame runs golden too
+    ("source", None, 0),  # at the source, no grades: its own detection is the golden one
+    ("source", "m", 0),   # at the golden grade
+    ("source", "n", 4),   # a smaller grade than golden: worth measuring
+])
+def test_golden_profiling_only_where_the_frame_differs_from_golden(resolution, grade, profiled):
+    sent: list[Envelope] = []
+    hop = Hop(stage="detect", service="yolo_detection", node="cloud", inputs={"image": "generator.image"},
+              params={"grade": grade} if grade else {})
+    plan = ActivePlan(1, VideoConf(resolution=resolution), (hop,), profile_every=2, golden_grade="m")
+    gen = FrameGenerator("j", ListSource(8, size=(640, 480)), lambda: plan, sent.append, InFlightWindow(100),
+                         threading.Event(), pace=0)
+    gen.run()
+    assert sum(e.profile for e in sent) == profiled
+    assert all((e.golden_image is not None) == e.profile for e in sent)
+
+
 def test_generator_drops_and_counts_when_the_window_is_full():
     gen = FrameGenerator("j", ListSource(10), lambda: ActivePlan(1, VideoConf(), (HOP,)), lambda e: None,
                          InFlightWindow(3), threading.Event(), pace=0, backpressure="drop")
