@@ -301,6 +301,11 @@ def score(run: dict, golden: list[list[dict]], src_fps: float, delay: float, gol
         "frames_dropped": run["stats"].get("frames_dropped", 0),
         "delay_p50_s": round(pct(lat, 50), 3),
         "delay_p95_s": round(pct(lat, 95), 3),
+        # When and how late the late frames were (capture s, delay s, detected or tracked):
+        # where the late share comes from (start-up, a plan switch, a profiled frame).
+        "late_frames": [(round(r["capture_ts"], 1), round(r["latency_s"], 2),
+                         "tracked" if (r["outputs"].get("detect") or {}).get("tracked") else "detected")
+                        for r in frames if r["latency_s"] > delay],
         "windows": windows,
         "plans": [{"t_s": round(_ts(p["created_at"]) - run["t_submit"], 1), **p["video_conf"],
                    "reason": p["reason"]} for p in run["plans"]],
