@@ -119,11 +119,12 @@ class SegmentProfiler:
         with self._lock:
             proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
-            proc.stdin.close()
+            proc.stdin.close()  # it ends at end-of-file; one still loading models or scoring is killed
             try:
-                proc.wait(5)
+                proc.wait(2)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait(5)
 
 
 def main() -> int:

@@ -73,6 +73,9 @@ class InProcessWorker:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
+        from tasks.worker_state import close_segment_profiler
+
         self.controller.stop(in_sighandler=False)
         self.thread.join(timeout)
+        close_segment_profiler()
         log.info("in-process worker for node %s stopped", self.node)

@@ -57,9 +57,23 @@ def segment_profiler(settings: Settings, publish):
         return _profiler
 
 
+def close_segment_profiler() -> None:
+    """End this process's profiling child, if it started one. Its reader thread holds the
+    child's pipes, so a child merely forgotten never sees end-of-file and lives on (~1.2 GB)."""
+    global _profiler
+    with _lock:
+        mine = _profiler if _profiler_pid == os.getpid() else None
+        _profiler = None
+    if mine is not None:
+        mine.close()
+
+
 @worker_process_init.connect
 def _forget_parent_models(**_: object) -> None:
     global _context, _profiler
+    # A solo pool sends this in-process at every start (the embedded worker): the child is ours
+    # and is ended. A forked pool child inherited its parent's, which is the parent's to end.
+    close_segment_profiler()
     with _lock:
         _context = None
         _profiler = None

@@ -244,3 +244,23 @@ def test_vdag_up_runs_the_person_job_and_says_what_it_decided(tmp_path):
     assert re.search(r"job ended: DONE \(end of video\): [1-9]\d* frames stored", out), out[:3000]
     assert "what the planner decided, and why" in out and "E[F1]=" in out, out[:3000]
     assert (tmp_path / "var" / "vdag.db").exists()
+
+
+def _profiler_children() -> list:
+    import psutil
+
+    return [p for p in psutil.Process().children() if "tasks.profiler" in " ".join(p.cmdline())]
+
+
+@pytest.mark.skipif(not VTEST.exists(), reason="the profiling child loads the person detector")
+def test_stopping_the_embedded_worker_ends_its_profiling_child(tmp_path):
+    """Each start of an in-process worker starts a profiling child (~1.2 GB); a stop ends it,
+    and a restart in the same process leaves one, not one per start."""
+    before = {p.pid for p in _profiler_children()}
+    for _ in range(2):
+        server = TrackerServer(settings_for(tmp_path, "memory://"), in_process_workers=1, pace=0.0,
+                               backpressure="block", serve_http=False, scheduler_interval_s=None).start()
+        started = [p for p in _profiler_children() if p.pid not in before]
+        assert len(started) == 1
+        server.stop()
+        assert not started[0].is_running() or started[0].status() == "zombie"
