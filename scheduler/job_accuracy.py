@@ -84,7 +84,8 @@ def fit(acc: list[Observation], d: dict[str, np.ndarray], src_height: float, src
         step = max(1, int(round(src_fps / bayes.obs_rate(o, src_fps))))
         cell = cells.setdefault((int(o.height), step, int(o.ntracking)), {})
         cell.setdefault(int(o.quality), []).append(float(yi))
-    return JobAccuracy(coef, {k: {q: (float(np.mean(v)), len(v)) for q, v in by_q.items()} for k, by_q in cells.items()})
+    pooled = {k: {q: (float(np.mean(v)), len(v)) for q, v in by_q.items()} for k, by_q in cells.items()}
+    return JobAccuracy(coef, pooled)
 
 
 def f1_draws(eta: np.ndarray, x: np.ndarray, job: JobAccuracy | None) -> np.ndarray:
@@ -125,5 +126,5 @@ def shrink_to_cells(c: knobs.Candidates, rows: np.ndarray, f1: np.ndarray, job: 
     return np.exp(np.minimum(eta, 0.0))
 
 
-__all__ = ["CELL_MODEL_SD", "CELL_OBS_SD", "JOB_ACC_SD", "JobAccuracy", "covariate_rows", "covariates", "f1_draws", "fit",
-           "pooled_logit", "shrink_to_cells"]
+__all__ = ["CELL_MODEL_SD", "CELL_OBS_SD", "JOB_ACC_SD", "JobAccuracy", "covariate_rows", "covariates", "f1_draws",
+           "fit", "pooled_logit", "shrink_to_cells"]

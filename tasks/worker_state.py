@@ -70,13 +70,12 @@ def close_segment_profiler() -> None:
 
 @worker_process_init.connect
 def _forget_parent_models(**_: object) -> None:
-    global _context, _profiler
+    global _context
     # A solo pool sends this in-process at every start (the embedded worker): the child is ours
     # and is ended. A forked pool child inherited its parent's, which is the parent's to end.
     close_segment_profiler()
     with _lock:
         _context = None
-        _profiler = None
     settings = getattr(current_app, "vdag_settings", None)
     if settings is not None and settings.warm_up:
         warm_up(settings)
