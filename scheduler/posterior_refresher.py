@@ -52,7 +52,11 @@ class PosteriorRefresher:
         self._prior_key: tuple = ()
         self._dirty = False
         self._wake = threading.Event()
-        self._snapshot = bayes.prior_snapshot(model.layout, times.svc_mu, times.node_mu, seed=seed)
+        # One BLAS thread: this runs on the scheduler thread while models load and export on
+        # the others; a multi-threaded OpenBLAS Cholesky here once spun for over 10 minutes
+        # (`vdag up` on a fresh clone, the job never left UNSCHED).
+        with bayes.blas_single():
+            self._snapshot = bayes.prior_snapshot(model.layout, times.svc_mu, times.node_mu, seed=seed)
         self._background = background
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
