@@ -36,6 +36,7 @@ def record_from_envelope(env: Envelope, received_at: float) -> FrameRecord:
             service_s=max(t.finished - t.started, 0.0),
             runtime=t.runtime,
             threads=t.threads,
+            batch=t.batch,
         )
         for t in env.timings
     ]

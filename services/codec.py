@@ -41,6 +41,7 @@ class StageTiming(BaseModel):
     finished: float
     runtime: str | None = None  # what the stage's model ran in (services/runtimes.py), when it has one
     threads: int | None = None  # inference threads observed during its predict
+    batch: int | None = None  # frames in the predict call this frame ran in (services/batching.py)
 
 
 class Envelope(BaseModel):

@@ -18,7 +18,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from services.batching import PredictBatcher
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +206,7 @@ class LoadedModel:
     runtime: str = "pytorch"
     exported: Path | None = None  # what an exported model was loaded from
     lock: threading.Lock = field(default_factory=threading.Lock)
+    batcher: PredictBatcher | None = None  # shares predict calls between this process's tasks
     _threads_set_up: bool = False
     _threads_seen: int | None = None
 
@@ -211,6 +215,16 @@ class LoadedModel:
         return dict(self.model.names)
 
     def predict(self, frame, **kwargs) -> Any:
+        """One frame's result; with a batcher, in one predict call with the frames that other
+        tasks of this process bring meanwhile (services/batching.py)."""
+        if self.batcher is not None:
+            result, size = self.batcher.predict(self, frame, **kwargs)
+        else:
+            result, size = self.predict_batch([frame], **kwargs)[0], 1
+        _last_inference.value = (self.runtime, self._threads_seen, size)
+        return result
+
+    def predict_batch(self, frames: Sequence[Any], **kwargs) -> list[Any]:
         if self.runtime == "pytorch" and self.device.startswith("cuda"):
             kwargs.setdefault("half", True)  # FP16 where TensorRT is absent
         with self.lock:
@@ -218,7 +232,8 @@ class LoadedModel:
                 # Observed inside predict, after ultralytics' predictor setup has had its say.
                 self.model.add_callback("on_predict_batch_start", self._observe_torch_threads)
                 self._threads_set_up = True
-            result = self.model.predict(frame, device=self.device, verbose=False, **kwargs)[0]
+            source = frames[0] if len(frames) == 1 else list(frames)
+            results = self.model.predict(source, device=self.device, verbose=False, **kwargs)
             keep_torch_threads()
             if self.runtime == "openvino" and not self._threads_set_up:
                 from services.runtimes import pin_openvino_threads
@@ -227,8 +242,7 @@ class LoadedModel:
                 if pin_openvino_threads(self.model, self.exported, configured_threads()):
                     self._threads_seen = configured_threads()
                 self._threads_set_up = True
-            _last_inference.value = (self.runtime, self._threads_seen)
-            return result
+            return list(results)
 
     def _observe_torch_threads(self, _predictor: Any) -> None:
         import torch
@@ -245,8 +259,8 @@ class LoadedModel:
 _last_inference = threading.local()
 
 
-def take_last_inference() -> tuple[str, int | None] | None:
-    """(runtime, threads) of this thread's last predict since the last call, for the stage's timing."""
+def take_last_inference() -> tuple[str, int | None, int] | None:
+    """(runtime, threads, batch size) of this thread's last predict since the last call, for the stage's timing."""
     info = getattr(_last_inference, "value", None)
     _last_inference.value = None
     return info
@@ -286,17 +300,19 @@ class ModelCache:
     `models_dir` is where jobs' own checkpoints may come from; by default VDAG_MODELS_DIR
     (Settings.models_dir), read when a job first names weights. `runtime` (services/runtimes.py)
     is what models run in; "pytorch" unless asked, so that only workers export models.
-    `exports_dir` holds exports that cannot lie beside their weights.
+    `exports_dir` holds exports that cannot lie beside their weights. `batcher` is given to
+    every model loaded, so that concurrent tasks share predict calls.
     """
 
     def __init__(self, models_dir: str | Path | None = _FROM_ENV, runtime: str = "pytorch",  # type: ignore[assignment]
-                 exports_dir: str | Path = "var/exports") -> None:
+                 exports_dir: str | Path = "var/exports", batcher: PredictBatcher | None = None) -> None:
         self._lock = threading.Lock()
         self._models: dict[tuple[str, str], LoadedModel] = {}
         self._models_dir = models_dir
         self.runtime = runtime
         self.exports_dir = Path(exports_dir)
         self._exports: list[threading.Thread] = []
+        self.batcher = batcher
 
     @property
     def models_dir(self) -> Path | None:
@@ -321,6 +337,7 @@ class ModelCache:
             # Loading under the lock: two first requests for one model must not both load it.
             if key not in self._models:
                 self._models[key] = self._load(*key)
+                self._models[key].batcher = self.batcher
             return self._models[key]
 
     def __len__(self) -> int:

@@ -14,6 +14,7 @@ class StageRecord:
     service_s: float  # inside the stage (decode + DNN service)
     runtime: str | None = None  # the model's runtime (services/runtimes.py), for stages with a model
     threads: int | None = None  # inference threads observed during its predict
+    batch: int | None = None  # frames in the predict call this frame ran in (services/batching.py)
 
 
 @dataclass(frozen=True)

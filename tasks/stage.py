@@ -69,11 +69,16 @@ def execute_hop(env: Envelope, ctx: ServiceContext, node: str, worker: str) -> E
         if env.profile and env.golden_image and "detections" in outputs and not outputs.get("tracked"):
             outputs["accuracy"] = _golden_f1(env, service, hop.params, inputs, outputs, ctx)
     env.outputs[hop.stage] = outputs
-    runtime, threads = inference or (None, None)
+    runtime, threads, batch = inference or (None, None, None)
     env.timings.append(StageTiming(stage=hop.stage, node=node, worker=worker, enqueued=env.enqueued_at,
-                                   started=started, finished=finished, runtime=runtime, threads=threads))
+                                   started=started, finished=finished, runtime=runtime, threads=threads,
+                                   batch=batch))
     env.route = env.route[1:]
     return env
+
+
+def _will_detect(env: Envelope) -> bool:
+    return env.kind == "frame" and env.track_from < 0 and _tracks(get_service(env.route[0].service))
 
 
 def _tracks(service) -> bool:
@@ -155,7 +160,7 @@ def run_stage(self, payload: Any) -> None:
     if not env.route:
         log.warning("rejected frame %s/%s with an empty route", env.job, env.seq)
         raise Reject("empty route", requeue=False)
-    from tasks.worker_state import service_context
+    from tasks.worker_state import service_context, task_running
 
     if env.kind == "profile" or env.profile:
         profiler = segment_profiler_of(self.app)
@@ -175,7 +180,8 @@ def run_stage(self, payload: Any) -> None:
             env.route = []
         else:
             try:
-                env = execute_hop(env, service_context(settings), settings.node, worker)
+                with task_running(_will_detect(env)):  # tasks running together may share a predict call
+                    env = execute_hop(env, service_context(settings), settings.node, worker)
             except Exception as exc:  # a failing stage must not stall the job: report the frame
                 stage = env.route[0].stage
                 log.exception("stage %s failed on frame %s/%s", stage, env.job, env.seq)

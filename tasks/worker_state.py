@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 import time
+from contextlib import contextmanager
 
 from celery import current_app
 from celery.signals import worker_process_init
@@ -24,13 +25,17 @@ def service_context(settings: Settings) -> ServiceContext:
     global _context, _context_pid
     with _lock:
         if _context is None or _context_pid != os.getpid():
+            from services.batching import PredictBatcher
             from services.models import ModelCache, pick_device, trained_person_weights
             from services.tracking import TrackStore
 
+            batcher = None
+            if settings.batch_window_ms > 0 and settings.max_batch > 1:
+                batcher = PredictBatcher(settings.batch_window_ms / 1e3, settings.max_batch, peers=running_tasks)
             _context = ServiceContext(
                 device=pick_device(settings.device),
                 models=ModelCache(models_dir=settings.models_dir, runtime=settings.runtime,
-                                  exports_dir=settings.data_dir / "exports"),
+                                  exports_dir=settings.data_dir / "exports", batcher=batcher),
                 person_weights=settings.person_weights or trained_person_weights(),
                 tracks=TrackStore(),
             )
@@ -40,6 +45,28 @@ def service_context(settings: Settings) -> ServiceContext:
 
             set_torch_threads(settings.torch_threads)
         return _context
+
+
+_running = 0  # tasks running in this process now that will predict: the most that can share a batch
+_running_lock = threading.Lock()
+
+
+def running_tasks() -> int:
+    return _running
+
+
+@contextmanager
+def task_running(predicts: bool):
+    """Around a task; `predicts`: its frame is headed for a detector (not tracked, not another
+    kind of stage), so a batch may wait for it."""
+    global _running
+    with _running_lock:
+        _running += predicts
+    try:
+        yield
+    finally:
+        with _running_lock:
+            _running -= predicts
 
 
 _profiler = None

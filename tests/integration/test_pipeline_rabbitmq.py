@@ -149,3 +149,34 @@ def test_corrupt_and_foreign_messages_are_rejected_and_worker_keeps_serving(clus
     log = log_path.read_text(errors="replace")
     assert log.count("rejected a message") >= 2, log[-3000:]
     assert workers[0].poll() is None, "worker still running"
+
+
+@pytest.mark.skipif(not VTEST.exists(), reason="apt-get install opencv-doc provides vtest.avi")
+def test_concurrent_jobs_share_predict_calls_and_a_killed_batch_is_redelivered(cluster, node, tmp_path):
+    """Three jobs on one threads-pool worker: their frames run in shared predict calls (the
+    stage timing says how many), each stored once with its own result; kill -9 of that worker
+    mid-batch loses no frame, because every frame of a batch is still its own unacked message."""
+    server, workers = cluster
+    workers.append(start_worker_process(node, 4, pool="threads", log_path=tmp_path / "batching.log"))
+    client = server.app.test_client()
+    plan = fixed_plan(["detect", "count"], node=node, resolution="360p", fps=1)
+    uids = [submit(client, str(VTEST), PEOPLE, plan) for _ in range(3)]
+    deadline = time.monotonic() + 180
+    while min(server.store.result_count(u) for u in uids) < 10 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(workers[0].pid, signal.SIGKILL)
+    workers.append(start_worker_process(node, 4, pool="threads", log_path=tmp_path / "after-kill.log"))
+    batches = []
+    for uid in uids:
+        job = wait_state(client, uid, timeout=300)
+        assert job["state"] == "DONE", job
+        results = all_results(client, uid)
+        kept = job["stats"]["frames_sent"]
+        assert kept == 80  # 795 frames at 10 fps, kept at 1 fps
+        assert [r["seq"] for r in results] == list(range(kept)), "every kept frame stored exactly once, in order"
+        assert not [r for r in results if r["lost"] or "error" in r["outputs"]["detect"]]
+        assert sum(1 for r in results if r["outputs"]["count"]["total"] >= 1) >= 0.9 * kept
+        batches += [r["stages"][0]["batch"] for r in results]
+        assert len({r["stages"][0]["worker"].rsplit("/", 1)[1] for r in results}) == 2, "both workers served it"
+    assert set(batches) <= set(range(1, 9))
+    assert sum(b >= 2 for b in batches) >= len(batches) / 2, f"frames mostly shared a predict call: {batches}"

@@ -70,12 +70,12 @@ def purge_queues(*names: str) -> None:
 
 
 def start_worker_process(node: str, concurrency: int, broker: str = AMQP_URL, log_path: Path | None = None,
-                         extra_env: dict | None = None) -> subprocess.Popen:
+                         extra_env: dict | None = None, pool: str = "prefork") -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(extra_env or {})}
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL
     return subprocess.Popen(
         [sys.executable, "-m", "tracker.cli", "worker", "--node", node, "--concurrency", str(concurrency),
-         "--broker", broker, "--log-level", "INFO"],
+         "--pool", pool, "--broker", broker, "--log-level", "INFO"],
         cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
     )
 

@@ -79,7 +79,7 @@ def frame_out(r: FrameRecord) -> FrameOut:
         latency_s=r.latency_s, frame_bytes=getattr(r, "frame_bytes", 0), lost=r.lost,
         produced="tracked" if r.produced == "tracked" else "detected", outputs=r.outputs,
         stages=[{"stage": s.stage, "node": s.node, "worker": s.worker, "queue_s": s.queue_s, "service_s": s.service_s,
-                 "runtime": s.runtime, "threads": s.threads}
+                 "runtime": s.runtime, "threads": s.threads, "batch": s.batch}
                 for s in r.stages],
     )
 

@@ -122,6 +122,7 @@ class StageTiming(BaseModel):
     service_s: float
     runtime: str | None = Field(None, description="what the stage's model ran in: pytorch, openvino, onnx, tensorrt")
     threads: int | None = Field(None, description="inference threads observed during the stage's predict")
+    batch: int | None = Field(None, description="frames (of any job) in the predict call this frame ran in")
 
 
 class FrameOut(BaseModel):
