@@ -9,7 +9,7 @@ import logging
 
 import numpy as np
 
-from scheduler import bayes, knobs
+from scheduler import bayes, bayes_priors, knobs
 from scheduler.interface import NodeInfo, Observation, Plan, PlanningInput
 from services.video_conf import GRADES
 
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 def fastest_mapping(c: knobs.Candidates, nodes: list[NodeInfo]) -> tuple[int, ...]:
     by = {n.name: n for n in nodes}
-    score = [bayes.node_prior(by[name]) for name in c.nodes]
+    score = [bayes_priors.node_prior(by[name]) for name in c.nodes]
     rows = c.mapping[: c.n_map]
     # every stage on its fastest capable node: the row minimising the summed prior offsets
     best = int(np.argmin(np.array(score)[rows].sum(axis=1)))
@@ -102,7 +102,7 @@ class GreedyPlanner:
     def __init__(self, headroom: float = 0.6, quality: int = 75) -> None:
         self.headroom, self.quality = headroom, quality
         self._state: list[int] | None = None  # [res_idx, fps_idx, grade_idx]
-        mean = bayes.Layout(1, 1).acc_prior()[0]
+        mean = bayes_priors.Layout(1, 1).acc_prior()[0]
         self._th, self._kappa, self._lam, self._rho = mean[:5], mean[5], mean[6], mean[7]
 
     def _f1(self, c: knobs.Candidates, s: list[int], fpss: list[float]) -> float:

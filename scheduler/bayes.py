@@ -39,14 +39,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scheduler import knobs
-from scheduler.interface import NodeInfo, Observation
+from scheduler.bayes_priors import N_GRADES, PRIORS, Layout, Slots
+from scheduler.interface import Observation
 from services.video_conf import GRADES
 
 log = logging.getLogger(__name__)
 
 MAX_SERVICES = 8
 MAX_NODES = 16
-N_GRADES = len(GRADES)
 LOAD_CAP = 0.95
 F1_CLIP = (0.02, 1.0)
 SIG_FLOOR = 0.02    # log-seconds
@@ -83,34 +83,6 @@ def log_f1(f1) -> np.ndarray:
     return np.log(np.clip(np.asarray(f1, float), *F1_CLIP))
 
 
-# Prior constants, shared by the PyMC model and the numpy cold-start draws.
-PRIORS = {
-    "a0": (math.log(knobs.CPU_TIMINGS_S["n"][2]), 0.3),  # YOLO-n at REF_PIXELS on the reference CPU
-    "svc_sd": 0.5, "svc_sd_dnn": 0.25, "node_sd": 0.35, "sn_sd": 0.2, "beta_sd": 0.1,
-    "beta0": (knobs.pixel_exponent(), 0.1),
-    "gam": (np.log(knobs.grade_latency_ratio()[1:]), 0.08),   # per-grade sd (log)
-    "gam_scale_sd": 0.15,     # shared relative error of the grade-ratio table
-    "b_load": (1.0, 0.3),
-    "b_load_gpu": (-0.5, 0.3),  # a GPU slows less with host load than a CPU does
-    "gam_gpu": (-0.3, 0.15),  # the GPU's grade effect as a fraction of the CPU's: mean, sd (shared)
-    "beta_gpu": (-0.2, 0.2),
-    "sig": 0.3,
-    # log F1 of each grade vs x: log of the COCO mAP ratio, x (1 + u) + v (u shared, v per grade).
-    "th": (np.log([knobs.COCO_MAP[g] / knobs.COCO_MAP["x"] for g in GRADES]), 0.04),
-    "th_scale_sd": 0.6,
-    # log F1 per log height ratio. COCO mAP alone says ~0.3 (large objects); the people of a
-    # surveillance view are small: vtest.avi measures ~1.0 (480p of 576 loses 0.15 F1). An
-    # optimistic prior sends a cold job to low resolutions it cannot afford accuracy-wise
-    # (measured: 360p-480p for the first ~20 s, F1 0.75-0.85), a pessimistic one costs compute.
-    "kappa": (0.6, 0.35),
-    "lam": (-0.2, 0.3),     # log F1 per second of staleness
-    "tau": (-0.1, 0.2),     # log F1 per second of tracking (vtest.avi segments: about -0.06 to -0.13)
-    "rho": (0.05, 0.1),     # log F1 per log(q / 100)
-    "sig_a": 0.2,
-}
-LIGHT_SERVICE_S = 0.005  # prior for a non-DNN stage at reference pixels
-
-
 def track_s(fps: np.ndarray | float, ntracking: np.ndarray | float) -> np.ndarray:
     """Seconds a detected frame's boxes are carried by the tracker (0 without tracking)."""
     return np.asarray(ntracking, float) / np.maximum(np.asarray(fps, float), 0.1)
@@ -128,154 +100,8 @@ def stale_s(fps: np.ndarray | float, src_fps: np.ndarray | float) -> np.ndarray:
     return np.maximum(1.0 / fps - 1.0 / src, 0.0)
 
 
-def service_prior(service: str) -> float:
-    """Prior mean of the service offset, relative to YOLO-n on the reference CPU: 0 for a graded
-    detector (its grade term adds the rest), the measured ratio for a fixed-model detector,
-    a few ms for a light stage."""
-    kind = knobs.stage_kind(service)
-    if kind == knobs.GRADED:
-        return 0.0
-    if kind == knobs.FIXED:
-        return math.log(knobs.fixed_latency_ratio())
-    return math.log(LIGHT_SERVICE_S / knobs.CPU_TIMINGS_S["n"][2])
-
-
-def service_prior_sd(service: str) -> float:
-    """Sd of the service offset: a detector's cost relative to YOLO-n is measured (DESIGN.md
-    s.5), a light stage's is a guess."""
-    return PRIORS["svc_sd_dnn"] if knobs.is_dnn(service) else PRIORS["svc_sd"]
-
-
-def node_prior(node: NodeInfo) -> float:
-    """Prior mean of the node offset: the reference is a 2-core CPU; a GPU ~14x faster."""
-    if node.gpu:
-        return math.log(0.07)
-    return -0.6 * math.log(max(node.cpu_count, 1) / 2.0)
-
-
 def load_term(load: np.ndarray | float) -> np.ndarray:
     return -np.log1p(-np.clip(np.asarray(load, float), 0.0, LOAD_CAP))
-
-
-class Slots:
-    """Stable name -> slot index with a fixed capacity; overflow shares the last slot."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._index: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def __call__(self, name: str) -> int:
-        with self._lock:
-            if name not in self._index:
-                if len(self._index) >= self.capacity - 1:
-                    log.warning("slot capacity %d reached; %r shares the last slot", self.capacity, name)
-                    self._index[name] = self.capacity - 1
-                    return self.capacity - 1
-                self._index[name] = len(self._index)
-            return self._index[name]
-
-
-class Layout:
-    """Where each latency / accuracy coefficient sits in the flat parameter vectors.
-
-    Latency theta: svc[S], node[N], sn[S*N], beta[S], gam[G-1] (grades s..x vs n), b_load,
-    gam_gpu[G-1], beta_gpu, b_load_gpu (the GPU interactions).
-    Accuracy theta: th[G], kappa, lam, rho, tau.
-    """
-
-    def __init__(self, S: int, N: int) -> None:
-        self.S, self.N = S, N
-        sizes = {"svc": S, "node": N, "sn": S * N, "beta": S, "gam": N_GRADES - 1, "b_load": 1,
-                 "gam_gpu": N_GRADES - 1, "beta_gpu": 1, "b_load_gpu": 1}
-        self.lat: dict[str, slice] = {}
-        i = 0
-        for k, n in sizes.items():
-            self.lat[k] = slice(i, i + n)
-            i += n
-        self.P = i
-        self.acc = {"th": slice(0, N_GRADES), "kappa": slice(N_GRADES, N_GRADES + 1),
-                    "lam": slice(N_GRADES + 1, N_GRADES + 2), "rho": slice(N_GRADES + 2, N_GRADES + 3),
-                    "tau": slice(N_GRADES + 3, N_GRADES + 4)}
-        self.PA = N_GRADES + 4
-
-    def lat_prior(self, svc_mu: np.ndarray, node_mu: np.ndarray,
-                  svc_sd: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and covariance of the latency coefficients (beta0 integrated out).
-        svc_sd: per-slot sd of the service offset (default PRIORS["svc_sd"])."""
-        P, L = PRIORS, self.lat
-        svc_sd = np.full(self.S, P["svc_sd"]) if svc_sd is None else np.asarray(svc_sd, float)
-        mean, cov = np.zeros(self.P), np.zeros((self.P, self.P))
-
-        def block(sl: slice, m, c) -> None:
-            mean[sl] = m
-            cov[sl, sl] = c
-
-        block(L["svc"], svc_mu + P["a0"][0], np.diag(P["a0"][1] ** 2 + svc_sd**2))
-        block(L["node"], node_mu, np.diag(np.full(self.N, P["node_sd"] ** 2)))
-        block(L["sn"], 0.0, np.diag(np.full(self.S * self.N, P["sn_sd"] ** 2)))
-        # beta[s] = beta0 + N(0, beta_sd): partial pooling of the pixel slope across services.
-        block(L["beta"], P["beta0"][0], np.eye(self.S) * P["beta_sd"] ** 2 + P["beta0"][1] ** 2)
-        # gam = log r * (1 + u) + v: u shared by every grade, v per grade.
-        lr = P["gam"][0]
-        eye = np.eye(N_GRADES - 1)
-        block(L["gam"], lr, P["gam_scale_sd"] ** 2 * np.outer(lr, lr) + P["gam"][1] ** 2 * eye)
-        block(L["b_load"], P["b_load"][0], np.array([[P["b_load"][1] ** 2]]))
-        # On a GPU, pixels and grade cost relatively less (an under-occupied device):
-        # gam_gpu = w * log r + v', w shared by every grade.
-        block(L["gam_gpu"], P["gam_gpu"][0] * lr, P["gam_gpu"][1] ** 2 * np.outer(lr, lr) + 0.05**2 * eye)
-        block(L["beta_gpu"], P["beta_gpu"][0], np.array([[P["beta_gpu"][1] ** 2]]))
-        block(L["b_load_gpu"], P["b_load_gpu"][0], np.array([[P["b_load_gpu"][1] ** 2]]))
-        return mean, cov
-
-    def acc_prior(self) -> tuple[np.ndarray, np.ndarray]:
-        P = PRIORS
-        lr = P["th"][0]
-        mean = np.concatenate([lr, [P["kappa"][0], P["lam"][0], P["rho"][0], P["tau"][0]]])
-        cov = np.zeros((self.PA, self.PA))
-        cov[:N_GRADES, :N_GRADES] = P["th_scale_sd"] ** 2 * np.outer(lr, lr) + P["th"][1] ** 2 * np.eye(N_GRADES)
-        cov[N_GRADES:, N_GRADES:] = np.diag([P["kappa"][1] ** 2, P["lam"][1] ** 2, P["rho"][1] ** 2, P["tau"][1] ** 2])
-        return mean, cov
-
-    def lat_rows(self, svc, node, grade, tun, logpix, load, gpu) -> np.ndarray:
-        X = np.zeros((len(svc), self.P))
-        r = np.arange(len(svc))
-        L = self.lat
-        X[r, L["svc"].start + svc] = 1
-        X[r, L["node"].start + node] = 1
-        X[r, L["sn"].start + svc * self.N + node] = 1
-        X[r, L["beta"].start + svc] = logpix
-        g = np.asarray(grade)
-        has = g > 0
-        X[r[has], L["gam"].start + g[has] - 1] = np.asarray(tun)[has]
-        X[r, L["b_load"].start] = load
-        gpu = np.asarray(gpu, float)
-        X[r[has], L["gam_gpu"].start + g[has] - 1] = (np.asarray(tun) * gpu)[has]
-        X[r, L["beta_gpu"].start] = logpix * gpu
-        X[r, L["b_load_gpu"].start] = load * gpu
-        return X
-
-    def acc_rows(self, grade, logh, stale, logq, track=0.0) -> np.ndarray:
-        X = np.zeros((len(grade), self.PA))
-        r = np.arange(len(grade))
-        X[r, np.asarray(grade)] = 1
-        X[:, N_GRADES], X[:, N_GRADES + 1], X[:, N_GRADES + 2], X[:, N_GRADES + 3] = logh, stale, logq, track
-        return X
-
-    def unpack(self, theta: np.ndarray, sig: np.ndarray, theta_a: np.ndarray, sig_a: np.ndarray) -> dict[str, np.ndarray]:
-        n = len(theta)
-        L, A = self.lat, self.acc
-        return {
-            "svc": theta[:, L["svc"]], "node": theta[:, L["node"]],
-            "sn": theta[:, L["sn"]].reshape(n, self.S, self.N), "beta": theta[:, L["beta"]],
-            "gam": np.concatenate([np.zeros((n, 1)), theta[:, L["gam"]]], axis=1),
-            "b_load": theta[:, L["b_load"]][:, 0], "sig": np.asarray(sig),
-            "gam_gpu": np.concatenate([np.zeros((n, 1)), theta[:, L["gam_gpu"]]], axis=1),
-            "beta_gpu": theta[:, L["beta_gpu"]][:, 0], "b_load_gpu": theta[:, L["b_load_gpu"]][:, 0],
-            "th": theta_a[:, A["th"]], "kappa": theta_a[:, A["kappa"]][:, 0],
-            "lam": theta_a[:, A["lam"]][:, 0], "rho": theta_a[:, A["rho"]][:, 0], "sig_a": np.asarray(sig_a),
-            "tau": theta_a[:, A["tau"]][:, 0],
-        }
 
 
 @dataclass(frozen=True)

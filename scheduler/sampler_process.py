@@ -17,7 +17,8 @@ import os
 import threading
 import time
 
-from scheduler.bayes import MAX_NODES, MAX_SERVICES, BayesModel, Layout, ModelData, Snapshot
+from scheduler.bayes import MAX_NODES, MAX_SERVICES, BayesModel, ModelData, Snapshot
+from scheduler.bayes_priors import Layout
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from scheduler import bayes, knobs
-from scheduler.bayes import Layout, Slots, Snapshot
+from scheduler import bayes, bayes_priors, knobs
+from scheduler.bayes import Snapshot
+from scheduler.bayes_priors import Layout, Slots
 from scheduler.interface import NodeInfo, Observation
 from services.video_conf import GRADES
 
@@ -31,18 +32,18 @@ class ServiceTimes:
     def __init__(self, layout: Layout) -> None:
         self.svc_slot, self.node_slot = Slots(layout.S), Slots(layout.N)
         self.svc_mu, self.node_mu, self.node_gpu = np.zeros(layout.S), np.zeros(layout.N), np.zeros(layout.N)
-        self.svc_sd = np.full(layout.S, bayes.PRIORS["svc_sd"])
+        self.svc_sd = np.full(layout.S, bayes_priors.PRIORS["svc_sd"])
         # (service slot, node slot) -> (per-draw log correction, window ts, snapshot version)
         self.window_delta: dict[tuple[int, int], tuple[np.ndarray, float, int]] = {}
 
     def set_priors(self, nodes: Iterable[NodeInfo], services: Iterable[str]) -> None:
         """Prior means from what each node is (GPU, cores) and which services run."""
         for n in nodes:
-            self.node_mu[self.node_slot(n.name)] = bayes.node_prior(n)
+            self.node_mu[self.node_slot(n.name)] = bayes_priors.node_prior(n)
             self.node_gpu[self.node_slot(n.name)] = float(n.gpu)
         for svc in services:
-            self.svc_mu[self.svc_slot(svc)] = bayes.service_prior(svc)
-            self.svc_sd[self.svc_slot(svc)] = bayes.service_prior_sd(svc)
+            self.svc_mu[self.svc_slot(svc)] = bayes_priors.service_prior(svc)
+            self.svc_sd[self.svc_slot(svc)] = bayes_priors.service_prior_sd(svc)
 
     def prior_key(self) -> tuple:
         return self.svc_mu.tobytes(), self.svc_sd.tobytes(), self.node_mu.tobytes()
