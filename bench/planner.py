@@ -31,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from scheduler import sim_scenarios  # noqa: E402
 from scheduler import simulator as sm  # noqa: E402
 from scheduler.baselines import GoldenPlanner, GreedyPlanner, PIDPlanner  # noqa: E402
 from scheduler.bayes import BayesModel  # noqa: E402
@@ -41,7 +42,7 @@ log = logging.getLogger("bench.planner")
 PLANNERS = ("bayes", "golden", "pid", "greedy")
 
 
-def run_scenario(scn: sm.Scenario, which: str, model: BayesModel, refresh_every: int, seed: int):
+def run_scenario(scn: sim_scenarios.Scenario, which: str, model: BayesModel, refresh_every: int, seed: int):
     shared: dict[str, BayesPlanner] = {}
 
     def factory(uid: str):
@@ -55,7 +56,7 @@ def run_scenario(scn: sm.Scenario, which: str, model: BayesModel, refresh_every:
         if "p" in shared and (sim.round % refresh_every == 0 or shared["p"].urgent):
             shared["p"].refresh_now()
 
-    sim = sm.run(scn, factory, seed=seed, on_round=on_round)
+    sim = sim_scenarios.run(scn, factory, seed=seed, on_round=on_round)
     return sim, shared.get("p")
 
 
@@ -94,7 +95,7 @@ def scale_run(model: BayesModel, jobs: int, rounds: int, seed: int) -> dict:
     nodes = [sm.SimNode(f"edge-{i}", cpu_count=4, n_process=2, speed=0.8 + 0.05 * (i % 5), bg_load=0.1) for i in range(12)]
     nodes += [sm.SimNode(f"gpu-{i}", role="cloud", gpu=True, cpu_count=16, n_process=4, speed=0.05, bg_load=0.1) for i in range(3)]
     bw = {(a.name, b.name): (2.5e6 if (a.gpu or b.gpu) else 12.5e6) for a in nodes for b in nodes if a.name < b.name}
-    sim_jobs = [sm.make_job(f"job-{i}", delay=0.5, motion=1 + (i % 3) * 0.5, source_node=f"edge-{i % 12}") for i in range(jobs)]
+    sim_jobs = [sim_scenarios.make_job(f"job-{i}", delay=0.5, motion=1 + (i % 3) * 0.5, source_node=f"edge-{i % 12}") for i in range(jobs)]
     sim = sm.Simulator(nodes, sim_jobs, bandwidth=bw, seed=seed)
     p = BayesPlanner(model, background=False, seed=seed)
     planners = {j.uid: p for j in sim_jobs}
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     decision_ms, decision_cpu_ms, refresh_s = [], [], []
     # person_cpu: the real jobs' DAG (person_detection, a fixed-model detector) on CPU nodes;
     # reported beside the four target scenarios, not part of them.
-    for scn in sm.scenarios(rounds) + [sm.person_scenario(rounds)]:
+    for scn in sim_scenarios.scenarios(rounds) + [sim_scenarios.person_scenario(rounds)]:
         runs = {}
         results["scenarios"][scn.name] = {}
         for which in PLANNERS:

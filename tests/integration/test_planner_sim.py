@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from scheduler import job_accuracy
+from scheduler import job_accuracy, sim_scenarios
 from scheduler import simulator as sm
 from scheduler.baselines import GoldenPlanner
 from scheduler.bayes import BayesModel
@@ -22,7 +22,7 @@ def model() -> BayesModel:
     return m
 
 
-def _run(scn: sm.Scenario, planner_factory, refresh_every: int = 2, seed: int = 0) -> sm.Simulator:
+def _run(scn: sim_scenarios.Scenario, planner_factory, refresh_every: int = 2, seed: int = 0) -> sm.Simulator:
     shared = {}
 
     def pf(uid):
@@ -36,7 +36,7 @@ def _run(scn: sm.Scenario, planner_factory, refresh_every: int = 2, seed: int = 
         if p is not None and (sim.round % refresh_every == 0 or p.urgent):
             p.refresh_now()
 
-    return sm.run(scn, pf, seed=seed, on_round=on_round)
+    return sim_scenarios.run(scn, pf, seed=seed, on_round=on_round)
 
 
 def _window(sim: sm.Simulator, lo: int, hi: int, job: str | None = None) -> list[sm.RoundStat]:
@@ -44,7 +44,7 @@ def _window(sim: sm.Simulator, lo: int, hi: int, job: str | None = None) -> list
 
 
 def test_prior_planner_meets_tight_delay_where_golden_misses(model):
-    scn = sm.Scenario("tight", rounds=12, delay=0.3, n_jobs=1)
+    scn = sim_scenarios.Scenario("tight", rounds=12, delay=0.3, n_jobs=1)
     golden = _run(scn, GoldenPlanner)
     bayes = _run(scn, lambda: BayesPlanner(model, background=False, seed=1))
     assert np.mean([s.violated for s in golden.stats]) == 1.0
@@ -55,7 +55,7 @@ def test_prior_planner_meets_tight_delay_where_golden_misses(model):
 
 
 def test_moves_stages_off_a_lost_node_within_two_rounds(model):
-    scn = sm.Scenario("loss", rounds=14, delay=0.5, n_jobs=1, events={8: [sm.kill("cloud-gpu")]})
+    scn = sim_scenarios.Scenario("loss", rounds=14, delay=0.5, n_jobs=1, events={8: [sim_scenarios.kill("cloud-gpu")]})
     shared = {}
 
     def pf():
@@ -74,7 +74,7 @@ def test_tightened_constraint_gives_cheaper_config(model):
     p = BayesPlanner(model, background=False, seed=3)
     # Tightened below what the loose plans deliver (0.11-0.17 s here): at 0.15 s the loose plan
     # already met the new bound and "cheaper" was a coin toss between equally good plans.
-    scn = sm.Scenario("tighten", rounds=16, delay=1.0, n_jobs=1, events={10: [sm.set_delay(0.1)]})
+    scn = sim_scenarios.Scenario("tighten", rounds=16, delay=1.0, n_jobs=1, events={10: [sim_scenarios.set_delay(0.1)]})
     sim = _run(scn, lambda: p)
     loose = _window(sim, 6, 10)
     tight = _window(sim, 11, 16)
@@ -85,7 +85,7 @@ def test_tightened_constraint_gives_cheaper_config(model):
 
 def test_reason_is_human_readable(model):
     p = BayesPlanner(model, background=False)
-    sim = sm.Scenario("r", rounds=1, delay=0.5, n_jobs=1).build()
+    sim = sim_scenarios.Scenario("r", rounds=1, delay=0.5, n_jobs=1).build()
     inp = sim.planning_input(sim.jobs[0], {})
     plan = p.plan(inp)
     assert plan.planner == "bayes"
@@ -94,7 +94,7 @@ def test_reason_is_human_readable(model):
 
 def test_background_refresher_publishes_posterior(model):
     p = BayesPlanner(model, background=True, refresh_interval_s=0.05)
-    sim = sm.Scenario("bg", rounds=3, delay=0.5, n_jobs=1).build()
+    sim = sim_scenarios.Scenario("bg", rounds=3, delay=0.5, n_jobs=1).build()
     planners = {sim.jobs[0].uid: p}
     try:
         for _ in range(3):
@@ -111,7 +111,7 @@ def test_background_refresher_publishes_posterior(model):
 
 @pytest.mark.slow
 def test_bayes_beats_baselines_on_all_scenarios(model):
-    for scn in sm.scenarios(36):
+    for scn in sim_scenarios.scenarios(36):
         bayes = _run(scn, lambda: BayesPlanner(model, background=False, seed=5))
         viol = np.mean([s.violated for s in bayes.stats])
         share = sum(s.utility for s in bayes.stats) / sum(s.oracle_utility for s in bayes.stats)
@@ -122,7 +122,7 @@ def test_bayes_beats_baselines_on_all_scenarios(model):
 def test_person_job_learns_its_resolution_trade_off(model):
     """Profiled F1 (vs the same model at source resolution) steers a fixed-model detector's
     resolution: with F1 falling steeply at low resolution the planner stays at >= 480p."""
-    scn = sm.Scenario("person", rounds=12, delay=1.0, n_jobs=1, person=True)
+    scn = sim_scenarios.Scenario("person", rounds=12, delay=1.0, n_jobs=1, person=True)
     sim = _run(scn, lambda: BayesPlanner(model, background=False, seed=4))
     late = _window(sim, 4, 12)
     assert not any(s.violated for s in late)

@@ -8,8 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from scheduler import knobs
-from scheduler import simulator as sm
+from scheduler import knobs, sim_scenarios
 from scheduler.baselines import GoldenPlanner, GreedyPlanner, PIDPlanner, measured_delay
 from scheduler.bayes import BayesModel
 from scheduler.bayes_planner import BayesPlanner
@@ -45,7 +44,7 @@ def test_light_stage_follows_the_stage_before_it_unless_that_node_cannot_run_it(
 
 
 def test_simulator_drops_what_an_overloaded_node_cannot_serve():
-    sim = sm.scenarios(4)[0].build()
+    sim = sim_scenarios.scenarios(4)[0].build()
     job = sim.jobs[0]
     c = knobs.build_candidates(sim.planning_input(job, {}))
     edge = c.nodes.index("edge-1")
@@ -67,7 +66,7 @@ def test_gaussian_refresh_learns_before_any_compile():
     """Until nutpie has compiled (~25 s after start), refreshes use the Gaussian posterior:
     a node measured 5x slower than its prior says is planned as slow at once."""
     p = BayesPlanner(BayesModel(), background=False, seed=2)  # a model never compiled
-    sim = sm.Scenario("g", rounds=1, delay=2.0, n_jobs=1).build()
+    sim = sim_scenarios.Scenario("g", rounds=1, delay=2.0, n_jobs=1).build()
     job = sim.jobs[0]
     inp = sim.planning_input(job, {})
     plan = p.plan(inp)
@@ -88,7 +87,7 @@ def test_first_plan_with_measurements_is_not_made_on_the_prior():
     """A job whose node was profiled arrives with measurements: its first plan already reads
     them (a Gaussian posterior, milliseconds), not the prior."""
     p = BayesPlanner(BayesModel(), background=False, seed=2)
-    sim = sm.Scenario("first", rounds=1, delay=2.0, n_jobs=1).build()
+    sim = sim_scenarios.Scenario("first", rounds=1, delay=2.0, n_jobs=1).build()
     inp = sim.planning_input(sim.jobs[0], {})
     node = inp.nodes[0].name
     profiled = [Observation(stage="yolo_detection", node=node, grade="n", width=w, height=h, service_s=s, ts=0.0,
@@ -159,7 +158,7 @@ class _FlakyPlanner:
 
 
 def _inputs():
-    sim = sm.Scenario("l", rounds=1, delay=0.5, n_jobs=1).build()
+    sim = sim_scenarios.Scenario("l", rounds=1, delay=0.5, n_jobs=1).build()
     good = sim.planning_input(sim.jobs[0], {})
     return [good, good.model_copy(update={"job_uid": "bad"})]
 
@@ -219,7 +218,7 @@ def _obs(stage_delays: dict[str, float], ts: float = 1.0) -> list[Observation]:
 
 
 def test_pid_steps_down_when_late_and_up_with_headroom():
-    sim = sm.Scenario("p", rounds=1, delay=0.5, n_jobs=1).build()
+    sim = sim_scenarios.Scenario("p", rounds=1, delay=0.5, n_jobs=1).build()
     inp = sim.planning_input(sim.jobs[0], {})
     pid = PIDPlanner()
     start = pid.plan(inp)
@@ -236,7 +235,7 @@ def test_pid_steps_down_when_late_and_up_with_headroom():
 
 
 def test_greedy_changes_one_knob_at_a_time():
-    sim = sm.Scenario("g", rounds=1, delay=0.5, n_jobs=1).build()
+    sim = sim_scenarios.Scenario("g", rounds=1, delay=0.5, n_jobs=1).build()
     inp = sim.planning_input(sim.jobs[0], {})
     g = GreedyPlanner()
     p0 = g.plan(inp)
@@ -295,7 +294,7 @@ def test_cold_plan_for_a_person_job_is_sensible():
 
 
 def test_loop_makes_the_planner_forget_a_job_that_ended():
-    sim = sm.Scenario("forget", rounds=1, delay=0.5, n_jobs=2).build()
+    sim = sim_scenarios.Scenario("forget", rounds=1, delay=0.5, n_jobs=2).build()
     source = _Source([sim.planning_input(job, {}) for job in sim.jobs])
     planners: list[BayesPlanner] = []
 
