@@ -232,6 +232,17 @@ def test_observations_round_trip(store):
         store.add_observations("nope", sent)
 
 
+def test_writes_for_a_job_deleted_meanwhile_raise_job_not_found(store):
+    """The aggregator's batch may land after the job was deleted: the foreign key says so."""
+    uid = new_job(store).uid
+    store.delete_job(uid)
+    with pytest.raises(JobNotFound):
+        store.save_frames(uid, [frame(uid, 0)])
+    with pytest.raises(JobNotFound):
+        store.add_observations(uid, [obs(0)])
+    assert store.find_job(uid) is None
+
+
 # -- delete ----------------------------------------------------------------------------------
 
 def test_delete_job_removes_everything(store):

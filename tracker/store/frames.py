@@ -8,18 +8,33 @@ size and cost the aggregator 2.4-2.7 ms of CPU a frame against 1.0-1.1 ms now.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Iterable, Sequence
 
 from sqlalchemy import Select, delete, func, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from scheduler.interface import Observation
 from services.records import FrameRecord
+from tracker.store.jobs import JobNotFound
 from tracker.store.models import FrameResultRow, ObservationRow
 from tracker.store.records import frame_from_row, frame_row, observation_from_row, observation_row
 
 
 class FrameTable:
-    """Needs the Store's `_sessions`, `_insert` and `_require_job`."""
+    """Needs the Store's `_sessions`, `_insert` and `_require_job`.
+
+    The aggregator's writes (a batch every 0.1 s) rely on the rows' foreign key to find a job
+    deleted meanwhile, instead of a query for the job before each: that query was a third of
+    the time of a small batch."""
+
+    @staticmethod
+    @contextmanager
+    def _job_must_exist(uid: str):
+        try:
+            yield
+        except IntegrityError as exc:  # the only constraint left: on_conflict covers (job, seq)
+            raise JobNotFound(uid) from exc
 
     # -- frame results ---------------------------------------------------------------------
 
@@ -34,8 +49,7 @@ class FrameTable:
             return 0
         stmt = (self._insert(FrameResultRow).on_conflict_do_nothing(index_elements=["job_uid", "seq"])
                 .returning(FrameResultRow.seq))
-        with self._sessions.writer() as s, s.begin():
-            self._require_job(s, uid)
+        with self._job_must_exist(uid), self._sessions.writer() as s, s.begin():
             return len(s.execute(stmt, rows).all())
 
     def replace_lost_frames(self, uid: str, records: Sequence[FrameRecord]) -> int:
@@ -105,8 +119,7 @@ class FrameTable:
         rows = [observation_row(uid, o) for o in observations]
         if not rows:
             return 0
-        with self._sessions.writer() as s, s.begin():
-            self._require_job(s, uid)
+        with self._job_must_exist(uid), self._sessions.writer() as s, s.begin():
             s.execute(insert(ObservationRow), rows)
         return len(rows)
 
