@@ -1,6 +1,6 @@
 """Throughput per node: the inference runtime a worker picks, against PyTorch and against itself bare.
 
-    .venv/bin/python -m bench.throughput           # ~12 min, writes bench/results/throughput.json
+    .venv/bin/python -m bench.throughput           # ~9 min, writes bench/results/throughput.json
     .venv/bin/python -m bench.throughput --quick   # ~5 min
 
 1. runtime_speedup: bare ultralytics predict loops over the same vtest.avi frames, PyTorch
