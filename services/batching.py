@@ -12,7 +12,8 @@ envelope, timings, route and late ack, so a killed worker redelivers every frame
 A process that runs one task at a time (a prefork child) never waits: its leader is alone.
 
 Same shapes only: ultralytics letterboxes a batch of mixed shapes to a square, which would
-change the boxes against a frame predicted alone (tests/unit/test_batching.py).
+change the boxes against a frame predicted alone (tests/integration/test_batching_inference.py
+checks batched boxes against single-frame ones, tests/unit/test_batching.py the keys).
 """
 from __future__ import annotations
 
