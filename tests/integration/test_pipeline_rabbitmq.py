@@ -159,10 +159,10 @@ def test_concurrent_jobs_share_predict_calls_and_a_killed_batch_is_redelivered(c
     server, workers = cluster
     workers.append(start_worker_process(node, 4, pool="threads", log_path=tmp_path / "batching.log"))
     client = server.app.test_client()
-    plan = fixed_plan(["detect", "count"], node=node, resolution="360p", fps=1)
+    plan = fixed_plan(["detect", "count"], node=node, resolution="360p", fps=0.5)
     uids = [submit(client, str(VTEST), PEOPLE, plan) for _ in range(3)]
     deadline = time.monotonic() + 180
-    while min(server.store.result_count(u) for u in uids) < 10 and time.monotonic() < deadline:
+    while min(server.store.result_count(u) for u in uids) < 8 and time.monotonic() < deadline:
         time.sleep(0.1)
     os.killpg(workers[0].pid, signal.SIGKILL)
     workers.append(start_worker_process(node, 4, pool="threads", log_path=tmp_path / "after-kill.log"))
@@ -172,7 +172,7 @@ def test_concurrent_jobs_share_predict_calls_and_a_killed_batch_is_redelivered(c
         assert job["state"] == "DONE", job
         results = all_results(client, uid)
         kept = job["stats"]["frames_sent"]
-        assert kept == 80  # 795 frames at 10 fps, kept at 1 fps
+        assert kept == 40  # 795 frames at 10 fps, kept at 0.5 fps
         assert [r["seq"] for r in results] == list(range(kept)), "every kept frame stored exactly once, in order"
         assert not [r for r in results if r["lost"] or "error" in r["outputs"]["detect"]]
         assert sum(1 for r in results if r["outputs"]["count"]["total"] >= 1) >= 0.9 * kept
