@@ -30,7 +30,7 @@ up: $(STAMP) system-deps
 	$(VENV)/bin/vdag up $(ARGS)
 
 test: $(STAMP) system-deps
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m "not slow" -q --durations=15
 
 # The loop while editing: seconds, no RabbitMQ, PostgreSQL, workers or browser needed.
 unit: $(STAMP)
