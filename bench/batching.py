@@ -15,30 +15,27 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from bench.common import (
-    RESULTS_DIR,
     ArrivalClock,
     CpuMeter,
     all_results,
+    bench_main,
     delete_queues,
     fixed_plan,
-    machine,
     median,
     node_queues,
     pct,
-    print_table,
     process_tree,
     rabbit_pids,
     rabbit_tracker,
     start_worker,
     stop_process,
+    submit_jobs,
     unique_node,
     wait_job,
     write_clip,
-    write_json,
 )
 
 YOLO11N_320 = [{"name": "detect", "service": "yolo_detection", "inputs": {"image": "generator.image"},
@@ -49,13 +46,9 @@ RESOLUTION = "360p"
 def _round(server, clock: ArrivalClock, clip: Path, node: str, jobs: int, worker_pid: int) -> dict:
     client = server.app.test_client()
     plan = fixed_plan(["detect"], node, resolution=RESOLUTION)
-    uids = []
     meter = CpuMeter({"tracker": [os.getpid()], "worker": process_tree(worker_pid), "rabbitmq": rabbit_pids()})
     with meter:
-        for _ in range(jobs):
-            resp = client.post("/api/v1/jobs", json={"source": str(clip), "stages": YOLO11N_320, "plan": plan})
-            assert resp.status_code == 201, resp.get_json()
-            uids.append(resp.get_json()["uid"])
+        uids = submit_jobs(server, str(clip), YOLO11N_320, plan, jobs)
         for uid in uids:
             wait_job(server, uid)
     arrivals = sorted(t for uid in uids for t in clock.times.get(uid, []))
@@ -138,20 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="inference threads of the worker; default: every core")
     p.add_argument("--runtime", default="auto", help="the workers' VDAG_RUNTIME")
     args = p.parse_args(argv)
-    from bench.common import missing_prerequisite
-
-    missing = missing_prerequisite()
-    if missing:
-        print(missing, file=sys.stderr)
-        return 2
-    t0 = time.monotonic()
-    result = {"machine": machine(), **bench_batching(args.frames, args.rounds, args.jobs, args.threads, args.runtime)}
-    result["wall_s"] = round(time.monotonic() - t0, 1)
-    path = write_json("batching.json", result, RESULTS_DIR / "batching.json")
-    print_table(f"vdag batching bench on {result['machine']}",
-                [(k, v) for k, v in result.items() if isinstance(v, (int, float, str)) and k != "machine"])
-    print(f"wrote {path}")
-    return 0
+    return bench_main("batching", "batching",
+                      lambda: bench_batching(args.frames, args.rounds, args.jobs, args.threads, args.runtime))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import cv2
 
@@ -270,13 +270,38 @@ def run_job(server, source: str, stages: list[dict], plan: dict, *, pace: float 
             backpressure: str = "block", timeout: float = 600.0) -> tuple[str, dict]:
     """Submit a job with a fixed plan through the API, wait until it ends; (uid, job json)."""
     server.runtime.pace, server.runtime.backpressure = pace, backpressure
-    client = server.app.test_client()
-    resp = client.post("/api/v1/jobs", json={"source": source, "stages": stages, "plan": plan})
-    if resp.status_code != 201:
-        raise RuntimeError(f"job rejected: {resp.get_json()}")
-    uid = resp.get_json()["uid"]
+    (uid,) = submit_jobs(server, source, stages, plan)
     wait_job(server, uid, timeout)
-    return uid, client.get(f"/api/v1/jobs/{uid}").get_json()
+    return uid, server.app.test_client().get(f"/api/v1/jobs/{uid}").get_json()
+
+
+def submit_jobs(server, source: str, stages: list[dict], plan: dict, n: int = 1) -> list[str]:
+    """`n` jobs of one source and fixed plan, submitted at once through the API; their uids."""
+    client = server.app.test_client()
+    uids = []
+    for _ in range(n):
+        resp = client.post("/api/v1/jobs", json={"source": source, "stages": stages, "plan": plan})
+        if resp.status_code != 201:
+            raise RuntimeError(f"job rejected: {resp.get_json()}")
+        uids.append(resp.get_json()["uid"])
+    return uids
+
+
+def bench_main(name: str, what: str, run: Callable[[], dict]) -> int:
+    """A bench run on its own: prerequisites checked, `run()` timed, its result written to
+    bench/results/<name>.json and printed as a table."""
+    missing = missing_prerequisite()
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
+    t0 = time.monotonic()
+    result = {"machine": machine(), **run()}
+    result["wall_s"] = round(time.monotonic() - t0, 1)
+    path = write_json(f"{name}.json", result, RESULTS_DIR / f"{name}.json")
+    print_table(f"vdag {what} bench on {result['machine']}",
+                [(k, v) for k, v in result.items() if isinstance(v, (int, float, str)) and k != "machine"])
+    print(f"wrote {path}")
+    return 0
 
 
 def wait_job(server, uid: str, timeout: float = 600.0) -> None:

@@ -15,24 +15,21 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from bench.common import (
-    RESULTS_DIR,
     VTEST,
     all_results,
+    bench_main,
     fixed_plan,
-    machine,
     pct,
-    print_table,
     rabbit_tracker,
     read_frames,
     start_worker,
+    submit_jobs,
     unique_node,
     wait_job,
     write_clip,
-    write_json,
 )
 
 YOLO11N = [{"name": "detect", "service": "yolo_detection", "inputs": {"image": "generator.image"},
@@ -53,12 +50,7 @@ def _bare_fps(threads: int, tmp: Path) -> float:
 
 def _streams(server, clip: Path, node: str, n: int) -> dict:
     client = server.app.test_client()
-    plan = fixed_plan(["detect"], node, resolution=RESOLUTION)
-    uids = []
-    for _ in range(n):
-        resp = client.post("/api/v1/jobs", json={"source": str(clip), "stages": YOLO11N, "plan": plan})
-        assert resp.status_code == 201, resp.get_json()
-        uids.append(resp.get_json()["uid"])
+    uids = submit_jobs(server, str(clip), YOLO11N, fixed_plan(["detect"], node, resolution=RESOLUTION), n)
     per_stream, latencies = [], []
     for uid in uids:
         wait_job(server, uid)
@@ -111,20 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--max-streams", type=int, default=8)
     args = p.parse_args(argv)
-    from bench.common import missing_prerequisite
-
-    missing = missing_prerequisite()
-    if missing:
-        print(missing, file=sys.stderr)
-        return 2
-    t0 = time.monotonic()
-    result = {"machine": machine(), **bench_streams(args.seconds, args.max_streams)}
-    result["wall_s"] = round(time.monotonic() - t0, 1)
-    path = write_json("streams.json", result, RESULTS_DIR / "streams.json")
-    print_table(f"vdag streams bench on {result['machine']}",
-                [(k, v) for k, v in result.items() if isinstance(v, (int, float, str)) and k != "machine"])
-    print(f"wrote {path}")
-    return 0
+    return bench_main("streams", "streams", lambda: bench_streams(args.seconds, args.max_streams))
 
 
 if __name__ == "__main__":
