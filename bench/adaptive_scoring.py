@@ -9,6 +9,7 @@ import re
 import numpy as np
 
 from bench.common import pct
+from scheduler.bayes_planner import plan_basis
 from services.profiling import frame_level_f1
 
 WINDOW_S = 2.0
@@ -100,7 +101,7 @@ def first_posterior_s(run: dict) -> float | None:
     if run["t_first"] is None:
         return None
     for d in run["decisions"]:
-        m = re.search(r"(gaussian|posterior) v\d+, (\d+) latency", d["reason"])
-        if m and int(m.group(2)) > 0:
+        basis = plan_basis(d["reason"])
+        if basis and basis[0] != "prior" and basis[1] > 0:
             return round(max(d["t"] - run["t_first"], 0.0), 2)
     return None

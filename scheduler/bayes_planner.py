@@ -34,6 +34,7 @@ and its observation buffer, both under its lock.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -405,6 +406,16 @@ class BayesPlanner:
             lower = i - len(c) // len(c.res)
             head += f"; {c.res[r - 1][0]} would lose {ef1_all[i] - ef1_all[lower]:.2f} F1"
         return head
+
+_BASIS = re.compile(r"; (\w+) v\d+, (\d+) latency / (\d+) accuracy obs\)")
+
+
+def plan_basis(reason: str) -> tuple[str, int, int] | None:
+    """What a plan's reason (BayesPlanner._reason) says it was made from: the posterior's source
+    ("prior", "gaussian", "posterior") and its latency and accuracy observation counts."""
+    m = _BASIS.search(reason)
+    return (m.group(1), int(m.group(2)), int(m.group(3))) if m else None
+
 
 def grade_of(plan: Plan) -> str | None:
     return next((m.grade for m in plan.flow_mapping.values() if m.grade in GRADES), None)

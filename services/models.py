@@ -366,6 +366,9 @@ class ModelCache:
             self._exports.append(thread)
         return loaded
 
+    def exports_pending(self) -> bool:
+        return any(thread.is_alive() for thread in self._exports)
+
     def wait_for_exports(self, timeout: float | None = None) -> None:
         """Until every background export has been swapped in (or failed): for `vdag profile`
         and benches, which must time the runtime a worker will serve with."""

@@ -20,6 +20,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from typing import BinaryIO, Callable
 
 from services.codec import BadEnvelope, Envelope, decode_envelope, encode_envelope
@@ -57,6 +58,7 @@ class SegmentProfiler:
         self._lock = threading.Lock()
         self.scored = 0
         self.skipped = 0
+        self._since = 0.0  # when the segment being scored was handed over
 
     def _start_locked(self) -> subprocess.Popen:
         if self._proc is None or self._proc.poll() is not None:
@@ -84,9 +86,12 @@ class SegmentProfiler:
         with self._lock:
             if self._busy.is_set():
                 self.skipped += 1
+                log.info("segment of job %s skipped: the previous one is still being scored (%.1f s so far)",
+                         env.job, time.monotonic() - self._since)
                 return False
             proc = self._start_locked()
             self._busy.set()
+            self._since = time.monotonic()
         threading.Thread(target=self._write, args=(proc, encode_envelope(env), env.job),
                          name="vdag-profiler-feed", daemon=True).start()
         return True
@@ -110,6 +115,7 @@ class SegmentProfiler:
                 log.warning("profiler process answered a bad envelope: %s", exc)
                 continue
             self.scored += 1
+            log.info("segment of job %s scored in %.1f s", env.job, time.monotonic() - self._since)
             try:
                 self.publish(env)
             except Exception:

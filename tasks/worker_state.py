@@ -128,12 +128,21 @@ def warm_up(settings: Settings) -> float | None:
     if not ctx.person_weights:
         return None
     t0 = time.perf_counter()
+    blank = np.zeros((480, 640, 3), np.uint8)
     try:
         model = ctx.models.get(ctx.person_weights, ctx.device)
-        detect(np.zeros((480, 640, 3), np.uint8), model, conf=0.25, imgsz=None)
+        detect(blank, model, conf=0.25, imgsz=None)
+        if model.runtime == "pytorch" and ctx.models.exports_pending():
+            # A node's first start exports the model to its fastest runtime (~8-30 s, once per
+            # weights file). Serving on PyTorch meanwhile made the demo's first frames 2-7 s
+            # late and the planner's first latencies describe a node that was about to change;
+            # waiting here delays only this process's first task, and only on that first start.
+            ctx.models.wait_for_exports(settings.export_wait_s)
+            detect(blank, model, conf=0.25, imgsz=None)  # the runtime's own first-inference compile
     except Exception:  # a broken checkpoint must not keep the process from serving other stages
         log.exception("warm-up of %s failed", ctx.person_weights)
         return None
     took = time.perf_counter() - t0
-    log.info("process %d warm: person detector loaded and run once in %.1f s", os.getpid(), took)
+    log.info("process %d warm: person detector loaded and run once in %.1f s (%s)", os.getpid(), took,
+             model.runtime)
     return took

@@ -243,6 +243,9 @@ def test_vdag_up_runs_the_person_job_and_says_what_it_decided(tmp_path):
     assert proc.returncode == 0, (out[-2000:], proc.stderr[-2000:])
     assert re.search(r"job ended: DONE \(end of video\): [1-9]\d* frames stored", out), out[:3000]
     assert "what the planner decided, and why" in out and "E[F1]=" in out, out[:3000]
+    # (a clip this short may end before any measurement: "none" is the honest answer then)
+    assert re.search(r"first plan from this run's measurements: (\d+\.\d s after|none)", out), out[-3000:]
+    assert re.search(r"after the first 20 s of video: \d+ of \d+ frames within D = 1 s", out), out[-3000:]
     assert (tmp_path / "var" / "vdag.db").exists()
 
 
