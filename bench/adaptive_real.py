@@ -50,6 +50,7 @@ from bench.common import (
     start_worker,
     stop_process,
     unique_node,
+    wait_settled,
     write_json,
 )
 from services.profiling import NTRACKING_LEVELS, frame_level_f1, shown_boxes
@@ -250,9 +251,7 @@ def run_one(planner: str, *, node: str, source: Path, delay: float, video_s: flo
         client.post(f"/api/v1/jobs/{uid}/cancel")
         job = client.get(f"/api/v1/jobs/{uid}").get_json()
         sent = (job.get("stats") or {}).get("frames_sent", 0)
-        deadline = time.monotonic() + 30
-        while server.store.result_count(uid) < sent and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_settled(server, uid, sent, timeout=30.0)
         results = all_results(client, uid)
         plans = client.get(f"/api/v1/jobs/{uid}/plans?limit=500").get_json()["items"][::-1]
         job = client.get(f"/api/v1/jobs/{uid}").get_json()

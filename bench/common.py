@@ -7,6 +7,7 @@ are small and shared, so one absolute time means little.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import signal
@@ -25,6 +26,7 @@ import cv2
 
 from services.settings import Settings
 
+log = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
@@ -153,6 +155,21 @@ def all_results(client, uid: str) -> list[dict]:
             return out
         out.extend(page["items"])
         after = page["items"][-1]["seq"]
+
+
+def wait_settled(server, uid: str, sent: int, timeout: float = 60.0) -> None:
+    """After a cancel, until every frame the job sent has settled, so that the next run does not
+    start behind this one's backlog. The aggregator stores those that arrive before the job
+    ends and acks the rest unstored (`frames_after_end`): waiting for all of them to be stored
+    ran into the timeout every time (3 minutes of the suite in test_planner_real)."""
+    def settled() -> int:
+        return server.store.result_count(uid) + server.runtime.aggregator.frames_after_end
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and settled() < sent:
+        time.sleep(0.2)
+    if settled() < sent:
+        log.warning("job %s: %d of %d sent frames settled after %.0f s", uid, settled(), sent, timeout)
 
 
 def delete_queues(*names: str, url: str = AMQP_URL) -> None:

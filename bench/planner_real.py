@@ -43,6 +43,7 @@ from bench.common import (
     start_worker,
     stop_process,
     unique_node,
+    wait_settled,
     write_json,
 )
 
@@ -89,7 +90,7 @@ def run_planner(name: str, *, node: str, delay: float, video_s: float, tmp: Path
             raise RuntimeError(f"cancel failed: {cancel.get_json()}")
         runner.thread.join(5)
         gen_stats = runner.generator.stats.as_dict() if runner.generator else {}
-        _drain(server, uid, gen_stats.get("frames_sent", 0))
+        wait_settled(server, uid, gen_stats.get("frames_sent", 0))
         results = all_results(client, uid)
         plans = client.get(f"/api/v1/jobs/{uid}/plans?limit=500").get_json()["items"][::-1]
         observations = server.store.recent_observations(uid, limit=100_000)
@@ -145,17 +146,6 @@ def _wait_runner(server, uid: str, timeout: float = 60.0):
             return runner
         time.sleep(0.05)
     raise RuntimeError(f"job {uid} never started: {server.store.get_job(uid).state}")
-
-
-def _drain(server, uid: str, sent: int, timeout: float = 60.0) -> None:
-    """Frames in flight at the cancel still arrive and are stored (or declared lost): wait for
-    every sent frame, so the next run does not start behind this one's backlog."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and server.store.result_count(uid) < sent:
-        time.sleep(0.2)
-    if server.store.result_count(uid) < sent:
-        log.warning("job %s: %d of %d sent frames stored after %.0f s", uid, server.store.result_count(uid),
-                    sent, timeout)
 
 
 # -- offline golden ----------------------------------------------------------------------------

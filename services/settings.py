@@ -59,6 +59,8 @@ class Settings(BaseSettings):
         "the golden one on a short segment of consecutive source frames (frame-level F1, "
         "services/profiling.py), on idle capacity; 0 = off"))
     profile_segment_frames: int = Field(10, ge=2, le=64, description="source frames per profiling segment")
+    profile_nice: int = Field(19, ge=0, le=19, description=(
+        "niceness of the process that scores profiling segments: 19 = only what the frames leave idle"))
     golden_grade: str = Field("m", pattern="^[nsmlx]$", description=(
         "YOLO grade of the golden config when profiling; the largest, x, is very slow on a CPU"))
     prefetch: int = Field(4, ge=1, le=256)
