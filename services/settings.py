@@ -77,9 +77,9 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(None, ge=1, le=256, description=(
         "torch threads per worker process, kept in force after ultralytics' predictor setup resets them; "
         "default: every core but one, split over a prefork pool's processes (tasks.worker)"))
-    export_wait_s: float = Field(120.0, ge=0, description=(
+    warm_up_wait_s: float = Field(120.0, ge=0, description=(
         "at warm-up, how long a worker process waits for the first export of its model to the "
-        "fastest runtime before it serves on PyTorch meanwhile"))
+        "fastest runtime (past it, PyTorch serves meanwhile), and for its profiling child to load"))
     person_weights: str | None = Field(None, description="path of a trained person detector (.pt)")
     warm_up: bool = Field(True, description=(
         "each worker pool process loads and runs the person detector once before it takes tasks"))

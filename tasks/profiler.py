@@ -55,6 +55,7 @@ class SegmentProfiler:
         self.nice = nice
         self._proc: subprocess.Popen | None = None
         self._busy = threading.Event()
+        self._ready = threading.Event()  # the child has loaded its models (it said so)
         self._lock = threading.Lock()
         self.scored = 0
         self.skipped = 0
@@ -62,6 +63,7 @@ class SegmentProfiler:
 
     def _start_locked(self) -> subprocess.Popen:
         if self._proc is None or self._proc.poll() is not None:
+            self._ready.clear()
             # One thread: background work must leave the frames' cores alone, not stall them.
             child = self.settings.model_copy(update={"torch_threads": 1})
             self._proc = subprocess.Popen(
@@ -73,11 +75,14 @@ class SegmentProfiler:
             log.info("profiler process %d started (nice %d)", self._proc.pid, self.nice)
         return self._proc
 
-    def start(self) -> None:
-        """Start the child now (it loads the models before it is needed: ~10-30 s on a busy
-        2-core node, which would otherwise delay the first profiled accuracy by as much)."""
+    def start(self, wait_s: float = 0.0) -> bool:
+        """Start the child now and wait up to `wait_s` until it has loaded its models; returns
+        whether it has. Worker warm-up waits: loading at nice 19 once a job's frames flow took
+        20-35 s on a busy 2-core node, and the first profiled accuracy came that much later
+        (the first segment was scored 34-43 s after it was sent, the next ones in 9-19 s)."""
         with self._lock:
             self._start_locked()
+        return self._ready.wait(wait_s) if wait_s > 0 else self._ready.is_set()
 
     def submit(self, env: Envelope) -> bool:
         """Hand a segment over and return at once: a writer thread feeds the child's pipe (a
@@ -106,6 +111,9 @@ class SegmentProfiler:
     def _read_results(self, proc: subprocess.Popen) -> None:
         while True:
             payload = _read(proc.stdout)
+            if payload == b"" and not self._ready.is_set():
+                self._ready.set()  # the child's first word: models loaded
+                continue
             self._busy.clear()
             if payload is None:
                 return
@@ -151,7 +159,9 @@ def main() -> int:
 
         from services.detection import detect
 
-        detect(np.zeros((64, 64, 3), np.uint8), ctx.models.get(ctx.person_weights, ctx.device), conf=0.25, imgsz=64)
+        detect(np.zeros((480, 640, 3), np.uint8), ctx.models.get(ctx.person_weights, ctx.device), conf=0.25,
+               imgsz=None)
+    _write(answers, b"")  # ready: the parent's warm-up waits for this
     worker = f"{settings.node}/profiler/{os.getpid()}"
     stdin, stdout = sys.stdin.buffer, answers
     while (payload := _read(stdin)) is not None:

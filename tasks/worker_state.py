@@ -107,12 +107,14 @@ def _forget_parent_models(**_: object) -> None:
     if settings is not None and settings.warm_up:
         warm_up(settings)
         if settings.profile_segment_every_s > 0:
-            # The child loads its models now, while the node is idle: started with a job's first
-            # frame, at nice 19 on a busy node, it took 10-15 s, and the planner's first
-            # accuracy from the video as long.
+            # The child loads its models now, while the node is idle, and this process takes
+            # tasks once it has: at nice 19 on a busy node loading took 20-35 s, and the
+            # planner's first accuracy from the video as long.
             from tasks.stage import segment_profiler_of
 
-            segment_profiler_of(current_app).start()
+            if not segment_profiler_of(current_app).start(wait_s=settings.warm_up_wait_s):
+                log.warning("profiling child of process %d not ready after %.0f s; taking tasks anyway",
+                            os.getpid(), settings.warm_up_wait_s)
 
 
 def warm_up(settings: Settings) -> float | None:
@@ -137,7 +139,7 @@ def warm_up(settings: Settings) -> float | None:
             # weights file). Serving on PyTorch meanwhile made the demo's first frames 2-7 s
             # late and the planner's first latencies describe a node that was about to change;
             # waiting here delays only this process's first task, and only on that first start.
-            ctx.models.wait_for_exports(settings.export_wait_s)
+            ctx.models.wait_for_exports(settings.warm_up_wait_s)
             detect(blank, model, conf=0.25, imgsz=None)  # the runtime's own first-inference compile
     except Exception:  # a broken checkpoint must not keep the process from serving other stages
         log.exception("warm-up of %s failed", ctx.person_weights)

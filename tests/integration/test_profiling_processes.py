@@ -49,6 +49,7 @@ def test_segment_profiler_scores_in_a_niced_child_and_never_blocks(tmp_path):
         rows = done[0].outputs["detect"]["profile"]
         assert {r["resolution"] for r in rows} == {"360p", "480p", "source"} and done[0].segment == []
         assert profiler.submit(env)  # free again once the answer came back
+        assert profiler.start(wait_s=1.0)  # it said it was ready before its first answer
     finally:
         profiler.close()
 
