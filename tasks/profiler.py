@@ -8,7 +8,8 @@ and its result goes to the results queue like a finished frame. One segment at a
 worker process; a segment that arrives while one is being scored is skipped (counted).
 
 The child is our own program (`python -m tasks.profiler`), fed length-prefixed msgpack
-envelopes on stdin and answering on stdout; both ends decode strictly (services/codec.py).
+envelopes on stdin and answering on stdout (first with an empty message once its models are
+loaded); both ends decode strictly (services/codec.py).
 A subprocess rather than multiprocessing, because Celery's prefork children are daemonic
 and may not have multiprocessing children.
 """

@@ -37,6 +37,10 @@ def pool_torch_threads(concurrency: int) -> int:
 
 def run_worker(app: Celery, node: str, concurrency: int, pool: str = "prefork", loglevel: str = "INFO") -> None:
     """Blocks: the `vdag worker` command."""
+    if pool == "threads":  # the one pool that sends no worker_process_init: warm up here
+        from tasks.worker_state import prepare_worker_process
+
+        prepare_worker_process(app)
     app.worker_main(worker_argv(node, concurrency, pool, loglevel, instance=str(os.getpid())))
 
 
@@ -55,17 +59,27 @@ class InProcessWorker:
     def __init__(self, app: Celery, node: str, concurrency: int = 2) -> None:
         self.app = app
         self.node = node
+        self.pool = "threads" if concurrency > 1 else "solo"
         self.controller = _ReadyWorkController(
-            app=app, hostname=f"{node}@embedded", pool="threads" if concurrency > 1 else "solo",
+            app=app, hostname=f"{node}@embedded", pool=self.pool,
             concurrency=concurrency, queues=[node_queue_name(node)], loglevel="WARNING",
             without_heartbeat=True, without_mingle=True, without_gossip=True, ready_callback=None,
         )
         self.thread = threading.Thread(target=self.controller.start, name=f"vdag-worker-{node}", daemon=True)
 
     def start(self, timeout: float = 30.0) -> "InProcessWorker":
+        """Returns once the worker consumes; `timeout` beyond the warm-up's own bounded waits
+        (a first export, the profiling child's models)."""
+        settings = getattr(self.app, "vdag_settings", None)
+        if settings is not None and settings.warm_up:
+            timeout += 2 * settings.warm_up_wait_s
         # Pool threads look tasks up through Celery's current app, which is thread-local
         # with the process default as fallback: make ours the default.
         self.app.set_default()
+        if self.pool == "threads":  # the solo pool sends worker_process_init in-process; this one none
+            from tasks.worker_state import prepare_worker_process
+
+            prepare_worker_process(self.app)
         self.thread.start()
         if not self.controller.started.wait(timeout):
             raise RuntimeError(f"in-process worker for {self.node} did not start in {timeout}s")

@@ -97,13 +97,21 @@ def close_segment_profiler() -> None:
 
 @worker_process_init.connect
 def _forget_parent_models(**_: object) -> None:
+    # Sent in each prefork child, and in-process by a solo pool at every start (the embedded
+    # worker). A threads pool sends nothing: tasks.worker calls prepare_worker_process itself.
+    prepare_worker_process(current_app)
+
+
+def prepare_worker_process(app) -> None:
+    """Before this process takes tasks: forget models loaded before (a solo pool's earlier
+    start; a forked child's parent), then warm up the detector and the profiling child."""
     global _context
-    # A solo pool sends this in-process at every start (the embedded worker): the child is ours
-    # and is ended. A forked pool child inherited its parent's, which is the parent's to end.
+    # An earlier start's profiling child in this process is ours and is ended; a forked pool
+    # child's inherited one is its parent's to end (close_segment_profiler checks the pid).
     close_segment_profiler()
     with _lock:
         _context = None
-    settings = getattr(current_app, "vdag_settings", None)
+    settings = getattr(app, "vdag_settings", None)
     if settings is not None and settings.warm_up:
         warm_up(settings)
         if settings.profile_segment_every_s > 0:
@@ -112,7 +120,7 @@ def _forget_parent_models(**_: object) -> None:
             # planner's first accuracy from the video as long.
             from tasks.stage import segment_profiler_of
 
-            if not segment_profiler_of(current_app).start(wait_s=settings.warm_up_wait_s):
+            if not segment_profiler_of(app).start(wait_s=settings.warm_up_wait_s):
                 log.warning("profiling child of process %d not ready after %.0f s; taking tasks anyway",
                             os.getpid(), settings.warm_up_wait_s)
 

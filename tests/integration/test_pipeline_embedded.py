@@ -267,3 +267,21 @@ def test_stopping_the_embedded_worker_ends_its_profiling_child(tmp_path):
         assert len(started) == 1
         server.stop()
         assert not started[0].is_running() or started[0].status() == "zombie"
+
+
+@pytest.mark.skipif(not VTEST.exists(), reason="the profiling child loads the person detector")
+def test_a_threads_pool_embedded_worker_warms_up_before_it_takes_tasks(tmp_path):
+    """Celery's threads pool sends no worker_process_init: `vdag up --workers 2` warmed
+    nothing and its first frames paid the model load. Now it is warm once it consumes."""
+    from tasks.worker_state import service_context
+
+    before = {p.pid for p in _profiler_children()}
+    server = TrackerServer(settings_for(tmp_path, "memory://"), in_process_workers=2, pace=0.0,
+                           backpressure="block", serve_http=False, scheduler_interval_s=None).start()
+    try:
+        assert server.worker.pool == "threads"
+        ctx = service_context(server.settings)
+        assert len(ctx.models) == 1 and ctx.person_weights  # the detector is loaded before any task
+        assert len([p for p in _profiler_children() if p.pid not in before]) == 1
+    finally:
+        server.stop()
