@@ -66,3 +66,23 @@ def test_a_database_outage_loses_no_frame_and_the_api_answers_503(tmp_path, pg_b
     assert [r["seq"] for r in results] == list(range(stats["frames_sent"])), "every frame sent stored once"
     assert not [r["seq"] for r in results if r["lost"]], "no frame lost to the outage"
     assert stats["frames_lost"] == 0 and stats["frames_out"] == stats["frames_sent"], stats
+
+
+def test_a_postgresql_store_call_is_bounded_not_endless(pg_behind_proxy):
+    """Every store connection carries server-side bounds (a lock wait or statement that would
+    block forever fails instead, and the aggregator's retry takes over) and TCP keepalives."""
+    from sqlalchemy import text
+
+    from tracker.store.db import make_engine
+
+    url, _ = pg_behind_proxy
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            bounds = {name: conn.execute(text(f"SHOW {name}")).scalar()
+                      for name in ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")}
+            assert "search_path" in url and conn.execute(text("SHOW search_path")).scalar().startswith("vdag_t_")
+        assert bounds == {"statement_timeout": "30s", "lock_timeout": "10s",
+                          "idle_in_transaction_session_timeout": "1min"}, bounds
+    finally:
+        engine.dispose()
