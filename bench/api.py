@@ -4,10 +4,14 @@
     .venv/bin/python -m bench.api --quick    # ~40 s
 
 Setup: RabbitMQ + one `vdag worker` process (prefork, 1 child) on a unique node; the
-tracker (aggregator, generator, SQLite store, werkzeug HTTP server started by
-TrackerServer with serve_http=True) in this process. The HTTP clients run in a separate
-process so that their Python work does not share the tracker's GIL (it does share the
-machine's cores, as a real client on the same host would).
+tracker core (aggregator, generator, SQLite store) in this process, started by
+TrackerServer with serve_http=True. Two arms, run one after the other in one run:
+`front` (the default design: the API and video ports served by the API front process,
+tracker.web.front) and `one_process` (settings.api_process=False: waitress in the core's
+own process). The top-level keys are the front's; `one_process` holds the same keys for
+the other arm. The HTTP clients run in a separate process so that their Python work does
+not share the tracker's GIL (it does share the machine's cores, as a real client on the
+same host would).
 
 1. Polling: while a job renders vtest.avi at a paced 30 fps, open-loop requests at
    200/s (a scheduler thread plus a pool of client threads with keep-alive connections),
@@ -240,11 +244,31 @@ def bench_viewers(cfg: dict, server, node: str, tmp: Path) -> dict:
     }
 
 
+def _fmt(value: float) -> str:
+    return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+
+
+def bench_arm(cfg: dict, tmp: Path, *, api_process: bool) -> dict:
+    node = unique_node("ba")
+    worker = start_worker(node, concurrency=1, log_path=tmp / f"worker-{node}.log")
+    measured: dict = {}
+    try:
+        with rabbit_tracker(node, serve_http=True, workers=(worker,), api_process=api_process) as (server, _):
+            submit(server, write_clip(tmp / "warm.avi", 10), node, pace=0.0)  # worker warm-up
+            time.sleep(3)
+            measured.update(bench_polling(cfg, server, node, tmp))
+            measured.update(bench_viewers(cfg, server, node, tmp))
+    finally:
+        stop_process(worker)
+    return measured
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--tiny", action="store_true", help="smoke-test size")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/api.json)")
+    p.add_argument("--arms", default="front,one_process", help="which servings to measure (comma-separated)")
     p.add_argument("--poll-client", nargs=5, help=argparse.SUPPRESS)
     p.add_argument("--viewer-client", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -261,25 +285,27 @@ def main(argv: list[str] | None = None) -> int:
         print(missing, file=sys.stderr)
         return 2
     cfg = TINY if args.tiny else QUICK if args.quick else DEFAULT
-    import logging
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no per-request access log line
     tmp = Path(tempfile.mkdtemp(prefix="vdag-bench-api-"))
+    arms = [a for a in args.arms.split(",") if a]
+    if not arms or set(arms) - {"front", "one_process"}:
+        p.error("--arms: front and/or one_process")
     result: dict = {"machine": machine(), "mode": "tiny" if args.tiny else "quick" if args.quick else "default",
-                    "broker": "RabbitMQ (amqp) + 1 vdag worker process (prefork, 1 child); tracker with werkzeug "
-                              "HTTP server in the bench process; clients in separate processes",
+                    "broker": "RabbitMQ (amqp) + 1 vdag worker process (prefork, 1 child); tracker core in the "
+                              "bench process, waitress in the API front process (arm front) or in the core "
+                              "(arm one_process); clients in separate processes",
                     "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     t0 = time.monotonic()
-    node = unique_node("ba")
-    worker = start_worker(node, concurrency=1, log_path=tmp / "worker.log")
-    try:
-        with rabbit_tracker(node, serve_http=True, workers=(worker,)) as (server, _):
-            submit(server, write_clip(tmp / "warm.avi", 10), node, pace=0.0)  # worker warm-up
-            time.sleep(3)
-            result.update(bench_polling(cfg, server, node, tmp))
-            result.update(bench_viewers(cfg, server, node, tmp))
-    finally:
-        stop_process(worker)
+    for arm in arms:
+        measured = bench_arm(cfg, tmp, api_process=arm == "front")
+        if arm == arms[0]:
+            result["arm"] = arm
+            result.update(measured)
+        else:
+            result[arm] = measured
+    if "one_process" in result:
+        single = result["one_process"]
+        result["poll_p99_one_process_over_front"] = single["poll_p99_ms"] / result["poll_p99_ms"]
+        result["viewer_fps_loss_one_process"] = single["viewer_fps_loss"]
     result["wall_s"] = round(time.monotonic() - t0, 1)
     result["targets"] = {
         "poll_p99_ms<=20": bool(result["poll_p99_ms"] <= 20),
@@ -287,7 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     path = write_json("api.json", result, args.out)
     rows = [(k, v) for k, v in result.items() if isinstance(v, (int, float, str)) and k != "machine"]
-    print_table(f"vdag API bench ({result['mode']}) on {result['machine']}", rows)
+    print_table(f"vdag API bench ({result['mode']}, arm {result['arm']}) on {result['machine']}", rows)
+    for other in arms[1:]:
+        side = [(k, f"{_fmt(result[k])}  vs  {_fmt(v)}") for k, v in result[other].items()
+                if isinstance(v, (int, float)) and k.startswith(("poll_p", "poll_achieved", "viewer_fps", "viewer_frame"))]
+        print_table(f"side by side: {result['arm']}  vs  {other}", side)
     print("targets:", result["targets"])
     print(f"wrote {path}")
     return 0

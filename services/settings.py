@@ -45,6 +45,10 @@ class Settings(BaseSettings):
         description="a job's file source must lie under one of these directories (comma-separated)",
     )
     allowed_url_schemes: Annotated[tuple[str, ...], NoDecode] = ("rtsp", "rtsps", "http", "https")
+    api_process: bool = Field(True, description=(
+        "serve the API and video ports from a process of their own (tracker.web.front): result polls "
+        "and MJPEG streams answered there, other requests forwarded to the tracker core; false = one "
+        "process. Needs a database both processes can open (not an in-memory SQLite)"))
     url_probe_timeout_s: float = Field(5.0, ge=0, le=60, description=(
         "a URL source must open and yield a frame within this long at submit, or the job is a 422; 0 = no probe"))
     api_token: str | None = Field(None, description="bearer token for mutating and /node routes; None = open")

@@ -18,7 +18,9 @@ from tracker.cluster.heartbeat import NODE_TIMEOUT_S, NodeUpkeep
 from tracker.cluster.nodes import register_local_node
 from tracker.runtime import Runtime
 from tracker.store import Store
+from tracker.store.db import is_sqlite, is_sqlite_memory
 from tracker.web.app import create_app
+from tracker.web.front.process import ApiFront
 from tracker.web.http_server import HttpServer
 from tracker.web.metrics import EXTENSION as METRICS
 from tracker.web.metrics import ClusterMetrics
@@ -48,7 +50,12 @@ class TrackerServer:
         self.store: Store | None = None
         self.celery = None
         self.worker: InProcessWorker | None = None
-        self.hub = ViewerHub()
+        # Polls and streams get a process of their own (tracker.web.front) unless told otherwise
+        # or the store is an in-memory SQLite that a second process cannot open.
+        url = settings.database_url
+        self.front = (ApiFront(settings, host) if serve_http and settings.api_process
+                      and not (is_sqlite(url) and is_sqlite_memory(url)) else None)
+        self.hub = self.front.hub if self.front else ViewerHub()
         self.runtime: Runtime | None = None
         self.app = None
         self.service_caller: ServiceCaller | None = None
@@ -81,13 +88,21 @@ class TrackerServer:
     def start_runtime(self) -> None:
         self.runtime = Runtime(self.settings, self.store, self.hub, self.celery, planner=self.planner_factory,
                                pace=self.pace, backpressure=self.backpressure,
-                               scheduler_interval_s=self.scheduler_interval_s)
+                               scheduler_interval_s=self.scheduler_interval_s,
+                               recent=self.front.recent if self.front else None)
         self.runtime.start()
 
     def start_app(self) -> None:
         self.app = create_app(self.settings, store=self.store, control=self.runtime.control, hub=self.hub,
                               recent=self.runtime.recent)
         if not self.serve_http:
+            return
+        if self.front:
+            # The core's own server, for what the front forwards; the front owns the public ports.
+            core = HttpServer(self.app, "127.0.0.1", 0, "vdag-http-core")
+            self.servers.append(core)
+            core.start()
+            self.front.start(f"http://127.0.0.1:{core.port}")
             return
         api = HttpServer(self.app, self.host, self.settings.api_port, "vdag-http-api")
         self.servers.append(api)
@@ -119,6 +134,8 @@ class TrackerServer:
     @property
     def video_url(self) -> str:
         """Where /user/video/<job_uid> is served (the API's own port when they are the same)."""
+        if self.front and self.front.ports:
+            return f"http://{self.host}:{self.front.ports.video}"
         return self._url("vdag-http-video") or self.api_url
 
     def start_metrics(self) -> None:
@@ -145,9 +162,18 @@ class TrackerServer:
 
     @property
     def api_url(self) -> str:
+        if self.front and self.front.ports:
+            return f"http://{self.host}:{self.front.ports.api}"
         return f"http://{self.host}:{self.servers[0].port}" if self.servers else ""
 
+    @property
+    def core_url(self) -> str:
+        """The core's own HTTP server (the API itself when there is no front)."""
+        return self._url("vdag-http-core") or self.api_url
+
     def stop(self) -> None:
+        if self.front:
+            self.front.stop()  # its streams end and it stops forwarding before the core goes
         self.hub.close()  # ends every viewer's stream, so that the request threads can finish
         for server in reversed(self.servers):
             server.stop()

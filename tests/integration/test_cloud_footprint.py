@@ -10,6 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.support.pipeline import AMQP_URL, ROOT, rabbit_up
@@ -41,8 +42,13 @@ def test_a_cloud_tracker_does_not_load_the_models(tmp_path: Path):
         rss_kb = int(next(ln for ln in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
                           if ln.startswith("VmRSS")).split()[1])
         assert rss_kb < 400_000, f"cloud tracker RSS {rss_kb / 1024:.0f} MB at rest"
+        (front,) = [p for p in psutil.Process(proc.pid).children() if "tracker.web.front" in " ".join(p.cmdline())]
+        front_maps = Path(f"/proc/{front.pid}/maps").read_text()
+        assert "libtorch" not in front_maps and "ultralytics" not in front_maps
+        assert front.memory_info().rss < 300_000_000, f"API front RSS {front.memory_info().rss >> 20} MB at rest"
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out[-2000:]
+    assert not front.is_running(), "the API front outlived its tracker"
     assert "Traceback" not in out, out[-3000:]

@@ -36,7 +36,8 @@ STATS_EVERY_S = 1.0
 
 class Runtime:
     def __init__(self, settings: Settings, store: Store, hub, celery: Celery, planner=None,
-                 pace: float = 1.0, backpressure: str = "drop", scheduler_interval_s: float | None = 2.0) -> None:
+                 pace: float = 1.0, backpressure: str = "drop", scheduler_interval_s: float | None = 2.0,
+                 recent: RecentResults | None = None) -> None:
         self.settings = settings
         self.store = store
         self.hub = hub
@@ -47,7 +48,8 @@ class Runtime:
         self.backpressure = backpressure
         self.node_load = NodeLoad(lambda: [(n.name, n.n_process) for n in store.list_nodes()])
         self.aggregator = Aggregator(settings, store, hub, AckPublisher(celery), self.node_load, self.on_ack)
-        self.recent = RecentResults()  # newest stored frames and plans, for result polls
+        # newest stored frames and plans, for result polls (mirrored into the API front when there is one)
+        self.recent = recent if recent is not None else RecentResults()
         self.aggregator.observers.append(self.recent.add)
         self.control = JobControl(store, self)
         self.planning_input: Callable[[Job], PlanningInput] = PlanningInputs(settings, store, self.node_load)

@@ -28,17 +28,25 @@ class HttpServer:
         self.server = create_server(app, map=self._map, host=host, port=port, threads=threads, ident="vdag",
                                     send_bytes=1, outbuf_high_watermark=STREAM_BUFFER,
                                     channel_timeout=IDLE_CONNECTION_S, connection_limit=max(100, 4 * threads),
-                                    asyncore_loop_timeout=0.2,
+                                    # whole seconds: waitress reads it with int(), and 0 is a busy loop
+                                    # (0.2 here made every server spin a core); stop() pulls the trigger,
+                                    # so the loop still ends at once
+                                    asyncore_loop_timeout=1,
                                     expose_tracebacks=False)
         self.port = int(self.server.effective_port)  # waitress gives the port as text
         self.name = name
         self.thread = threading.Thread(target=self.server.run, name=name, daemon=True)
+        self._stopped = False
 
     def start(self) -> None:
         self.thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Close the listening socket and every connection, then let the request threads end."""
+        """Close the listening socket and every connection, then let the request threads end.
+        A second call does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
         self.server.task_dispatcher.shutdown(cancel_pending=True, timeout=timeout)
         # Closed on the loop's own thread (a socket closed under its select() is EBADF there);
         # with the map empty, the loop returns.

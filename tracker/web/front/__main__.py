@@ -1,0 +1,3 @@
+from tracker.web.front.process import main
+
+main()
