@@ -21,7 +21,8 @@ broker_restart (rabbitmqctl stop_app, 5 s, start_app), db_outage_10s (the proxy 
 PostgreSQL cut for 10 s), poison_frame (garbage and a malformed envelope on the node's
 queue), cold_start (the worker starts with the job: the model loads under the first frames),
 pool_grow (a one-process pool grows by one, as the elasticity loop does), tracker_kill (the
-cloud tracker's process SIGKILLed, a new one resumes the job from the store).
+cloud tracker's process SIGKILLed, a new one resumes the job from the store), jobs_churn
+(500 short jobs submitted, run and deleted: RSS growth and per-job maps; bench/churn.py).
 """
 from __future__ import annotations
 
@@ -55,6 +56,7 @@ from bench.common import (
     write_clip,
     write_json,
 )
+from bench.churn import run_jobs_churn
 from bench.tcp_proxy import TcpProxy
 
 log = logging.getLogger("bench.faults")
@@ -68,8 +70,7 @@ STAGES = [
 CLIP_S = 40
 FAULT_AT_S = 8.0
 SCENARIOS = ("worker_kill", "broker_restart", "db_outage_10s", "poison_frame", "cold_start", "pool_grow",
-             "tracker_kill")
-NOT_RUN = {"jobs_churn": "covered by tests/integration/test_job_churn.py, not timed here"}
+             "tracker_kill", "jobs_churn")
 # tracker_kill: the first tracker runs in its own process (so that it can be SIGKILLed); it warms
 # the worker, submits the job and prints its uid; a tracker in this process takes over.
 FIRST_TRACKER = """
@@ -211,6 +212,11 @@ def run_scenario(name: str, clip: Path, tmp: Path) -> dict:
     node = unique_node("f")
     schema = f"vdag_faults_{node}"
     _pg(f'CREATE SCHEMA "{schema}"')
+    if name == "jobs_churn":
+        try:
+            return run_jobs_churn(tmp, node, PG_URL.format(port=PG[1], schema=schema))
+        finally:
+            _pg(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     proxy = TcpProxy(PG)
     settings = bench_settings(tmp / name, node, max_in_flight=8, reorder_wait_s=15.0).model_copy(
         update={"database_url": PG_URL.format(port=proxy.port, schema=schema)})
@@ -288,9 +294,12 @@ def report(rows: list[dict]) -> None:
             "state_after_fault", "state_end", "lost_in_restart_margin")
     print(f"{'scenario':16}" + "".join(f"{c:>18}" for c in cols))
     for r in rows:
-        print(f"{r['scenario']:16}" + "".join(f"{str(r.get(c)):>18}" for c in cols))
-    for name, why in NOT_RUN.items():
-        print(f"{name:16}  not run: {why}")
+        if r["scenario"] != "jobs_churn":
+            print(f"{r['scenario']:16}" + "".join(f"{str(r.get(c)):>18}" for c in cols))
+    for r in rows:
+        if r["scenario"] == "jobs_churn":
+            print(f"jobs_churn: {r['jobs']} jobs, RSS {r['rss_before_mb']} -> {r['rss_after_mb']} MB "
+                  f"(+{r['rss_growth_mb']}), per-job maps back to before: {r['maps_back_to_before']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -315,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     if set(runs) != set(SCENARIOS) and earlier.exists():  # --only: the other scenarios' last runs stay
         runs = {**json.loads(earlier.read_text()).get("runs", {}), **runs}
     path = write_json("faults.json", {"machine": machine(), "clip_s": CLIP_S, "fault_at_s": FAULT_AT_S,
-                                      "runs": runs, "not_run": NOT_RUN})
+                                      "runs": runs})
     print(f"wrote {path}")
     return 0
 

@@ -70,9 +70,12 @@ class ApiFront:
         """Until it starts, what is sent to the front waits in the feed's bounded queue."""
         self.core_url = core_url
         fd = self._child_sock.fileno()
+        root = logging.getLogger()
+        log_file = next((h.baseFilename for h in root.handlers if isinstance(h, logging.FileHandler)), None)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tracker.web.front", "--fd", str(fd), "--host", self.host, "--core-url", core_url,
-             "--log-level", logging.getLevelName(logging.getLogger().getEffectiveLevel())],
+             "--log-level", logging.getLevelName(root.getEffectiveLevel()),
+             *(["--log-file", log_file] if log_file else [])],
             pass_fds=(fd,))
         self._child_sock.close()  # the child holds its end; EOF on ours means it died
         self._conn.send(self.settings.model_dump(mode="json"))
@@ -111,8 +114,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", required=True)
     parser.add_argument("--core-url", required=True)
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-file", default=None, help="where the core logs (default: stderr)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s [api-front] %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level, filename=args.log_file,
+                        format="%(asctime)s %(levelname)s [api-front] %(name)s: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the core stops us in order
     conn = Connection(args.fd)
     settings = Settings.model_validate(conn.recv())
