@@ -1,6 +1,6 @@
 """API benchmark: result polling latency under load, and what MJPEG viewers cost the pipeline.
 
-    .venv/bin/python -m bench.api            # ~2 min, writes bench/results/api.json
+    .venv/bin/python -m bench.api            # ~4.5 min, writes bench/results/api.json
     .venv/bin/python -m bench.api --quick    # ~40 s
 
 Setup: RabbitMQ + one `vdag worker` process (prefork, 1 child) on a unique node; the
@@ -61,7 +61,7 @@ STAGES = [
     {"name": "render", "service": "render", "inputs": {"image": "generator.image"}},
 ]
 RESOLUTION = "480p"
-DEFAULT = {"poll_s": 10.0, "viewer_frames": 300, "viewer_rounds": 2, "viewers": 10, "rate": 200.0}
+DEFAULT = {"poll_s": 10.0, "viewer_frames": 795, "viewer_rounds": 3, "viewers": 10, "rate": 200.0}
 QUICK = {"poll_s": 4.0, "viewer_frames": 150, "viewer_rounds": 1, "viewers": 10, "rate": 200.0}
 TINY = {"poll_s": 1.0, "viewer_frames": 30, "viewer_rounds": 1, "viewers": 3, "rate": 100.0}
 
