@@ -52,7 +52,8 @@ def _drain(receiver: Connection, recent: RecentResults, hub: ViewerHub, expected
 
 def test_the_front_sees_what_the_core_stores_renders_and_ends(pipe):
     sender, receiver = pipe
-    feed = FeedSender(sender).start()
+    feed = FeedSender()
+    feed.attach(sender)
     core_recent, core_hub = MirroredRecentResults(feed), MirroredHub(feed)
     core_recent.set_plan("job-a", LivePlan(("probe",), 1, _plan(), 10.0))
     core_recent.add("job-a", [_record(0), _record(1)])
@@ -79,7 +80,7 @@ def test_the_front_sees_what_the_core_stores_renders_and_ends(pipe):
 def test_a_full_feed_drops_frames_and_counts_them_but_waits_for_a_job_end(pipe, monkeypatch):
     sender, _receiver = pipe
     monkeypatch.setattr(feed_module, "CONTROL_PUT_TIMEOUT_S", 0.2)
-    feed = FeedSender(sender, maxsize=1)  # not started: nothing leaves the queue
+    feed = FeedSender(sender, maxsize=1)  # never attached: its writer never runs, nothing leaves the queue
     hub = MirroredHub(feed)
     hub.publish("job-a", 0, b"a")
     hub.publish("job-a", 1, b"b")
@@ -138,23 +139,70 @@ def test_polls_go_on_while_the_core_is_away_and_the_rest_is_a_503(core_and_front
     assert client.get("/api/v1/no-such-route").status_code == 404  # answered by the front itself
 
 
-def test_the_front_process_ends_when_its_core_goes(tmp_path):
-    settings = Settings(database_url=f"sqlite:///{tmp_path}/front.db", api_port=0, video_port=0)
+CORE = """
+import sys, time
+from services.settings import Settings
+from tracker.store import Store
+from tracker.web.front.process import ApiFront
+settings = Settings(database_url=sys.argv[1], api_port=0, video_port=0)
+Store(settings.database_url).close()  # migrated, as the core does before starting its front
+front = ApiFront(settings, "127.0.0.1").start("http://127.0.0.1:9")  # no core app there: forwards are 503s
+print(front.process.pid, front.ports.api, flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_front_process_ends_when_its_core_is_killed(tmp_path):
+    import psutil
+    import requests
+
+    core = subprocess.Popen([sys.executable, "-c", CORE, f"sqlite:///{tmp_path}/front.db"], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        pid, port = map(int, core.stdout.readline().split())
+        base = f"http://127.0.0.1:{port}"
+        assert requests.get(f"{base}/api/v1/jobs/job-x/results", timeout=10).status_code == 404  # served there
+        assert requests.get(f"{base}/api/v1/jobs", timeout=10).status_code == 503  # forwarded: no core app
+        front = psutil.Process(pid)
+        core.kill()  # SIGKILL: nothing of the core runs any more, only the pipe's end closes
+        front.wait(10)
+    finally:
+        core.kill()
+        core.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_front_that_dies_is_started_again_on_the_same_port(tmp_path):
+    import requests
+
     from tracker.store import Store
 
-    Store(settings.database_url).close()  # migrated, as the core does before starting its front
-    front = ApiFront(settings, "127.0.0.1").start("http://127.0.0.1:9")  # no core there: forwards get 503
+    port = _free_port()
+    settings = Settings(database_url=f"sqlite:///{tmp_path}/front.db", api_port=port, video_port=port)
+    Store(settings.database_url).close()
+    front = ApiFront(settings, "127.0.0.1").start("http://127.0.0.1:9")
     try:
-        import requests
-
-        base = f"http://127.0.0.1:{front.ports.api}"
-        assert requests.get(f"{base}/api/v1/jobs/job-x/results", timeout=10).status_code == 404
-        assert requests.get(f"{base}/api/v1/jobs", timeout=10).status_code == 503
-        front._conn.close()  # what a killed core leaves behind: the pipe's other end closes
-        assert front.process.wait(10) == 0
+        first = front.process
+        first.kill()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (front.restarts == 0 or front.process is first):
+            time.sleep(0.1)
+        assert front.restarts == 1 and front.ports.api == port
+        assert requests.get(f"http://127.0.0.1:{port}/api/v1/jobs/job-x/results", timeout=10).status_code == 404
+        sent = front.feed.sent
+        front.hub.publish("job-x", 0, b"jpeg")  # the feed goes to the new front
+        deadline = time.monotonic() + 5
+        while front.feed.sent == sent and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert front.feed.sent == sent + 1 and not front.feed.broken
     finally:
-        if front.process.poll() is None:
-            front.process.kill()
+        front.stop()
+    assert front.process.poll() is not None
 
 
 def test_the_front_runs_as_its_own_module():

@@ -37,22 +37,28 @@ _STOP = object()
 
 
 class FeedSender:
-    """The core's end: `send(target, method, *args)` from any thread, one thread writes the pipe."""
+    """The core's end: `send(target, method, *args)` from any thread, one thread writes the pipe.
+    `attach(conn)` gives it the pipe of a (re)started front; until then, and after the pipe
+    breaks, calls are counted as dropped."""
 
-    def __init__(self, conn, maxsize: int = FEED_QUEUE) -> None:
+    def __init__(self, conn=None, maxsize: int = FEED_QUEUE) -> None:
         self._conn = conn
         self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
         self._thread = threading.Thread(target=self._run, name="vdag-front-feed", daemon=True)
         self.dropped = 0  # calls not delivered because the queue was full or the front gone
         self.sent = 0
-        self.broken = False
 
-    def start(self) -> "FeedSender":
-        self._thread.start()
-        return self
+    @property
+    def broken(self) -> bool:
+        return self._conn is None
+
+    def attach(self, conn) -> None:
+        self._conn = conn
+        if not self._thread.is_alive():
+            self._thread.start()
 
     def send(self, target: str, method: str, *args: Any) -> None:
-        if self.broken:
+        if self._conn is None:
             self.dropped += 1
             return
         try:
@@ -66,12 +72,13 @@ class FeedSender:
                 log.warning("API front feed full: %d calls dropped so far (last: %s.%s)", self.dropped, target, method)
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Deliver what is queued, then end the writer thread."""
         if not self._thread.is_alive():
             return
         try:
             self._queue.put(_STOP, timeout=timeout)
         except queue.Full:
-            self.broken = True  # the writer is stuck on a front that reads nothing
+            self._conn = None  # the writer is stuck on a front that reads nothing
         self._thread.join(timeout)
 
     def _run(self) -> None:
@@ -79,13 +86,18 @@ class FeedSender:
             item = self._queue.get()
             if item is _STOP:
                 break
+            conn = self._conn
+            if conn is None:
+                self.dropped += 1
+                continue
             try:
-                self._conn.send(item)
+                conn.send(item)
                 self.sent += 1
             except (OSError, ValueError, EOFError) as exc:  # the front process went away
-                log.error("API front feed broken (%s): polls and streams on the API port stop updating", exc)
-                self.broken = True
-                break
+                if self._conn is conn:
+                    log.error("API front feed broken (%s): dropping until the front is back", exc)
+                    self._conn = None
+                self.dropped += 1
         log.info("API front feed stopped: %d sent, %d dropped", self.sent, self.dropped)
 
 

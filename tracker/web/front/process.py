@@ -11,7 +11,8 @@ Lifecycle: the core starts it with `ApiFront(...).start()` as `python -m tracker
 (a fresh interpreter: the core already runs threads, so no fork, and unlike multiprocessing's
 spawn nothing re-imports the core's main module), hands it the settings over the pipe and
 waits until it listens; it ends when the core says stop, or on its own when the pipe closes
-because the core died, so no front outlives its core.
+because the core died, so no front outlives its core. A front that dies is started again
+by the core's watchdog, on the same ports.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from multiprocessing.connection import Connection
 from dataclasses import dataclass
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 5.0
 BIND_RETRY_S = 10.0
+WATCH_EVERY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -53,49 +56,77 @@ class ApiFront:
     """The core's handle on its front process, and the mirrored hub and results it feeds.
 
     Built before the runtime (which writes to `hub` and `recent`), started once the core's
-    own HTTP server listens (the front forwards to it)."""
+    own HTTP server listens (the front forwards to it). A watchdog starts a new front when
+    this one dies; the new one serves polls from the store until fresh results arrive."""
 
     def __init__(self, settings: Settings, host: str) -> None:
         self.settings, self.host = settings, host
         self.core_url = ""
-        ours, theirs = socket.socketpair()
-        self._conn, self._child_sock = Connection(ours.detach()), theirs
-        self.feed = FeedSender(self._conn)
+        self.feed = FeedSender()  # until the front is up, calls are counted as dropped
         self.hub = MirroredHub(self.feed)
         self.recent = MirroredRecentResults(self.feed)
-        self.process = None
+        self.process: subprocess.Popen | None = None
         self.ports: FrontPorts | None = None
+        self.restarts = 0
+        self._conn: Connection | None = None
+        self._stop = threading.Event()
+        self._watchdog = threading.Thread(target=self._watch, name="vdag-front-watchdog", daemon=True)
 
     def start(self, core_url: str, timeout: float = START_TIMEOUT_S) -> "ApiFront":
-        """Until it starts, what is sent to the front waits in the feed's bounded queue."""
         self.core_url = core_url
-        fd = self._child_sock.fileno()
-        root = logging.getLogger()
-        log_file = next((h.baseFilename for h in root.handlers if isinstance(h, logging.FileHandler)), None)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tracker.web.front", "--fd", str(fd), "--host", self.host, "--core-url", core_url,
-             "--log-level", logging.getLevelName(root.getEffectiveLevel()),
-             *(["--log-file", log_file] if log_file else [])],
-            pass_fds=(fd,))
-        self._child_sock.close()  # the child holds its end; EOF on ours means it died
-        self._conn.send(self.settings.model_dump(mode="json"))
-        if not self._conn.poll(timeout):
-            self.process.kill()
-            raise RuntimeError(f"API front did not start within {timeout:.0f} s")
-        try:
-            answer = self._conn.recv()
-        except EOFError:
-            raise RuntimeError(f"API front exited at start (exit code {self.process.poll()}); see its log") from None
-        self.ports = FrontPorts(*answer)
-        self.feed.start()
-        log.info("API front (pid %d) on http://%s:%d, video on port %d; core on %s", self.process.pid, self.host,
-                 self.ports.api, self.ports.video, self.core_url)
+        self._spawn(timeout)
+        self._watchdog.start()
         return self
 
+    def _spawn(self, timeout: float) -> None:
+        ours, theirs = socket.socketpair()
+        conn = Connection(ours.detach())
+        root = logging.getLogger()
+        log_file = next((h.baseFilename for h in root.handlers if isinstance(h, logging.FileHandler)), None)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tracker.web.front", "--fd", str(theirs.fileno()), "--host", self.host,
+             "--core-url", self.core_url, "--log-level", logging.getLevelName(root.getEffectiveLevel()),
+             *(["--log-file", log_file] if log_file else [])],
+            pass_fds=(theirs.fileno(),))
+        theirs.close()  # the child holds its end; EOF on ours means it died
+        try:
+            conn.send(self.settings.model_dump(mode="json"))
+            if not conn.poll(timeout):
+                process.kill()
+                raise RuntimeError(f"API front did not start within {timeout:.0f} s")
+            ports = FrontPorts(*conn.recv())
+        except (EOFError, OSError):
+            conn.close()
+            raise RuntimeError(f"API front exited at start (exit code {process.wait()}); see its log") from None
+        self.process, self._conn, self.ports = process, conn, ports
+        self.feed.attach(conn)
+        log.info("API front (pid %d) on http://%s:%d, video on port %d; core on %s", process.pid, self.host,
+                 ports.api, ports.video, self.core_url)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(WATCH_EVERY_S):
+            code = self.process.poll()
+            if code is None:
+                continue
+            log.error("API front (pid %d) exited with code %s; starting a new one", self.process.pid, code)
+            old = self._conn
+            try:
+                self._spawn(START_TIMEOUT_S)
+                self.restarts += 1
+            except RuntimeError:
+                log.exception("API front restart failed; trying again in %.0f s", WATCH_EVERY_S)
+            finally:
+                old.close()
+        log.info("API front watchdog stopped")
+
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        self._stop.set()
+        if self._watchdog.is_alive():
+            self._watchdog.join(timeout)
         self.hub.close()
         self.feed.stop(timeout)  # everything queued is delivered, then the pipe closes
-        self._conn.close()
+        if self._conn is not None:
+            self._conn.close()
         if self.process is None:
             return
         try:
