@@ -17,6 +17,7 @@ from typing import Callable, Literal
 
 from services.codec import Envelope, Hop
 from services.profiling import SEGMENT_QUALITY
+from services.read_ahead import ReadAhead
 from services.sources import SourceError, VideoSource
 from services.video_conf import FrameSkipper, VideoConf, encode_jpeg, resize_to
 
@@ -185,8 +186,10 @@ class FrameGenerator:
 
     def run(self) -> None:
         wall0 = time.monotonic()
+        frames = self.source.frames(self.start_ts)
+        reader = None if self.source.info.live else ReadAhead(frames, name=f"vdag-read-{self.job_uid}")
         try:
-            for frame in self.source.frames(self.start_ts):
+            for frame in reader or frames:
                 if self.stop.is_set():
                     return
                 if self.start_ts and frame.ts <= self.start_ts:
@@ -213,7 +216,9 @@ class FrameGenerator:
                     self.stats.dropped += 1
                     self.stats.unavailable += 1
         finally:
-            self.source.close()
+            # The reader first: it may be inside a read, and a capture closed under a read crashes.
+            if reader is None or reader.close():
+                self.source.close()
 
     def _admit(self) -> bool:
         if self.window.try_add(self.seq):
