@@ -209,3 +209,20 @@ def test_the_front_runs_as_its_own_module():
     out = subprocess.run([sys.executable, "-m", "tracker.web.front", "--help"], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0 and "started by a tracker core" in out.stdout
+
+
+def test_an_idle_server_does_not_spin():
+    """waitress reads asyncore_loop_timeout with int(): 0.2 became 0, a select() busy loop that
+    took 0.7 of a core from every tracker with no request at all."""
+    from flask import Flask
+
+    server = HttpServer(Flask(__name__), "127.0.0.1", 0, "test-idle")
+    server.start()
+    try:
+        time.sleep(0.2)
+        cpu0, wall0 = time.process_time(), time.monotonic()
+        time.sleep(1.0)
+        used = (time.process_time() - cpu0) / (time.monotonic() - wall0)
+    finally:
+        server.stop()
+    assert used < 0.1, f"an idle server used {used:.0%} of a core"
