@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import queue
 import re
 import socket
@@ -37,6 +38,8 @@ import threading
 import time
 from pathlib import Path
 from urllib.parse import urlparse
+
+import psutil
 
 from bench.common import (
     ROOT,
@@ -132,6 +135,7 @@ def viewer_client(base: str, count: int, timeout: float) -> None:
     """Reads one job uid from stdin, opens `count` MJPEG streams, reads until each ends;
     prints one JSON object: per viewer, the frame seqs it received."""
     u = urlparse(base)
+    print("ready", flush=True)  # imports done: the bench starts the job only now
     uid = sys.stdin.readline().strip()
     seen: list[list[int]] = [[] for _ in range(count)]
     errors: list[str] = []
@@ -207,19 +211,67 @@ def bench_polling(cfg: dict, server, node: str, tmp: Path) -> dict:
     }
 
 
-def bench_viewers(cfg: dict, server, node: str, tmp: Path) -> dict:
+class CpuMeter:
+    """Cores used (CPU seconds per wall second) by named processes over a span; the worker's
+    pool children count as the worker (the others' children are measured under their own names)."""
+
+    def __init__(self, processes: dict[str, int]) -> None:
+        self.processes = {name: psutil.Process(pid) for name, pid in processes.items()}
+        self.t0, self.c0 = time.monotonic(), {name: self._cpu(name, p) for name, p in self.processes.items()}
+
+    @staticmethod
+    def _cpu(name: str, process: psutil.Process) -> float:
+        total = 0.0
+        for p in [process, *(process.children(recursive=True) if name == "worker" else [])]:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:  # a child that just ended
+                pass
+        return total
+
+    def cores(self) -> dict[str, float]:
+        wall = time.monotonic() - self.t0
+        return {name: round((self._cpu(name, p) - self.c0[name]) / wall, 3) for name, p in self.processes.items()}
+
+
+def _processes(server, worker_pid: int) -> dict[str, int]:
+    """The tracker core (this process, clients excluded), its API front, the worker, RabbitMQ."""
+    found = {"core": os.getpid(), "worker": worker_pid}
+    if server.front is not None:
+        found["front"] = server.front.process.pid
+    beam = next((p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "beam.smp"), None)
+    if beam:
+        found["rabbitmq"] = beam
+    return found
+
+
+def _median_cores(rounds: list[dict[str, float]]) -> dict[str, float]:
+    return {name: median([r[name] for r in rounds if name in r]) for name in rounds[0]} if rounds else {}
+
+
+def bench_viewers(cfg: dict, server, node: str, tmp: Path, worker_pid: int) -> dict:
     clip = write_clip(tmp / f"view-{cfg['viewer_frames']}.avi", cfg["viewer_frames"])
     clock = ArrivalClock(server)
     plain, watched, shares, errors = [], [], [], []
+    cpu_none: list[dict[str, float]] = []
+    cpu_with: list[dict[str, float]] = []
     for _ in range(cfg["viewer_rounds"]):
+        meter = CpuMeter(_processes(server, worker_pid))
         uid = submit(server, clip, node, pace=0.0)
         wait_job(server, uid)
+        cpu_none.append(meter.cores())
         plain.append(clock.fps(uid, skip=5))
         proc = _client("--viewer-client", server.api_url, str(cfg["viewers"]), "120", stdin=subprocess.PIPE)
+        # A Python process starting (imports: ~1 s of CPU) is not what viewers cost: wait it out.
+        if proc.stdout.readline().strip() != b"ready":
+            raise RuntimeError("the viewer client did not start")
+        meter = CpuMeter({**_processes(server, worker_pid), "viewers": proc.pid})
         uid = submit(server, clip, node, pace=0.0)
         proc.stdin.write(f"{uid}\n".encode())
         proc.stdin.flush()
         wait_job(server, uid)
+        cpu_with.append(meter.cores())
         out, _ = proc.communicate(timeout=150)
         data = json.loads(out.decode().strip().splitlines()[-1])
         watched.append(clock.fps(uid, skip=5))
@@ -238,6 +290,7 @@ def bench_viewers(cfg: dict, server, node: str, tmp: Path) -> dict:
         "viewer_frame_share_min": min(shares) if shares else 0.0,
         "viewer_frame_share_median": median(shares), "viewer_errors": len(errors),
         "viewer_rounds": [{"fps_none": a, "fps_with": b} for a, b in zip(plain, watched)],
+        "viewer_cpu_cores_none": _median_cores(cpu_none), "viewer_cpu_cores_with": _median_cores(cpu_with),
         "viewer_setup": f"probe+render unpaced (backpressure=block), {cfg['viewer_frames']} vtest frames at "
                         f"{RESOLUTION}, {cfg['viewers']} viewers of /user/video/<id> in a separate process; "
                         f"share = distinct frames a viewer got / frames rendered in its span",
@@ -257,7 +310,7 @@ def bench_arm(cfg: dict, tmp: Path, *, api_process: bool) -> dict:
             submit(server, write_clip(tmp / "warm.avi", 10), node, pace=0.0)  # worker warm-up
             time.sleep(3)
             measured.update(bench_polling(cfg, server, node, tmp))
-            measured.update(bench_viewers(cfg, server, node, tmp))
+            measured.update(bench_viewers(cfg, server, node, tmp, worker.pid))
     finally:
         stop_process(worker)
     return measured
@@ -314,6 +367,10 @@ def main(argv: list[str] | None = None) -> int:
     path = write_json("api.json", result, args.out)
     rows = [(k, v) for k, v in result.items() if isinstance(v, (int, float, str)) and k != "machine"]
     print_table(f"vdag API bench ({result['mode']}, arm {result['arm']}) on {result['machine']}", rows)
+    for arm in arms:
+        measured = result if arm == result["arm"] else result[arm]
+        print(f"cores used, {arm}: no viewer {measured['viewer_cpu_cores_none']}; "
+              f"10 viewers {measured['viewer_cpu_cores_with']}")
     for other in arms[1:]:
         side = [(k, f"{_fmt(result[k])}  vs  {_fmt(v)}") for k, v in result[other].items()
                 if isinstance(v, (int, float)) and k.startswith(("poll_p", "poll_achieved", "viewer_fps", "viewer_frame"))]
