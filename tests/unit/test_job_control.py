@@ -155,3 +155,54 @@ def test_a_frame_after_its_reorder_wait_is_stored_late_in_place_of_its_lost_row(
     stats = agg.stats(uid)
     assert (stats["frames_lost"], stats["frames_late"], stats["frames_out"]) == (0, 1, 3)
     assert len(store.recent_observations(uid, limit=100)) == observed, "a late frame's time is no observation"
+
+
+class _StallingStore:
+    """The real store, whose save_frames blocks until released: a store call that does not return."""
+
+    def __init__(self, store) -> None:
+        import threading
+
+        self._store, self.armed, self.release, self.entered = store, False, threading.Event(), threading.Event()
+
+    def save_frames(self, uid, records):
+        if self.armed:
+            self.entered.set()
+            self.release.wait(10)
+        return self._store.save_frames(uid, records)
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+def test_a_store_call_that_does_not_return_stalls_neither_the_consumer_nor_a_stop(store, monkeypatch):
+    import threading
+
+    from tasks.app import make_celery
+    from tasks.consumers import AckPublisher
+    from tracker.runtime import aggregator as aggregator_module
+
+    settings = Settings()
+    stalling = _StallingStore(store)
+    acked: list[int] = []
+    agg = Aggregator(settings, stalling, ViewerHub(), AckPublisher(make_celery(settings)),
+                     NodeLoad(lambda: [("cloud", 1)]), lambda job, seq: acked.append(seq))
+    uid = JobControl(store, RecordedEffects()).submit(dag=DAG, source="synthetic://64x48@10/20", fixed_plan=PLAN).uid
+    plan_id = store.current_plan(uid)[0]
+    agg.start_job(uid, DAG, 0)
+    agg.remember_plan(uid, plan_id, PLAN)
+    stalling.armed = True
+    storing = threading.Thread(target=agg.on_frame, args=(_frame(uid, 0, plan_id),))
+    storing.start()
+    assert stalling.entered.wait(5)
+    t0 = time.monotonic()
+    for seq in range(1, 40):  # the consumer keeps receiving and acking while the store hangs
+        agg.on_frame(_frame(uid, seq, plan_id))
+    agg.expire()
+    assert time.monotonic() - t0 < 1.0 and acked == list(range(1, 40))
+    monkeypatch.setattr(aggregator_module, "FORCED_FLUSH_WAIT_S", 0.2)
+    assert agg.flush(force=True) is False  # a stop gives up on the hung call instead of hanging with it
+    stalling.release.set()
+    storing.join(5)
+    assert agg.flush(force=True) is True and sorted(acked) == list(range(40))
+    assert [r.seq for r in store.results(uid, after_seq=-1, limit=100)] == list(range(40))

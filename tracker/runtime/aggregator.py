@@ -32,6 +32,7 @@ CONSTRAINT_TTL_S = 2.0  # how long a job's delay bound is cached for SLO countin
 # and are retried with backoff; past this many the oldest are dropped and counted.
 MAX_UNSAVED = 20_000
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 5.0
+FORCED_FLUSH_WAIT_S = 60.0  # a job's end or a stop waits this long for a store call in progress
 
 RecordObserver = Callable[[str, list[FrameRecord]], None]
 
@@ -203,19 +204,35 @@ class Aggregator:
         self.flush()
 
     # -- storing ---------------------------------------------------------------------------------
-    def flush(self, force: bool = False) -> None:
-        with self._flush_lock:  # one batch at a time: a forced flush returns after what was pending is stored
+    def flush(self, force: bool = False) -> bool:
+        """Store what is pending, one batch at a time. A plain flush never waits behind a store
+        call in progress (the result consumer and the stats tick must not stall with it; the next
+        flush takes what arrived meanwhile). A forced flush waits for it, at most
+        FORCED_FLUSH_WAIT_S, and returns after what was pending is stored or held for a retry;
+        False when it gave up waiting (a store call that does not return)."""
+        locked = self._flush_lock.acquire(timeout=FORCED_FLUSH_WAIT_S) if force else self._flush_lock.acquire(False)
+        if not locked:
+            if force:
+                with self._lock:
+                    waiting = len(self._pending) + len(self._unsaved)
+                log.error("a store call has not returned for %.0f s; %d frames not stored yet",
+                          FORCED_FLUSH_WAIT_S, waiting)
+            return not force
+        try:
             now = time.monotonic()
             with self._lock:
                 if self._unsaved and now < self._retry_at:
-                    return  # the store is away: the next try is due later
+                    return True  # the store is away: the next try is due later
                 if not (self._pending or self._unsaved) or (
                         not force and not self._unsaved and now - self._last_flush < FLUSH_EVERY_S
                         and len(self._pending) < FLUSH_BATCH):
-                    return
+                    return True
                 batch, self._pending, self._unsaved = self._unsaved + self._pending, [], []
                 self._last_flush = now
             self._store(batch)
+            return True
+        finally:
+            self._flush_lock.release()
 
     def unsaved(self) -> int:
         """Frames received but not stored yet (the store refused them; they are retried)."""
