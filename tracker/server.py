@@ -189,11 +189,13 @@ class TrackerServer:
         if self.metrics:
             self.metrics.stop()
             log.info("metrics sampler stopped")
-        if self.runtime:
-            self.runtime.stop()
-            log.info("runtime stopped")
-        if self.worker:
-            self.worker.stop()
-        if self.store:
-            self.store.close()
-            log.info("store closed")
+        try:
+            if self.runtime:
+                self.runtime.stop()
+                log.info("runtime stopped")
+        finally:  # a worker left running would take the next server's frames (one broker per process)
+            if self.worker:
+                self.worker.stop()
+            if self.store:
+                self.store.close()
+                log.info("store closed")
