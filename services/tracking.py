@@ -2,10 +2,12 @@
 
 Seed semantics: after each detected frame the next `ntracking` kept frames get their boxes
 from a tracker. Each kept frame travels as its own message, right away (a frame never waits
-for the ones after it); the detector stage of a worker keeps, per job, the last frame it saw
-and its boxes (`TrackStore`), and a tracked frame is tracked from that. A node's queue is
-FIFO and a worker process takes its tasks in order, so the frame before is there; when it is
-not (another worker process got it, or it was dropped), the frame is detected instead. Here that is sparse optical flow (`cv2.calcOpticalFlowPyrLK`, pyramidal
+for the ones after it); the detector stage of a worker process keeps, per job, the last few
+frames it saw and their boxes (`TrackStore`), and a tracked frame is tracked from the one
+before it. A node's queue is FIFO, so a process that runs one task at a time has the frame
+before; one that runs several (a threads pool) waits for it while it is in progress there;
+when this process never got it (another process did, or it was dropped), the frame is
+detected instead. Here that is sparse optical flow (`cv2.calcOpticalFlowPyrLK`, pyramidal
 Lucas-Kanade) on corners inside each box, checked forward and backward; a box moves by the
 median displacement of its good points and scales by the median ratio of their spread.
 A box whose points are all lost keeps its place (it is carried forward, as a frame with no
@@ -18,6 +20,7 @@ reports tracked-box IoU against golden detections on the same frames).
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -90,48 +93,77 @@ def track_detections(prev: np.ndarray, nxt: np.ndarray, detections: list[dict[st
 
 
 @dataclass
-class _Last:
-    seq: int
+class _Seen:
     gray: np.ndarray
     detections: list[dict[str, Any]]
 
 
 class TrackStore:
-    """Per worker process: the last frame and boxes of each job's detector stage (bounded LRU)."""
+    """Per worker process: the last few frames and boxes of each job's detector stage (bounded
+    LRU over jobs), and the frames this process is working on now.
 
-    def __init__(self, max_jobs: int = 64) -> None:
-        self.max_jobs = max_jobs
-        self._last: OrderedDict[tuple[str, str], _Last] = OrderedDict()
-        self._lock = threading.Lock()
+    A pool that runs several tasks at once (threads, for cross-job batching) takes a job's
+    detected frame and the frames tracked from it together: a tracked frame waits for its
+    source frame when that one is in progress here (`begin` ... `end`), instead of finding it
+    missing and running the detector again. A source frame in another process is not waited for.
+    """
+
+    def __init__(self, max_jobs: int = 64, per_job: int = 3, wait_s: float = 10.0) -> None:
+        self.max_jobs, self.per_job, self.wait_s = max_jobs, per_job, wait_s
+        self._seen: OrderedDict[tuple[str, str], OrderedDict[int, _Seen]] = OrderedDict()
+        self._busy: set[tuple[str, str, int]] = set()
+        self._changed = threading.Condition()
+
+    def begin(self, job: str, stage: str, seq: int) -> None:
+        """Frame `seq` is being detected or tracked in this process: frames tracked from it wait."""
+        with self._changed:
+            self._busy.add((job, stage, seq))
+
+    def end(self, job: str, stage: str, seq: int) -> None:
+        with self._changed:
+            self._busy.discard((job, stage, seq))
+            self._changed.notify_all()
+
+    def _keep(self, job: str, stage: str, seq: int, seen: _Seen) -> None:
+        with self._changed:
+            frames = self._seen.setdefault((job, stage), OrderedDict())
+            frames[seq] = seen
+            while len(frames) > self.per_job:
+                frames.popitem(last=False)
+            self._seen.move_to_end((job, stage))
+            while len(self._seen) > self.max_jobs:
+                self._seen.popitem(last=False)
 
     def remember(self, job: str, stage: str, seq: int, frame: np.ndarray, detections: list[dict[str, Any]]) -> None:
-        with self._lock:
-            self._last[(job, stage)] = _Last(seq, to_gray(frame), detections)
-            self._last.move_to_end((job, stage))
-            while len(self._last) > self.max_jobs:
-                self._last.popitem(last=False)
+        self._keep(job, stage, seq, _Seen(to_gray(frame), detections))
+
+    def wait_for(self, job: str, stage: str, seq: int) -> float:
+        """Wait (at most `wait_s`) while frame `seq` is in progress in this process; the seconds waited."""
+        t0 = time.monotonic()
+        with self._changed:
+            self._changed.wait_for(lambda: (job, stage, seq) not in self._busy, timeout=self.wait_s)
+        return time.monotonic() - t0
 
     def track(self, job: str, stage: str, track_from: int, seq: int, frame: np.ndarray) -> list[dict[str, Any]] | None:
-        """The boxes of frame `track_from` moved onto `frame`, or None when that frame is not
-        the last one this process saw for the job (the caller then detects)."""
-        with self._lock:
-            last = self._last.get((job, stage))
-        if last is None or last.seq != track_from or last.gray.shape != frame.shape[:2]:
+        """The boxes of frame `track_from` moved onto `frame`, or None when this process has not
+        seen that frame (the caller then detects)."""
+        with self._changed:
+            source = self._seen.get((job, stage), {}).get(track_from)
+        if source is None or source.gray.shape != frame.shape[:2]:
             return None
         gray = to_gray(frame)
-        moved = track_detections(last.gray, gray, last.detections)
-        with self._lock:
-            self._last[(job, stage)] = _Last(seq, gray, moved)
+        moved = track_detections(source.gray, gray, source.detections)
+        self._keep(job, stage, seq, _Seen(gray, moved))
         return moved
 
     def forget(self, job: str) -> None:
-        with self._lock:
-            for key in [k for k in self._last if k[0] == job]:
-                del self._last[key]
+        with self._changed:
+            for key in [k for k in self._seen if k[0] == job]:
+                del self._seen[key]
 
     def __len__(self) -> int:
-        with self._lock:
-            return len(self._last)
+        with self._changed:
+            return len(self._seen)
 
 
 __all__ = ["TrackStore", "track_detections", "to_gray"]

@@ -59,11 +59,22 @@ def execute_hop(env: Envelope, ctx: ServiceContext, node: str, worker: str) -> E
         outputs = {"profile": _profile_segment(env, service, hop.params, ctx)}
         finished = started  # profiling is not stage latency
     else:
-        inputs = _resolve_inputs(env, hop.inputs)
-        frame = None
-        if service.image_input and service.image_input in inputs:
-            frame = decode_jpeg(inputs[service.image_input])
-        outputs = _detect_or_track(env, hop.stage, service, params, inputs, frame, ctx)
+        tracks = ctx.tracks if env.kind == "frame" and _tracks(service) else None
+        if tracks is not None:  # before decoding: a frame tracked from this one must see it in progress
+            tracks.begin(env.job, hop.stage, env.seq)
+        try:
+            inputs = _resolve_inputs(env, hop.inputs)
+            frame = None
+            if service.image_input and service.image_input in inputs:
+                frame = decode_jpeg(inputs[service.image_input])
+            if tracks is not None and env.track_from >= 0:
+                # Waiting for the frame it is tracked from (in progress in this process) is queueing,
+                # not the stage's service time.
+                started += tracks.wait_for(env.job, hop.stage, env.track_from)
+            outputs = _detect_or_track(env, hop.stage, service, params, inputs, frame, ctx)
+        finally:
+            if tracks is not None:
+                tracks.end(env.job, hop.stage, env.seq)
         finished = time.time()
         inference = take_last_inference()  # before the golden run below predicts too
         if env.profile and env.golden_image and "detections" in outputs and not outputs.get("tracked"):

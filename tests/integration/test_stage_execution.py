@@ -101,6 +101,41 @@ def test_tracked_frames_get_boxes_from_the_tracker_and_counts_from_every_stage()
     assert "tracked" not in stray.outputs["detect"]
 
 
+def test_frames_run_together_by_a_threads_pool_are_tracked_from_their_detected_frame():
+    """A threads pool (cross-job batching) runs a detected frame and the frames tracked from it
+    at once: they wait for it instead of running the detector again, and the wait is queueing,
+    not the stage's service time."""
+    import threading
+    import time
+
+    from services.models import trained_person_weights
+    from services.tracking import TrackStore
+
+    ctx = ServiceContext(device="cpu", models=ModelCache(), person_weights=trained_person_weights(),
+                         tracks=TrackStore())
+    hop = Hop(stage="detect", service="person_detection", node="cloud", inputs={"image": "generator.image"})
+    frames = [resize_to(f, "480p") for f in _frames(300, 4)]
+    execute_hop(_env(frames[0], route=[hop]).model_copy(update={"job": "warm"}), ctx, "cloud", "w")  # load the model
+    done: dict[int, Envelope] = {}
+
+    def run(seq: int) -> None:
+        env = _env(frames[seq], route=[hop]).model_copy(update={"seq": seq, "track_from": seq - 1})
+        done[seq] = execute_hop(env, ctx, "cloud", f"thread-{seq}")
+
+    threads = [threading.Thread(target=run, args=(seq,)) for seq in range(4)]
+    for t in threads:  # taken in queue order, as a pool's threads take them, while frame 0 is detected
+        t.start()
+        time.sleep(0.01)
+    for t in threads:
+        t.join(60)
+    assert "tracked" not in done[0].outputs["detect"]
+    assert [done[s].outputs["detect"].get("tracked") for s in (1, 2, 3)] == [True, True, True]
+    detect_s = done[0].timings[0].finished - done[0].timings[0].started
+    for seq in (1, 2, 3):
+        t = done[seq].timings[0]
+        assert t.finished - t.started < detect_s / 2, "waiting for frame 0 is not counted as service time"
+
+
 def test_profiling_segment_scores_configs_against_the_golden_detector(ctx):
     frames = _frames(400, 6)
     env = Envelope(job="j", seq=0, plan=1, capture_ts=0, sent_at=0, width=768, height=576, kind="profile",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import cv2
 import numpy as np
@@ -135,11 +136,34 @@ def test_track_store_tracks_from_the_frame_before_or_says_to_detect():
     store.remember("j", "detect", 0, frames[0], golden[0])
     moved = store.track("j", "detect", 0, 1, frames[1])
     assert frame_level_f1([moved], [golden[1]]) == 1.0
-    assert store.track("j", "detect", 0, 2, frames[2]) is None  # frame 1 is the last one now
     assert store.track("j", "detect", 1, 2, frames[2]) is not None
+    assert store.track("j", "detect", 0, 2, frames[2]) is not None  # the last few frames are kept
+    for seq in (3, 4, 5):
+        store.remember("j", "detect", seq, frames[0], golden[0])
+    assert store.track("j", "detect", 0, 6, frames[0]) is None  # no longer kept: detect
     store.remember("k", "detect", 0, frames[0], [])
     store.remember("m", "detect", 0, frames[0], [])
-    assert len(store) == 2 and store.track("j", "detect", 2, 3, frames[0]) is None  # evicted (LRU)
+    assert len(store) == 2 and store.track("j", "detect", 5, 6, frames[0]) is None  # evicted (LRU)
+
+
+def test_a_tracked_frame_waits_for_its_frame_in_progress_in_this_process_and_no_other():
+    frames, golden = _scene(2)
+    store = TrackStore(wait_s=5.0)
+    store.begin("j", "detect", 0)  # frame 0 is being detected by another task of this process
+    got: list = []
+    waiter = threading.Thread(target=lambda: got.append((store.wait_for("j", "detect", 0),
+                                                         store.track("j", "detect", 0, 1, frames[1]))))
+    waiter.start()
+    time.sleep(0.3)
+    assert not got, "the tracked frame waits while its source frame is in progress"
+    store.remember("j", "detect", 0, frames[0], golden[0])
+    store.end("j", "detect", 0)
+    waiter.join(5)
+    waited, moved = got[0]
+    assert waited >= 0.25 and frame_level_f1([moved], [golden[1]]) == 1.0
+    t0 = time.monotonic()  # a frame this process never had is not waited for
+    assert store.wait_for("j", "detect", 7) < 0.05 and store.track("j", "detect", 7, 8, frames[1]) is None
+    assert time.monotonic() - t0 < 0.1
 
 
 def test_generator_sends_profiling_segments_of_consecutive_source_frames():
