@@ -131,13 +131,16 @@ def poll_client(base: str, uid: str, rate: float, duration: float, threads: int)
                       "errors": errors, "sent": n, "elapsed_s": elapsed}))
 
 
-def viewer_client(base: str, count: int, timeout: float) -> None:
-    """Reads one job uid from stdin, opens `count` MJPEG streams, reads until each ends;
-    prints one JSON object: per viewer, the frame seqs it received."""
+def viewer_client(base: str, count: int, timeout: float, fps: str) -> None:
+    """Reads one job uid from stdin, opens `count` MJPEG streams (`?fps=` when fps is given),
+    reads until each ends; prints one JSON object: per viewer, the frame seqs it received and
+    the seconds from its first frame to its last."""
+    query = f"?fps={fps}" if fps else ""
     u = urlparse(base)
     print("ready", flush=True)  # imports done: the bench starts the job only now
     uid = sys.stdin.readline().strip()
     seen: list[list[int]] = [[] for _ in range(count)]
+    spans: list[float] = [0.0] * count
     errors: list[str] = []
 
     seq_header = re.compile(rb"X-Frame-Seq: (\d+)\r\n")
@@ -147,9 +150,9 @@ def viewer_client(base: str, count: int, timeout: float) -> None:
         # viewers' own parsing would otherwise be most of the "loss" being measured.
         try:
             with socket.create_connection((u.hostname, u.port), timeout=timeout) as sock:
-                sock.sendall(f"GET /user/video/{uid} HTTP/1.1\r\nHost: {u.hostname}\r\n"
+                sock.sendall(f"GET /user/video/{uid}{query} HTTP/1.1\r\nHost: {u.hostname}\r\n"
                              f"Connection: close\r\n\r\n".encode())
-                tail, last = b"", -1
+                tail, last, first_t = b"", -1, None
                 while True:
                     data = sock.recv(1 << 20)
                     if not data:
@@ -160,6 +163,9 @@ def viewer_client(base: str, count: int, timeout: float) -> None:
                         if seq > last:  # the overlap with the previous read may repeat one
                             seen[k].append(seq)
                             last = seq
+                            now = time.monotonic()
+                            first_t = now if first_t is None else first_t
+                            spans[k] = now - first_t
                     tail = window[-64:]
         except Exception as exc:
             errors.append(f"{type(exc).__name__}: {exc}"[:120])
@@ -170,7 +176,7 @@ def viewer_client(base: str, count: int, timeout: float) -> None:
     print("watching", flush=True)
     for t in threads:
         t.join(timeout)
-    print(json.dumps({"seen": seen, "errors": errors}), flush=True)
+    print(json.dumps({"seen": seen, "spans_s": spans, "errors": errors}), flush=True)
 
 
 def _client(*args: str, stdin=None) -> subprocess.Popen:
@@ -254,6 +260,9 @@ def bench_viewers(cfg: dict, server, node: str, tmp: Path, worker_pid: int) -> d
     clip = write_clip(tmp / f"view-{cfg['viewer_frames']}.avi", cfg["viewer_frames"])
     clock = ArrivalClock(server)
     plain, watched, shares, errors = [], [], [], []
+    from tracker.web.viewer.routes import DEFAULTS as VIEWER_DEFAULTS
+
+    cap = float(cfg["viewer_fps"] or VIEWER_DEFAULTS["VIEWER_DEFAULT_FPS"])
     cpu_none: list[dict[str, float]] = []
     cpu_with: list[dict[str, float]] = []
     for _ in range(cfg["viewer_rounds"]):
@@ -262,7 +271,8 @@ def bench_viewers(cfg: dict, server, node: str, tmp: Path, worker_pid: int) -> d
         wait_job(server, uid)
         cpu_none.append(meter.cores())
         plain.append(clock.fps(uid, skip=5))
-        proc = _client("--viewer-client", server.api_url, str(cfg["viewers"]), "120", stdin=subprocess.PIPE)
+        proc = _client("--viewer-client", server.api_url, str(cfg["viewers"]), "120", cfg["viewer_fps"],
+                       stdin=subprocess.PIPE)
         # A Python process starting (imports: ~1 s of CPU) is not what viewers cost: wait it out.
         if proc.stdout.readline().strip() != b"ready":
             raise RuntimeError("the viewer client did not start")
@@ -276,11 +286,11 @@ def bench_viewers(cfg: dict, server, node: str, tmp: Path, worker_pid: int) -> d
         data = json.loads(out.decode().strip().splitlines()[-1])
         watched.append(clock.fps(uid, skip=5))
         errors += data["errors"]
-        for seqs in data["seen"]:
-            seqs = [s for s in seqs]
+        for seqs, span_s in zip(data["seen"], data["spans_s"]):
             if len(seqs) >= 2:
-                span = max(seqs) - min(seqs) + 1
-                shares.append(len(set(seqs)) / span)
+                # Of the frames rendered in its span, those the viewer's rate cap lets through.
+                allowed = min(max(seqs) - min(seqs) + 1, cap * span_s + 1)
+                shares.append(min(1.0, len(set(seqs)) / allowed))
             else:
                 shares.append(0.0)
     fps0, fps10 = median(plain), median(watched)
@@ -293,7 +303,8 @@ def bench_viewers(cfg: dict, server, node: str, tmp: Path, worker_pid: int) -> d
         "viewer_cpu_cores_none": _median_cores(cpu_none), "viewer_cpu_cores_with": _median_cores(cpu_with),
         "viewer_setup": f"probe+render unpaced (backpressure=block), {cfg['viewer_frames']} vtest frames at "
                         f"{RESOLUTION}, {cfg['viewers']} viewers of /user/video/<id> in a separate process; "
-                        f"share = distinct frames a viewer got / frames rendered in its span",
+                        f"at {cap:g} fps each (?fps={cfg['viewer_fps'] or ''}); share = distinct frames a viewer "
+                        f"got / frames rendered in its span that its rate cap lets through",
     }
 
 
@@ -323,21 +334,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/api.json)")
     p.add_argument("--arms", default="front,one_process", help="which servings to measure (comma-separated)")
     p.add_argument("--poll-client", nargs=5, help=argparse.SUPPRESS)
-    p.add_argument("--viewer-client", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--viewer-fps", default="", help="viewers ask for ?fps=N (default: none, the server's "
+                                                   "default cap; 60 = the most a viewer may ask)")
+    p.add_argument("--viewer-client", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.poll_client:
         base, uid, rate, duration, threads = args.poll_client
         poll_client(base, uid, float(rate), float(duration), int(threads))
         return 0
     if args.viewer_client:
-        base, count, timeout = args.viewer_client
-        viewer_client(base, int(count), float(timeout))
+        base, count, timeout, fps = args.viewer_client
+        viewer_client(base, int(count), float(timeout), fps)
         return 0
     missing = missing_prerequisite()
     if missing:
         print(missing, file=sys.stderr)
         return 2
-    cfg = TINY if args.tiny else QUICK if args.quick else DEFAULT
+    cfg = {**(TINY if args.tiny else QUICK if args.quick else DEFAULT), "viewer_fps": args.viewer_fps}
     tmp = Path(tempfile.mkdtemp(prefix="vdag-bench-api-"))
     arms = [a for a in args.arms.split(",") if a]
     if not arms or set(arms) - {"front", "one_process"}:

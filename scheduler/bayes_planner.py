@@ -43,7 +43,7 @@ import numpy as np
 
 from scheduler import bayes, job_accuracy, knobs
 from scheduler.bayes import BayesModel, Snapshot
-from scheduler.delay import node_arrays, plan_delay, transfer_s
+from scheduler.delay import PACED_CV2, PLAN_RHO_MAX, node_arrays, plan_delay, transfer_s
 from scheduler.interface import Plan, PlanningInput
 from scheduler.job_accuracy import JobAccuracy
 from scheduler.posterior_refresher import PosteriorRefresher
@@ -298,7 +298,12 @@ class BayesPlanner:
         # Seconds on the wire per frame byte: links change rarely.
         per_byte = S.cached("wire_s_per_byte", bw.tobytes(), lambda: transfer_s(c, allidx, np.ones(len(c)), bw))
         trans_all = per_byte * nbytes_all
-        d_mean = plan_delay(c, allidx, st_mean, st_mean, bg, cap, qdepth, trans_all)[0][:, 0]
+        # Queueing (scheduler/delay.py): a paced source's frames arrive evenly; service times vary
+        # by the posterior's log-normal spread; no node planned past PLAN_RHO_MAX.
+        queueing = dict(own_cv2=PACED_CV2 if inp.source.paced else 1.0, rho_max=PLAN_RHO_MAX)
+        svc_cv2 = np.expm1(sig**2)
+        d_mean = plan_delay(c, allidx, st_mean, st_mean, bg, cap, qdepth, trans_all,
+                            service_cv2=float(svc_cv2.mean()), **queueing)[0][:, 0]
         u_mean = knobs.utility(ef1_rows[S.grid], S.cost, d_mean <= D, aim)
         short = self._shortlist(d_mean, u_mean, D, last)
 
@@ -310,7 +315,8 @@ class BayesPlanner:
         sd_w = sig[None, None, :] / np.sqrt(nf)
         stime = np.exp(lmu + sig**2 / 2 + sd_w * eps - sd_w**2 / 2) * slow[c.mapping[short], :]
         mt = np.stack([mean_t[k, c.mapping[short, k], c.res_idx[short], c.grade_idx[short]] for k in range(K)], axis=1)
-        delay, _ = plan_delay(c, short, stime, mt, bg, cap, qdepth, trans_all[short])
+        delay, _ = plan_delay(c, short, stime, mt, bg, cap, qdepth, trans_all[short], service_cv2=svc_cv2,
+                              **queueing)
         wait = delay - stime.sum(axis=1) - trans_all[short][:, None]
         qn = self._rng.standard_normal(delay.shape) / np.sqrt(nf[:, 0])
         delay = delay + np.where(np.isfinite(wait), wait * np.maximum(qn, -1.0), 0.0)

@@ -66,6 +66,8 @@ class SourceInfo(BaseModel):
     fps: float = 30.0
     # Node whose generator reads the source; frames travel from here to the first stage.
     node: str | None = Field(None, description="node running the generator; None = no transfer cost")
+    paced: bool = Field(True, description="frames leave evenly at the kept rate (a camera, a file played in "
+                                          "real time); False: as fast as the window of frames in flight allows")
 
 
 class Observation(BaseModel):

@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 
 from scheduler import knobs
-from scheduler.delay import DEFAULT_BW, RHO_MAX, node_arrays, node_work, plan_delay, transfer_s
+from scheduler.delay import DEFAULT_BW, PACED_CV2, RHO_MAX, node_arrays, node_work, plan_delay, transfer_s
 from scheduler.interface import NodeInfo, Observation, Plan, Planner, PlanningInput, SourceInfo, UserConstraint
 from services.dag import DagSpec
 from services.video_conf import GRADES
@@ -183,7 +183,9 @@ class Simulator:
         mt = self._true_mean_times(c, idx, load)[:, :, None]
         nbytes = knobs.frame_bytes(c.width[idx], c.height[idx], c.quality[idx])
         tr = transfer_s(c, idx, nbytes, bw)
-        delay, _ = plan_delay(c, idx, mt, mt, load, cap, qdepth, tr, overload_frames=OVERLOAD_FRAMES)
+        # A simulated job's frames leave its generator evenly; other jobs' frames, superposed, do not.
+        delay, _ = plan_delay(c, idx, mt, mt, load, cap, qdepth, tr, overload_frames=OVERLOAD_FRAMES,
+                              own_cv2=PACED_CV2, service_cv2=float(np.expm1(TRUE_NOISE**2)))
         # An overloaded node serves every job's frames at the same reduced rate (processor
         # sharing); the bottleneck node of a plan sets the share of its frames that get a result.
         base = load if base is None else base

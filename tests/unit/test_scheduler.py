@@ -320,3 +320,27 @@ def test_loop_makes_the_planner_forget_a_job_that_ended():
         assert set(p._jobs) == {"job-0"}  # the running job is kept
     finally:
         loop.stop()
+
+
+def test_a_paced_source_queues_less_than_poisson_arrivals_and_no_plan_runs_a_node_past_the_ceiling():
+    from scheduler.delay import PACED_CV2, PLAN_RHO_MAX, node_arrays, plan_delay
+
+    inp = PlanningInput(job_uid="j", dag=dag_from_pipeline(["yolo_detection"]), nodes=[NodeInfo(name="a")],
+                        source=SourceInfo(width=1280, height=720, fps=10))
+    c = knobs.build_candidates(inp)
+    bg, cap, qdepth, _ = node_arrays(c, inp.nodes)
+    idx = np.flatnonzero((c.fps == 5) & (c.ntrack == 0))[:1]
+    svc = np.full((1, 1, 1), 0.16)  # one worker, rho = 5 x 0.16 = 0.8
+    no_wire = np.zeros(1)
+    poisson = plan_delay(c, idx, svc, svc, bg, cap, qdepth, no_wire)[0][0, 0]
+    paced = plan_delay(c, idx, svc, svc, bg, cap, qdepth, no_wire, own_cv2=PACED_CV2)[0][0, 0]
+    assert poisson == pytest.approx(0.16 + 0.8 / (2 * 0.2) * 0.16)  # M/D/1: 0.48 s
+    assert paced == pytest.approx(0.16 + 0.8 / 0.2 * PACED_CV2 / 2 * 0.16)  # 0.26 s
+    # Other jobs' frames on the node arrive Poisson-like: the paced job's advantage shrinks.
+    busy = plan_delay(c, idx, svc, svc, bg + 0.1, cap, qdepth, no_wire, own_cv2=PACED_CV2)[0][0, 0]
+    assert paced < busy < plan_delay(c, idx, svc, svc, bg + 0.1, cap, qdepth, no_wire)[0][0, 0]
+    # Past the planner's ceiling (0.85) a plan never fits, whatever the arrivals.
+    heavy = np.full((1, 1, 1), 0.18)  # rho 0.9
+    assert np.isfinite(plan_delay(c, idx, heavy, heavy, bg, cap, qdepth, no_wire, own_cv2=PACED_CV2)[0][0, 0])
+    assert np.isinf(plan_delay(c, idx, heavy, heavy, bg, cap, qdepth, no_wire, own_cv2=PACED_CV2,
+                               rho_max=PLAN_RHO_MAX)[0][0, 0])

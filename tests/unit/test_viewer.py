@@ -130,7 +130,7 @@ def test_unknown_job_is_404_json(hub: ViewerHub, raises: bool, path: str) -> Non
 @pytest.mark.parametrize("fps", ["abc", "0", "-1", "nan", "inf", "1000", "1e999", ""])
 def test_bad_fps_is_400_json(hub: ViewerHub, store: FakeStore, fps: str) -> None:
     client = make_app(store, hub).test_client()
-    if fps == "":  # empty means "no cap", not an error
+    if fps == "":  # empty means "the default cap", not an error
         resp = client.get(f"/api/v1/jobs/{JOB}/video?fps=")
         assert resp.status_code == 200
         resp.close()
@@ -316,18 +316,20 @@ def test_http_fps_cap_thins_the_stream_but_shows_the_newest_frame(
 ) -> None:
     with serve(make_app(store, hub)) as port:
         capped = StreamClient(port, f"/user/video/{JOB}?fps=5")
-        full = StreamClient(port, f"/user/video/{JOB}")
-        capped.start(), full.start()
-        assert wait_until(lambda: hub.subscriber_count(JOB) == 2, 10)
+        full = StreamClient(port, f"/user/video/{JOB}?fps=60")
+        default = StreamClient(port, f"/api/v1/jobs/{JOB}/video")  # 30 fps unless asked otherwise
+        capped.start(), full.start(), default.start()
+        assert wait_until(lambda: hub.subscriber_count(JOB) == 3, 10)
         for seq in range(50):  # 1 s at 50 fps
             hub.publish(JOB, seq, fake_jpeg(seq, 1000))
             time.sleep(0.02)
         time.sleep(0.4)  # the cap lets the held-back newest frame out
         hub.close_job(JOB)
-        capped.join(5), full.join(5)
+        capped.join(5), full.join(5), default.join(5)
         assert len(full.seqs) >= 48
         assert 4 <= len(capped.seqs) <= 9, capped.seqs
-        assert capped.seqs[-1] == 49
+        assert 15 <= len(default.seqs) <= 36, default.seqs
+        assert capped.seqs[-1] == default.seqs[-1] == 49
 
 
 def test_http_viewer_that_stops_reading_is_dropped(hub: ViewerHub, store: FakeStore) -> None:

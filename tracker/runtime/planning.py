@@ -25,8 +25,9 @@ PROFILES_EVERY_S = 10.0  # how often `vdag profile` results are re-read from dat
 class PlanningInputs:
     """A job's PlanningInput from the store, the node table and this node's measured profiles."""
 
-    def __init__(self, settings: Settings, store: Store, node_load: NodeLoad) -> None:
+    def __init__(self, settings: Settings, store: Store, node_load: NodeLoad, paced: bool = True) -> None:
         self.settings = settings
+        self.paced = paced  # the generators play sources in real time (pace > 0)
         self.store = store
         self.node_load = node_load
         self._profiles: tuple[float, dict[str, dict]] = (float("-inf"), {})
@@ -52,7 +53,7 @@ class PlanningInputs:
             job_uid=job.uid,
             dag=job.dag,
             nodes=nodes,
-            source=SourceInfo(**{k: src[k] for k in ("width", "height", "fps") if k in src}),
+            source=SourceInfo(**{k: src[k] for k in ("width", "height", "fps") if k in src}, paced=self.paced),
             constraint=job.constraint,
             observations=self._profile_observations(job, {n.name for n in nodes})
             + self.store.recent_observations(job.uid, limit=500),

@@ -52,7 +52,8 @@ class Runtime:
         self.recent = recent if recent is not None else RecentResults()
         self.aggregator.observers.append(self.recent.add)
         self.control = JobControl(store, self)
-        self.planning_input: Callable[[Job], PlanningInput] = PlanningInputs(settings, store, self.node_load)
+        self.planning_input: Callable[[Job], PlanningInput] = PlanningInputs(settings, store, self.node_load,
+                                                                             paced=pace > 0)
         self.job_end_observers: list[Callable[[str], None]] = []  # a job ended: metrics forget it
         self.runners: dict[str, JobRunner] = {}
         self._runners_lock = threading.Lock()

@@ -2,7 +2,9 @@
 
 - `GET /user/video/<job_uid>` (seed 003 path) and `GET /api/v1/jobs/<job_uid>/video`:
   `multipart/x-mixed-replace; boundary=frame`, one JPEG part per rendered frame; drop it
-  into an <img> tag. `?fps=` caps the rate sent to this viewer (0 < fps <= 60).
+  into an <img> tag, at most 30 frames a second (the newest frame wins), or `?fps=` (0 < fps
+  <= 60). A screen shows no more, and every part costs the node CPU: 10 uncapped viewers of
+  a job rendering ~110 fps (bench/api.py, unpaced) took 14 % of its frame rate.
 - `GET /api/v1/jobs/<job_uid>/viewers`: per-viewer counters (delivered, dropped).
 - `GET /` and `GET /jobs`: the job list. `GET /jobs/<job_uid>`: the live page of a job.
 
@@ -46,6 +48,7 @@ BOUNDARY = "frame"
 MAX_FPS = 60.0
 # Tunables, overridable through app.config (tests shorten them).
 DEFAULTS = {
+    "VIEWER_DEFAULT_FPS": 30.0,  # the cap when a viewer asks for none
     "VIEWER_QUEUE_SIZE": 4,  # frames queued per viewer before the oldest is dropped
     "VIEWER_POLL_S": 0.5,  # longest wait on the hub before looking around
     "VIEWER_CHECK_S": 2.0,  # how often a stream asks the store whether the job is finished
@@ -96,7 +99,7 @@ def _waiting_frame() -> bytes:
 
 
 def _parse_fps(raw: str | None) -> float | None:
-    """None = no cap. Raises ValueError with a message meant for the user."""
+    """None = not given (the default cap). Raises ValueError with a message meant for the user."""
     if raw is None or raw == "":
         return None
     try:
@@ -203,6 +206,8 @@ def _video_response(job_uid: str) -> Response:
         fps = _parse_fps(request.args.get("fps"))
     except ValueError as exc:
         raise BadRequest(str(exc), {"param": "fps"}) from None
+    if fps is None:
+        fps = float(_config("VIEWER_DEFAULT_FPS")) or None
     ctx = tracker_context()
     job = _find_job(ctx.store, job_uid)
     if job is None:
