@@ -31,7 +31,7 @@ PACED_CV2 = 0.3
 # node's service time grows with its own load (the generator, tracker and profiler compete for
 # the cores), which the load model reads only after the fact. vtest.avi on 2 cores: a plan at
 # a predicted rho ~0.85-0.9 (10 of 10 fps detected, 0.08 s each) queued frames for 0.5-1 s
-# within 2 s of each start, three times in 60 s; plans at rho <= 0.8 never did.
+# within 2 s of each start, three times in 60 s; plans at rho <= 0.8 did not in that run.
 PLAN_RHO_MAX = 0.85
 
 
