@@ -65,5 +65,7 @@ def test_the_first_frame_on_a_fresh_worker_costs_inference_not_a_model_load(tmp_
     warm = detect_times(tmp_path, warm=True)
     cold = detect_times(tmp_path, warm=False)
     steady = statistics.median(warm[1:])
-    assert warm[0] <= 3 * steady + 0.1, f"warm worker's first frame {warm[0]:.2f} s vs {steady:.2f} s after"
+    # A model load is seconds; a first inference may still take a few steady frames' time on a
+    # busy 2-core host (0.44 s vs 0.11 s steady seen once in a fresh clone's suite).
+    assert warm[0] <= 4 * steady + 0.2, f"warm worker's first frame {warm[0]:.2f} s vs {steady:.2f} s after"
     assert cold[0] >= warm[0] + 0.3, f"without warm-up the first frame pays the load: {cold[0]:.2f} vs {warm[0]:.2f} s"
