@@ -280,7 +280,7 @@ def compile_times() -> dict:
 
 # -- main ------------------------------------------------------------------------------------
 def bench_video(name: str, source: Path, planners: list[str], delays: list[float], video_s: float,
-                tmp: Path, loop_of: Path | None = None) -> dict:
+                tmp: Path, loop_of: Path | None = None, worker_log: str = "WARNING") -> dict:
     """`loop_of`: the source is that file looped; the golden runs once on its frames."""
     frames, src_fps = read_video(source, video_s + 2)
     base = read_video(loop_of, 3600)[0] if loop_of else frames
@@ -298,7 +298,8 @@ def bench_video(name: str, source: Path, planners: list[str], delays: list[float
     # This host also runs the tracker, the segment profiler and the sampler: the worker gets
     # cores - 1 threads, as a worker sharing its host should (services/models.set_torch_threads).
     worker = start_worker(node, concurrency=1, log_path=tmp / f"worker-{name}.log",
-                          extra_env={"VDAG_TORCH_THREADS": str(WORKER_THREADS), "VDAG_RUNTIME": WORKER_RUNTIME})
+                          extra_env={"VDAG_TORCH_THREADS": str(WORKER_THREADS), "VDAG_RUNTIME": WORKER_RUNTIME},
+                          log_level=worker_log)
     try:
         # Warm-up: the worker loads the checkpoint before any measured run.
         run_one("golden", node=node, source=source, delay=1.0, video_s=8.0, tmp=tmp / "warmup")
@@ -356,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--video-s", type=float, default=60.0)
     ap.add_argument("--runtime", default="auto", choices=("auto", "pytorch", "openvino"),
                     help="the worker's runtime (and the profiles'): pytorch = a node ~3x slower per frame")
+    ap.add_argument("--worker-log", default="WARNING", choices=("WARNING", "INFO"),
+                    help="the worker's log level, in its log under the run's temp folder (INFO: each segment scored)")
     ap.add_argument("--no-compile", action="store_true", help="skip the compile-time measurement")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "adaptive_real.json")
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="summarise earlier runs' files as one (no new runs)")
@@ -382,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         data = {"machine": machine(), "video_s": args.video_s, "runtime": args.runtime, "videos": {}}
         for name in [v.strip() for v in args.videos.split(",") if v.strip()]:
             data["videos"][name] = bench_video(name, sources[name], planners, delays, args.video_s, tmp,
-                                               loop_of=MEGAMIND if name == "megamind" else None)
+                                               loop_of=MEGAMIND if name == "megamind" else None,
+                                               worker_log=args.worker_log)
     summarise(data)
     data.update(compile_times() if not args.no_compile else {"compile_s_cold": None, "compile_s_cached": None})
     earlier = sum(part.get("wall_s", 0.0) for part in parts) if args.merge else 0.0

@@ -199,7 +199,8 @@ def bench_settings(tmp: Path, node: str, **kw) -> Settings:
 
 
 def start_worker(node: str, *, pool: str = "prefork", concurrency: int = 1, prefetch: int | None = None,
-                 log_path: Path | None = None, extra_env: dict | None = None) -> subprocess.Popen:
+                 log_path: Path | None = None, extra_env: dict | None = None,
+                 log_level: str = "WARNING") -> subprocess.Popen:
     """A real `vdag worker` process on the node's queue."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(extra_env or {})}
     if prefetch is not None:
@@ -210,7 +211,7 @@ def start_worker(node: str, *, pool: str = "prefork", concurrency: int = 1, pref
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL
     return subprocess.Popen(
         [sys.executable, "-m", "tracker.cli", "worker", "--node", node, "--concurrency", str(concurrency),
-         "--pool", pool, "--broker", AMQP_URL, "--log-level", "WARNING"],
+         "--pool", pool, "--broker", AMQP_URL, "--log-level", log_level],
         cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
     )
 

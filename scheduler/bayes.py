@@ -51,6 +51,9 @@ LOAD_CAP = 0.95
 F1_CLIP = (0.02, 1.0)
 SIG_FLOOR = 0.02    # log-seconds
 SIG_A_FLOOR = 0.01  # log F1
+# A scored segment is one moment of the video rated ~40 ways (scheduler/job_accuracy.py): its
+# rows count as this fraction of an observation each in the pooled model, ~4 per segment.
+SEGMENT_ROW_WEIGHT = 0.1
 
 
 _BLAS = None
@@ -139,14 +142,17 @@ def prior_snapshot(layout: Layout, svc_mu: np.ndarray, node_mu: np.ndarray, n: i
 
 
 # ---- data -----------------------------------------------------------------------------------
-def _cells(keys: list[tuple], y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    groups: dict[tuple, list[float]] = {}
-    for k, v in zip(keys, y):
-        groups.setdefault(k, []).append(float(v))
+def _cells(keys: list[tuple], y: np.ndarray, weights: np.ndarray | None = None,
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Sufficient statistics per cell: (weighted) count, mean and sum of squared deviations."""
+    groups: dict[tuple, list[tuple[float, float]]] = {}
+    w = np.ones(len(y)) if weights is None else weights
+    for k, v, wi in zip(keys, y, w):
+        groups.setdefault(k, []).append((float(v), float(wi)))
     cells = list(groups)
-    n = np.array([len(groups[c]) for c in cells], float)
-    mean = np.array([np.mean(groups[c]) for c in cells])
-    ss = np.array([np.sum((np.asarray(groups[c]) - m) ** 2) for c, m in zip(cells, mean)])
+    n = np.array([sum(wi for _, wi in groups[c]) for c in cells], float)
+    mean = np.array([sum(v * wi for v, wi in groups[c]) for c in cells]) / np.maximum(n, 1e-12)
+    ss = np.array([sum(wi * (v - m) ** 2 for v, wi in groups[c]) for c, m in zip(cells, mean)])
     return np.array(cells, float), n, mean, ss
 
 
@@ -226,7 +232,8 @@ def build_data(
         round(math.log(o.quality / 100.0), 3),
         round(float(track_s(obs_rate(o, f), o.ntracking)), 3),
     ) for o, _, h, f in acc]
-    ac, an, amean, ass = _cells(akeys, log_f1([o.accuracy for o, *_ in acc]) if acc else np.zeros(0))
+    ac, an, amean, ass = _cells(akeys, log_f1([o.accuracy for o, *_ in acc]) if acc else np.zeros(0),
+                                np.array([SEGMENT_ROW_WEIGHT if o.source == "segment" else 1.0 for o, *_ in acc]))
     ac = ac.reshape(-1, 5)
     node_gpu = np.zeros(layout.N) if node_gpu is None else node_gpu
     X = layout.lat_rows(lc[:, 0].astype(int), lc[:, 1].astype(int), lc[:, 2].astype(int), lc[:, 3], lc[:, 4], lc[:, 5],

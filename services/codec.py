@@ -76,6 +76,9 @@ class Envelope(BaseModel):
     kind: Literal["frame", "profile"] = "frame"
     segment: list[bytes] = Field(default_factory=list, max_length=64)
     segment_fps: float = 0.0
+    # A job's first segments: the planner has no accuracy from the video until one is scored,
+    # so the worker scores them at its own priority instead of on idle capacity only.
+    urgent: bool = False
 
 
 def encode_envelope(env: Envelope) -> bytes:

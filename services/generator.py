@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 # Detectors whose accuracy a profiling segment scores (the others have no golden config).
 SEGMENT_SERVICES = frozenset({"person_detection", "yolo_detection", "car_detection"})
-FAST_SEGMENTS = 3
+FAST_SEGMENTS = 3   # the first segments come 3x as often
+URGENT_SEGMENTS = 2  # and the first two are scored at once, not on idle capacity only
 
 
 class DispatchUnavailable(RuntimeError):
@@ -316,7 +317,7 @@ class FrameGenerator:
                        enqueued_at=now, width=w, height=h, route=detector, origin=self.origin_node,
                        results_queue=self.results_queue, kind="profile", segment=frames,
                        segment_fps=self.source.info.fps or 10.0, golden_grade=plan.golden_grade,
-                       frame_bytes=sum(map(len, frames)))
+                       frame_bytes=sum(map(len, frames)), urgent=self.stats.segments < URGENT_SEGMENTS)
         try:
             self.dispatch(env)
             self.stats.segments += 1

@@ -6,6 +6,9 @@ for seconds (measured: mean delay 4.2 s with D = 1 s). Here the task only hands 
 to a child process at nice 19 and returns: the child gets the CPU the frames leave idle,
 and its result goes to the results queue like a finished frame. One segment at a time per
 worker process; a segment that arrives while one is being scored is skipped (counted).
+A job's first segments (`urgent`) are scored at the worker's own priority (`profile_first_nice`):
+at nice 19 on a node the frames keep busy, the first one took 15-20 s for 1-2 s of CPU, and
+until then the planner chooses without any accuracy measured on the video.
 
 The child is our own program (`python -m tasks.profiler`), fed length-prefixed msgpack
 envelopes on stdin and answering on stdout (first with an empty message once its models are
@@ -50,10 +53,15 @@ def _read(stream: BinaryIO) -> bytes | None:
 class SegmentProfiler:
     """The worker side: submit() never blocks; results reach `publish` from a reader thread."""
 
-    def __init__(self, settings: Settings, publish: Callable[[Envelope], None], nice: int = NICE) -> None:
+    def __init__(self, settings: Settings, publish: Callable[[Envelope], None], nice: int = NICE,
+                 urgent_nice: int | None = None) -> None:
         self.settings = settings
         self.publish = publish
         self.nice = nice
+        self.urgent_nice = nice if urgent_nice is None else urgent_nice
+        self._nice_now = self.urgent_nice  # a new child's first segments are a job's first
+        self._renice_refused = False
+        self._pending: Envelope | None = None  # an urgent segment waiting for the busy child
         self._proc: subprocess.Popen | None = None
         self._busy = threading.Event()
         self._ready = threading.Event()  # the child has loaded its models (it said so)
@@ -67,14 +75,31 @@ class SegmentProfiler:
             self._ready.clear()
             # One thread: background work must leave the frames' cores alone, not stall them.
             child = self.settings.model_copy(update={"torch_threads": 1})
+            nice = self._nice_now = self.urgent_nice
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "tasks.profiler", child.model_dump_json()], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, preexec_fn=lambda: os.nice(self.nice),
+                stdout=subprocess.PIPE, preexec_fn=lambda: os.setpriority(os.PRIO_PROCESS, 0, nice),
             )
             threading.Thread(target=self._read_results, args=(self._proc,), name="vdag-profiler-results",
                              daemon=True).start()
-            log.info("profiler process %d started (nice %d)", self._proc.pid, self.nice)
+            log.info("profiler process %d started (nice %d)", self._proc.pid, nice)
         return self._proc
+
+    def _renice_locked(self, proc: subprocess.Popen, nice: int) -> None:
+        """Every thread of the child (Linux niceness is per thread; the inference runtime has
+        its own pool). Raising it back needs privilege: without, the child stays where it is."""
+        if nice == self._nice_now or (self._renice_refused and nice < self._nice_now):
+            return
+        try:
+            for tid in os.listdir(f"/proc/{proc.pid}/task"):
+                os.setpriority(os.PRIO_PROCESS, int(tid), nice)
+            self._nice_now = nice
+        except PermissionError:
+            self._renice_refused = True
+            log.info("profiler process %d stays at nice %d (raising its priority needs privilege)",
+                     proc.pid, self._nice_now)
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # it just ended; the next submit starts a new one
 
     def start(self, wait_s: float = 0.0) -> bool:
         """Start the child now and wait up to `wait_s` until it has loaded its models; returns
@@ -88,19 +113,37 @@ class SegmentProfiler:
     def submit(self, env: Envelope) -> bool:
         """Hand a segment over and return at once: a writer thread feeds the child's pipe (a
         segment is larger than the pipe's buffer, and a child still loading its models reads
-        nothing yet)."""
+        nothing yet). While one is being scored an urgent segment waits (the newest one) and is
+        scored next, whatever job the busy one is from; any other is skipped."""
         with self._lock:
             if self._busy.is_set():
+                if env.urgent:
+                    if self._pending is not None:
+                        self.skipped += 1
+                    self._pending = env
+                    log.info("segment of job %s waits for the one being scored (%.1f s so far)",
+                             env.job, time.monotonic() - self._since)
+                    return True
                 self.skipped += 1
                 log.info("segment of job %s skipped: the previous one is still being scored (%.1f s so far)",
                          env.job, time.monotonic() - self._since)
                 return False
-            proc = self._start_locked()
-            self._busy.set()
-            self._since = time.monotonic()
+            if self._pending is not None:  # left by a child that died while scoring
+                env, self._pending = (env if env.urgent else self._pending), None
+            proc = self._hand_over_locked(env)
+        self._feed(proc, env)
+        return True
+
+    def _hand_over_locked(self, env: Envelope) -> subprocess.Popen:
+        proc = self._start_locked()
+        self._renice_locked(proc, self.urgent_nice if env.urgent else self.nice)
+        self._busy.set()
+        self._since = time.monotonic()
+        return proc
+
+    def _feed(self, proc: subprocess.Popen, env: Envelope) -> None:
         threading.Thread(target=self._write, args=(proc, encode_envelope(env), env.job),
                          name="vdag-profiler-feed", daemon=True).start()
-        return True
 
     def _write(self, proc: subprocess.Popen, payload: bytes, job: str) -> None:
         try:
@@ -115,7 +158,14 @@ class SegmentProfiler:
             if payload == b"" and not self._ready.is_set():
                 self._ready.set()  # the child's first word: models loaded
                 continue
-            self._busy.clear()
+            with self._lock:
+                took = time.monotonic() - self._since
+                self._busy.clear()
+                waiting, self._pending = self._pending, None
+                if waiting is not None and payload is not None:
+                    self._feed(self._hand_over_locked(waiting), waiting)
+                else:
+                    self._pending = waiting
             if payload is None:
                 return
             try:
@@ -124,7 +174,7 @@ class SegmentProfiler:
                 log.warning("profiler process answered a bad envelope: %s", exc)
                 continue
             self.scored += 1
-            log.info("segment of job %s scored in %.1f s", env.job, time.monotonic() - self._since)
+            log.info("segment of job %s scored in %.1f s", env.job, took)
             try:
                 self.publish(env)
             except Exception:

@@ -80,7 +80,8 @@ def segment_profiler(settings: Settings, publish):
         if _profiler is None or _profiler_pid != os.getpid():
             from tasks.profiler import SegmentProfiler
 
-            _profiler, _profiler_pid = SegmentProfiler(settings, publish, nice=settings.profile_nice), os.getpid()
+            _profiler, _profiler_pid = SegmentProfiler(
+                settings, publish, nice=settings.profile_nice, urgent_nice=settings.profile_first_nice), os.getpid()
         return _profiler
 
 

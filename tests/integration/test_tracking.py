@@ -72,13 +72,18 @@ def test_tracking_beats_carrying_boxes_forward_over_every_frame():
 
 def test_segment_scores_rank_tracking_above_skipping_on_motion():
     frames, golden = _scene(10)
+    detected: list[int] = []
 
-    def detect(image):  # the exact boxes of this scene, at whatever resolution it is shown
-        return golden[0]
+    def detect(image):  # the exact boxes of this scene's frame, at whatever resolution it is shown
+        j = next(i for i, f in enumerate(frames) if f.shape == image.shape and np.array_equal(f, image))
+        detected.append(j)
+        return golden[j]
 
     rows = score_segment(frames, detect, golden, ["source"], [1, 2, 5, 10])
     by = {(r["step"], r["ntracking"]): r for r in rows}
-    assert by[(1, 0)]["f1"] == 1.0 and by[(1, 4)]["frames"] == 5
+    assert detected == [0, 2, 4, 6, 8]  # groups start at START_FRAMES frames spread over the segment
+    assert by[(1, 0)]["f1"] == 1.0 and by[(1, 0)]["frames"] == 5
+    assert by[(1, 4)]["frames"] == 15  # groups of 5 frames starting at 0, 2 and 4 (the rest do not fit)
     assert by[(2, 4)]["f1"] > by[(10, 0)]["f1"]          # both cover 10 frames with one detection
     assert by[(5, 0)]["f1"] < by[(1, 4)]["f1"]
     assert all(r["step"] * (r["ntracking"] + 1) <= 10 for r in rows)

@@ -1,0 +1,49 @@
+"""A job's own accuracy fit: rows of one profiling segment share that moment of the video."""
+from __future__ import annotations
+
+import numpy as np
+
+from scheduler import job_accuracy
+from scheduler.interface import Observation
+from services.video_conf import GRADES
+
+N = 64
+
+
+def _pooled_draws() -> dict[str, np.ndarray]:
+    """A pooled model that says 360p loses ~0.17 of F1 (log-height slope 0.4), no draw spread."""
+    return {"th": np.full((N, len(GRADES)), np.log(0.95)), "kappa": np.full(N, 0.4), "lam": np.full(N, -0.3),
+            "rho": np.full(N, 0.2), "tau": np.full(N, -0.1), "sig_a": np.full(N, 0.08)}
+
+
+def _segment(ts: float, f1_at: dict[int, float]) -> list[Observation]:
+    return [Observation(stage="detect", node="n", width=h * 4 // 3, height=h, fps=fps, ntracking=k, quality=q,
+                        service_s=0.0, ts=ts, accuracy=f1, source="segment")
+            for h, f1 in f1_at.items() for fps in (0.0, 5.0) for k in (0, 2) for q in (60, 90)]
+
+
+def _predicted(job, height: int) -> float:
+    x = job_accuracy.covariate_rows([len(GRADES) - 1], [height], 576, [10.0], 10.0, [90], [0])
+    eta = job_accuracy.pooled_logit(_pooled_draws(), x).T
+    return float(job_accuracy.f1_draws(eta, x, job).mean())
+
+
+def test_one_easy_segment_is_one_moment_not_many_samples():
+    """Every config perfect on one segment: the 16 rows per resolution are one moment of the
+    video, so the job's 360p estimate moves only part of the way from the pooled model; the
+    same scores on four segments at different times are evidence it should believe."""
+    easy = {360: 1.0, 480: 1.0, 576: 1.0}
+    d = _pooled_draws()
+    pooled = _predicted(None, 360)
+    once = _predicted(job_accuracy.fit(_segment(1.0, easy), d, 576, 10.0), 360)
+    four = _predicted(job_accuracy.fit([o for t in range(4) for o in _segment(1.0 + 3 * t, easy)], d, 576, 10.0), 360)
+    assert pooled < once < four <= 1.0
+    assert once - pooled < 0.6 * (1.0 - pooled)   # one segment: well short of what it measured
+    assert four - pooled > 1.3 * (once - pooled)  # more moments, more belief
+
+
+def test_a_hard_segment_teaches_the_resolution_slope():
+    hard = {360: 0.55, 480: 0.75, 576: 1.0}
+    job = job_accuracy.fit([o for t in range(3) for o in _segment(1.0 + 3 * t, hard)], _pooled_draws(), 576, 10.0)
+    assert _predicted(job, 360) < _predicted(None, 360) - 0.1
+    assert abs(_predicted(job, 576) - _predicted(None, 576)) < 0.1
