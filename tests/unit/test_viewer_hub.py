@@ -121,3 +121,46 @@ def test_subscription_lifecycle_and_latest(hub: ViewerHub) -> None:
         hub.publish(JOB, 1, "not bytes")  # type: ignore[arg-type]
     hub.forget_job(JOB)
     assert hub.latest(JOB) is None and hub.published(JOB) == 0
+
+
+def test_a_capped_viewer_gets_the_newest_frame_at_its_rate_and_few_wakeups(hub: ViewerHub) -> None:
+    """20 fps cap, a job publishing ~400 fps for half a second: about 10 frames handed out, each
+    the newest at that moment, at least ~the interval apart, and the reader thread woken a few
+    times per frame handed out, not once per frame published."""
+    sub = hub.subscribe(JOB, min_interval_s=0.05)
+    wakeups = 0
+    wait = sub._cond.wait
+
+    def counted_wait(timeout=None):
+        nonlocal wakeups
+        wakeups += 1
+        return wait(timeout)
+
+    sub._cond.wait = counted_wait
+    got: list[tuple[int, float]] = []
+
+    def reader() -> None:
+        while True:
+            try:
+                item = sub.get(timeout=2)
+            except StreamEnded:
+                return
+            if item is not None:
+                got.append((item[0], time.monotonic()))
+
+    t = threading.Thread(target=reader)
+    t.start()
+    published = 200
+    for seq in range(published):
+        hub.publish(JOB, seq, fake_jpeg(seq))
+        time.sleep(0.0025)
+    time.sleep(0.1)
+    hub.close_job(JOB)
+    t.join(5)
+    gaps = [b - a for (_, a), (_, b) in zip(got, got[1:])]
+    assert 6 <= len(got) <= 16, got
+    assert min(gaps) >= 0.035
+    assert got[-1][0] == published - 1  # the newest frame, sent once it was due
+    assert [s for s, _ in got] == sorted(s for s, _ in got)
+    assert sub.delivered + sub.skipped == published and sub.dropped == 0
+    assert wakeups <= 3 * len(got) + 5

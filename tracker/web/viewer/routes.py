@@ -122,24 +122,20 @@ def _stream(
     never iterated holds no subscription; unsubscribes in `finally` however it ends."""
     cfg = {name: float(app.config.get(name, default)) for name, default in DEFAULTS.items()}
     poll_s, check_s, keepalive_s = cfg["VIEWER_POLL_S"], cfg["VIEWER_CHECK_S"], cfg["VIEWER_KEEPALIVE_S"]
-    interval = 1.0 / fps if fps else 0.0
-    skipped = 0
     reason = "job closed"
     last: tuple[int, bytes] | None = None  # the last frame sent
-    pending: tuple[int, bytes] | None = None  # the newest frame held back by the fps cap
     now = time.monotonic()
-    last_sent, next_check, next_due = now, now + check_s, now
-    sub = hub.subscribe(job_uid, maxsize=int(cfg["VIEWER_QUEUE_SIZE"]), with_latest=True)
+    last_sent, next_check = now, now + check_s
+    # The hub paces a capped viewer: it hands out the newest frame at most `fps` times a second.
+    sub = hub.subscribe(job_uid, maxsize=int(cfg["VIEWER_QUEUE_SIZE"]), with_latest=True,
+                        min_interval_s=1.0 / fps if fps else 0.0)
     try:
         if hub.latest(job_uid) is None:
             yield _part(_waiting_frame(), None)
         while True:
-            wait = poll_s if pending is None else min(poll_s, max(0.0, next_due - time.monotonic()))
             try:
-                frame = sub.get(timeout=wait)
-            except StreamEnded:  # hub.close_job: the job stopped
-                if pending is not None:
-                    yield _part(pending[1], pending[0])
+                frame = sub.get(timeout=poll_s)
+            except StreamEnded:  # hub.close_job: the job stopped (what was queued is sent)
                 return
             now = time.monotonic()
             if now >= next_check:
@@ -150,22 +146,12 @@ def _stream(
                         yield _part(frame[1], frame[0])
                         frame = sub.get(timeout=0)
                     return
-            if frame is None and pending is not None and now >= next_due:
-                frame, pending = pending, None  # the fps cap allows the held-back frame now
             if frame is None:
                 if now - last_sent >= keepalive_s:  # a write is how we notice a viewer left
                     seq, jpeg = last if last else (None, _waiting_frame())
                     yield _part(jpeg, seq)
                     last_sent = now
                 continue
-            if interval:
-                if now + 0.25 * interval < next_due:
-                    if pending is not None:
-                        skipped += 1
-                    pending = frame
-                    continue
-                next_due = max(next_due, now - interval) + interval
-                pending = None
             last = frame
             last_sent = now
             yield _part(frame[1], frame[0])
@@ -178,7 +164,7 @@ def _stream(
         sub.close()
         log.info(
             "stream of job %s ended (%s): delivered=%d dropped=%d skipped_for_fps=%d",
-            job_uid, reason, sub.delivered, sub.dropped, skipped,
+            job_uid, reason, sub.delivered, sub.dropped, sub.skipped,
         )
 
 
@@ -251,8 +237,8 @@ def job_viewers(job_uid: str) -> Response:
             "published": ctx.hub.published(job_uid),
             "latest_seq": latest[0] if latest else None,
             "viewers": [
-                {"id": s.id, "delivered": s.delivered, "dropped": s.dropped, "queued": s.queued,
-                 "since": s.since}
+                {"id": s.id, "delivered": s.delivered, "dropped": s.dropped, "skipped_for_fps": s.skipped,
+                 "queued": s.queued, "since": s.since}
                 for s in ctx.hub.stats(job_uid)
             ],
         }
