@@ -77,7 +77,7 @@ class Envelope(BaseModel):
     segment: list[bytes] = Field(default_factory=list, max_length=64)
     segment_fps: float = 0.0
     # A job's first segments: the planner has no accuracy from the video until one is scored,
-    # so the worker scores them at its own priority instead of on idle capacity only.
+    # so the worker scores them first and at a higher priority than idle capacity only.
     urgent: bool = False
 
 

@@ -6,9 +6,10 @@ for seconds (measured: mean delay 4.2 s with D = 1 s). Here the task only hands 
 to a child process at nice 19 and returns: the child gets the CPU the frames leave idle,
 and its result goes to the results queue like a finished frame. One segment at a time per
 worker process; a segment that arrives while one is being scored is skipped (counted).
-A job's first segments (`urgent`) are scored at the worker's own priority (`profile_first_nice`):
-at nice 19 on a node the frames keep busy, the first one took 15-20 s for 1-2 s of CPU, and
-until then the planner chooses without any accuracy measured on the video.
+A job's first segments (`urgent`) are scored next, ahead of whatever else waits, and at nice
+`profile_first_nice` (10): at nice 19 on a node the frames keep busy the first one took 15-20 s
+for a few seconds of CPU, and until then the planner chooses without any accuracy measured on
+the video. Not 0: at the frames' own priority it made every window a delay surprise.
 
 The child is our own program (`python -m tasks.profiler`), fed length-prefixed msgpack
 envelopes on stdin and answering on stdout (first with an empty message once its models are
@@ -87,7 +88,7 @@ class SegmentProfiler:
 
     def _renice_locked(self, proc: subprocess.Popen, nice: int) -> None:
         """Every thread of the child (Linux niceness is per thread; the inference runtime has
-        its own pool). Raising it back needs privilege: without, the child stays where it is."""
+        its own pool). Lowering niceness needs privilege: without it the child stays at the higher."""
         if nice == self._nice_now or (self._renice_refused and nice < self._nice_now):
             return
         try:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from scheduler import job_accuracy
 from scheduler.interface import Observation
@@ -47,3 +48,24 @@ def test_a_hard_segment_teaches_the_resolution_slope():
     job = job_accuracy.fit([o for t in range(3) for o in _segment(1.0 + 3 * t, hard)], _pooled_draws(), 576, 10.0)
     assert _predicted(job, 360) < _predicted(None, 360) - 0.1
     assert abs(_predicted(job, 576) - _predicted(None, 576)) < 0.1
+
+
+def test_the_pooled_model_counts_a_segment_row_as_a_tenth_of_an_observation():
+    """The same scores as segment rows move the pooled accuracy fit less than as profiled frames."""
+    from scheduler import bayes
+    from scheduler.bayes_priors import Layout, Slots
+
+    layout = Layout(2, 2)
+
+    def fitted(source: str):
+        obs = [Observation(stage="detect", node="n", width=480, height=360, fps=0.0, quality=90, service_s=0.0,
+                           ts=float(t), accuracy=0.5, source=source) for t in range(8)]
+        data = bayes.build_data([(o, "person_detection", 576.0, 10.0) for o in obs], layout, Slots(2), Slots(2),
+                                np.zeros(2), np.zeros(2))
+        return data.arrays["a_n"].sum(), data.arrays["a_m"]
+
+    n_seg, m_seg = fitted("segment")
+    n_frame, m_frame = fitted("frame")
+    assert n_seg == pytest.approx(8 * bayes.SEGMENT_ROW_WEIGHT) and n_frame == pytest.approx(8.0)
+    prior = layout.acc_prior()[0]
+    assert np.abs(m_seg - prior).sum() < np.abs(m_frame - prior).sum()
