@@ -130,9 +130,11 @@ class Subscription:
 
     def stats(self) -> SubscriberStats:
         with self._cond:
-            return SubscriberStats(
-                self.id, self.job_uid, self.delivered, self.dropped, len(self._queue), self.since, self.skipped
-            )
+            return self._stats_locked()
+
+    def _stats_locked(self) -> SubscriberStats:
+        return SubscriberStats(self.id, self.job_uid, self.delivered, self.dropped, len(self._queue), self.since,
+                               self.skipped)
 
     def __enter__(self) -> "Subscription":
         return self
@@ -268,7 +270,4 @@ class ViewerHub:
                 if job_uid is not None
                 else [s for lst in self._subs.values() for s in lst]
             )
-            return [
-                SubscriberStats(s.id, s.job_uid, s.delivered, s.dropped, len(s._queue), s.since, s.skipped)
-                for s in subs
-            ]
+            return [s._stats_locked() for s in subs]
