@@ -69,3 +69,16 @@ def test_the_pooled_model_counts_a_segment_row_as_a_tenth_of_an_observation():
     assert n_seg == pytest.approx(8 * bayes.SEGMENT_ROW_WEIGHT) and n_frame == pytest.approx(8.0)
     prior = layout.acc_prior()[0]
     assert np.abs(m_seg - prior).sum() < np.abs(m_frame - prior).sum()
+
+
+def test_tracking_more_frames_never_scores_above_detecting_them():
+    """Rows ordered as the planner's grid (ntracking innermost: 0, 1, 2, 4): per draw, each
+    tracking level is capped by the levels that detect more; detection-only rows stay."""
+    rng = np.random.default_rng(0)
+    f1 = rng.uniform(0.5, 1.0, size=(3 * 4, N))
+    f1[1] = f1[0] + 0.05          # an untried track-1 sibling the model rates above its measured parent
+    capped = job_accuracy.more_detection_never_worse(f1.copy(), 4).reshape(3, 4, N)
+    assert np.all(np.diff(capped, axis=1) <= 0)
+    assert np.array_equal(capped[:, 0], f1.reshape(3, 4, N)[:, 0])
+    assert np.array_equal(capped[0, 1], f1[0])
+    assert np.array_equal(job_accuracy.more_detection_never_worse(f1, 1), f1)
