@@ -6,10 +6,27 @@ plain results queue instead of a result backend (which halved throughput).
 """
 from __future__ import annotations
 
+import functools
+
 from celery import Celery
+from celery.worker.consumer import Consumer
 
 from services.settings import Settings
 from tasks.queues import STAGE_TASK, node_queue
+
+
+# Reconnect tries at most 1 s apart while the broker is away. kombu's default backoff (2, 4,
+# 6 ... s) put a worker's tries 6, 12 and 20 s after the loss: a broker back at 7 s was seen
+# at 12 or 20 s (one resume of 20.5 s in tests/integration/test_fault_broker.py).
+RECONNECT_INTERVALS = {"interval_start": 0.0, "interval_step": 0.5, "interval_max": 1.0}
+
+
+class PromptReconnectConsumer(Consumer):
+    """The worker's consumer, reconnecting at RECONNECT_INTERVALS (Celery passes none)."""
+
+    def ensure_connected(self, conn):
+        conn.ensure_connection = functools.partial(conn.ensure_connection, **RECONNECT_INTERVALS)
+        return super().ensure_connected(conn)
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -43,6 +60,11 @@ def make_celery(settings: Settings) -> Celery:
     if settings.broker_url.startswith("memory://"):
         # kombu's memory transport polls; its 1 s default gave 29 frames/s (DESIGN.md 5).
         app.conf.broker_transport_options = {"polling_interval": 0.001}
+    else:
+        # Read by kombu's default_channel: the tracker's consumers and publishers reconnect as
+        # promptly as the worker.
+        app.conf.broker_transport_options = dict(RECONNECT_INTERVALS)
+        app.conf.worker_consumer = "tasks.app:PromptReconnectConsumer"
     # The stage task is a shared task: it reads this app's settings at run time.
     app.vdag_settings = settings
     import tasks.stage  # noqa: F401  (registers the shared task with every app)
