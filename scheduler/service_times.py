@@ -128,6 +128,7 @@ class ServiceTimes:
             if len(group) < LAT_FRAMES:
                 group.append(o)
         for (svc, node), group in recent.items():
+            key = (self.svc_slot(svc), self.node_slot(node))
             y = np.log([o.service_s for o in group])
             mu = np.stack([self.at_observation(d, snap, svc, o) for o in group])   # [m, n]
             resid = (y[:, None] - mu).mean(axis=0)                                  # [n]
@@ -138,17 +139,23 @@ class ServiceTimes:
                 sd = math.sqrt(float(np.var(mu_l)) + float(np.mean(d["sig"] ** 2)) / int(latest.sum()))
                 heavy = math.exp(y_l) > HEAVY_SHARE * delay_bound
                 dev = float(np.median(y_l - mu_l))
-                key = (self.svc_slot(svc), self.node_slot(node))
-                if heavy and abs(dev) > max(SURPRISE_LOG, 3 * sd):
-                    seen = self.unconfirmed.get(key)
-                    confirmed = seen is not None and seen[0] < newest and seen[1] == math.copysign(1.0, dev)
-                    if confirmed or abs(dev) > SURPRISE_AT_ONCE_LOG:
-                        surprised.append(node)
-                        self.unconfirmed.pop(key, None)
-                    elif seen is None or seen[0] < newest:
-                        self.unconfirmed[key] = (newest, math.copysign(1.0, dev))
-                elif key in self.unconfirmed and self.unconfirmed[key][0] < newest:
-                    del self.unconfirmed[key]
-            self.window_delta[(self.svc_slot(svc), self.node_slot(node))] = (resid * m / (m + 2.0), newest,
-                                                                              snap.version)
+                if self._confirmed(key, newest, dev if heavy and abs(dev) > max(SURPRISE_LOG, 3 * sd) else 0.0):
+                    surprised.append(node)
+            self.window_delta[key] = (resid * m / (m + 2.0), newest, snap.version)
         return surprised
+
+    def _confirmed(self, key: tuple[int, int], window_ts: float, dev: float) -> bool:
+        """A surprising window (dev != 0, log deviation) is a shift when the window before it
+        deviated the same way, or at once past SURPRISE_AT_ONCE_LOG; a calm window clears it."""
+        seen = self.unconfirmed.get(key)
+        if seen is not None and seen[0] >= window_ts:
+            return False                                   # the same window, read again
+        if dev == 0.0:
+            self.unconfirmed.pop(key, None)
+            return False
+        sign = math.copysign(1.0, dev)
+        if abs(dev) > SURPRISE_AT_ONCE_LOG or (seen is not None and seen[1] == sign):
+            self.unconfirmed.pop(key, None)
+            return True
+        self.unconfirmed[key] = (window_ts, sign)
+        return False
