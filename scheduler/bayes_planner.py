@@ -47,7 +47,7 @@ import numpy as np
 
 from scheduler import bayes, job_accuracy, knobs
 from scheduler.bayes import BayesModel, Snapshot
-from scheduler.delay import PACED_CV2, PLAN_RHO_MAX, node_arrays, plan_delay, transfer_s
+from scheduler.delay import PACED_CV2, PLAN_RHO_MAX, measured_wait_scale, node_arrays, plan_delay, transfer_s
 from scheduler.interface import Plan, PlanningInput
 from scheduler.job_accuracy import JobAccuracy
 from scheduler.posterior_refresher import PosteriorRefresher
@@ -309,6 +309,8 @@ class BayesPlanner:
         # by the posterior's log-normal spread; no node planned past PLAN_RHO_MAX.
         queueing = dict(own_cv2=PACED_CV2 if inp.source.paced else 1.0, rho_max=PLAN_RHO_MAX)
         svc_cv2 = np.expm1(sig**2)
+        queueing["wait_scale"] = self._wait_scale(inp, c, last, st_mean, bg, cap, trans_all,
+                                                  dict(queueing, service_cv2=float(svc_cv2.mean())))
         d_mean = plan_delay(c, allidx, st_mean, st_mean, bg, cap, qdepth, trans_all,
                             service_cv2=float(svc_cv2.mean()), **queueing)[0][:, 0]
         # Compute is traded for accuracy only once this job's own accuracy is measured: the
@@ -323,7 +325,7 @@ class BayesPlanner:
         nf = S.frames[short][:, None, None]
         eps = self._rng.standard_normal((len(short), K, n))
         lmu = np.stack([mu[k, c.mapping[short, k], c.res_idx[short], c.grade_idx[short]] for k in range(K)], axis=1)
-        sd_w = sig[None, None, :] / np.sqrt(nf)
+        sd_w = t.frame_noise(c, short, sig) / np.sqrt(nf)
         stime = np.exp(lmu + sig**2 / 2 + sd_w * eps - sd_w**2 / 2) * slow[c.mapping[short], :]
         mt = np.stack([mean_t[k, c.mapping[short, k], c.res_idx[short], c.grade_idx[short]] for k in range(K)], axis=1)
         delay, _ = plan_delay(c, short, stime, mt, bg, cap, qdepth, trans_all[short], service_cv2=svc_cv2,
@@ -388,6 +390,20 @@ class BayesPlanner:
         """F1 draws per grid row [rows, n] with the job's correction; the pooled part once per posterior."""
         eta = S.cached("f1_logits", version, lambda: job_accuracy.pooled_logit(d, S.acc_x).T)  # [rows, n]
         return job_accuracy.f1_draws(eta, S.acc_x, job)
+
+    @staticmethod
+    def _wait_scale(inp: PlanningInput, c: knobs.Candidates, last: int | None, st_mean: np.ndarray, bg: np.ndarray,
+                    cap: np.ndarray, trans: np.ndarray, queueing: dict) -> float:
+        """The factor on every candidate's queueing wait from what the running plan's frames
+        waited (scheduler.delay.measured_wait_scale); 1 before the job has a plan."""
+        if last is None:
+            return 1.0
+        one = np.array([last])
+        no_backlog = np.zeros(len(c.nodes))  # a backlog is measured as it drains, not modelled
+        delay = plan_delay(c, one, st_mean[one], st_mean[one], bg, cap, no_backlog, trans[one], **queueing)[0]
+        predicted = float(delay[0, 0] - st_mean[last].sum() - trans[last])
+        return measured_wait_scale(inp.observations, set(c.stages), int(c.res[c.res_idx[last]][2]),
+                                   int(c.ntrack[last]), predicted)
 
     @staticmethod
     def _own_work(c: knobs.Candidates, i: int, tbar: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ SURPRISE_LOG = math.log(1.5)  # a window's service time this far (x or /) from t
 # was scored on the same cores; each shift dropped the history and ran 4-6 s on worse plans).
 SURPRISE_AT_ONCE_LOG = math.log(3.0)
 LAT_FRAMES, LAT_HORIZON_S = 10, 8.0  # the recent frames a job's service-time correction pools
+NOISE_PRIOR_FRAMES = 2.0  # frames that the posterior's noise scale counts as in frame_noise
 HEAVY_SHARE = 0.05  # a stage lighter than this share of the delay bound wobbles; that is no shift
 
 
@@ -41,6 +42,8 @@ class ServiceTimes:
         self.window_delta: dict[tuple[int, int], tuple[np.ndarray, float, int]] = {}
         # (service slot, node slot) -> (window ts, sign) of a surprising window awaiting confirmation
         self.unconfirmed: dict[tuple[int, int], tuple[float, float]] = {}
+        # (service slot, node slot) -> (log sd of the job's recent frames about the model, frames)
+        self.window_sd: dict[tuple[int, int], tuple[float, int]] = {}
 
     def set_priors(self, nodes: Iterable[NodeInfo], services: Iterable[str]) -> None:
         """Prior means from what each node is (GPU, cores) and which services run."""
@@ -113,6 +116,7 @@ class ServiceTimes:
         surprised: list[str] = []
         if self.window_delta and next(iter(self.window_delta.values()))[2] != snap.version:
             self.window_delta.clear()
+            self.window_sd.clear()
         # The job's recent measured stages per (service, node), newest first: observations come
         # oldest first, so read from the end. A tracked plan's 2-s window holds one or two
         # detected frames: one slow frame must not swing every plan's P(delay).
@@ -142,7 +146,26 @@ class ServiceTimes:
                 if self._confirmed(key, newest, dev if heavy and abs(dev) > max(SURPRISE_LOG, 3 * sd) else 0.0):
                     surprised.append(node)
             self.window_delta[key] = (resid * m / (m + 2.0), newest, snap.version)
+            if m >= 3:
+                self.window_sd[key] = (float(np.std((y[:, None] - mu).mean(axis=1), ddof=1)), m)
         return surprised
+
+    def frame_noise(self, c: knobs.Candidates, idx: np.ndarray, sig: np.ndarray) -> np.ndarray:
+        """Per-frame log sd of each stage of candidates idx [M, K, n]: the posterior's `sig` (one
+        for every service), pooled with the spread this job's recent frames of that (stage,
+        node) showed. One sig fits the detector and a 40-us counter alike, and the counter's
+        relative jitter set it: 0.15-0.18 where the person detector's own frames varied by
+        0.03, which put a plan at 0.37 of D = 0.5 s at P(delay <= D) 0.55-0.9, though its
+        frames were never late."""
+        out = np.broadcast_to(sig[None, None, :], (len(idx), len(c.stages), len(sig))).copy()
+        for k, svc in enumerate(c.services):
+            for j, node in enumerate(c.nodes):
+                hit = self.window_sd.get((self.svc_slot(svc), self.node_slot(node)))
+                rows = c.mapping[idx, k] == j
+                if hit is not None and rows.any():
+                    sd, m = hit
+                    out[rows, k] = np.sqrt((m * sd**2 + NOISE_PRIOR_FRAMES * sig**2) / (m + NOISE_PRIOR_FRAMES))
+        return out
 
     def _confirmed(self, key: tuple[int, int], window_ts: float, dev: float) -> bool:
         """A surprising window (dev != 0, log deviation) is a shift when the window before it

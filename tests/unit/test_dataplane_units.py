@@ -156,3 +156,24 @@ def test_unopenable_sources_raise_source_error(tmp_path):
         open_source(str(tmp_path / "missing.mp4"))
     with pytest.raises(SourceError):
         open_source("synthetic://hugexbig")
+
+
+@pytest.mark.parametrize("segment_every_s,pipeline,profile_every,segments", [
+    (12.0, ["person_detection", "object_count"], 0, 12.0),  # segments score it: nothing on the frame path
+    (0.0, ["person_detection", "object_count"], 20, 0.0),   # segments off: the frame path measures
+    (12.0, ["face_detection"], 0, 0.0),                     # boxes without `detections`: nothing to score
+])
+def test_accuracy_is_profiled_off_the_frame_path_where_segments_score_the_detector(
+        tmp_path, segment_every_s, pipeline, profile_every, segments):
+    from scheduler.interface import Plan, StageMapping
+    from services.dag import dag_from_pipeline
+    from services.settings import Settings
+    from tracker.runtime.generators import active_plan
+
+    settings = Settings(node="n", data_dir=tmp_path, profile_every=20, profile_segment_every_s=segment_every_s)
+    dag = dag_from_pipeline(pipeline)
+    plan = Plan(video_conf=VideoConf(), flow_mapping={s.name: StageMapping(node="n") for s in dag.stages})
+    active = active_plan(settings, dag, 1, plan, planned=True)
+    assert (active.profile_every, active.segment_every_s) == (profile_every, segments)
+    fixed = active_plan(settings, dag, 1, plan, planned=False)
+    assert (fixed.profile_every, fixed.segment_every_s) == (0, 0.0)
