@@ -40,6 +40,11 @@ def test_frames_that_queue_more_than_predicted_raise_the_wait_up_to_a_bound():
     assert measured_wait_scale(_frames(50, 5.0), STAGES, 576, 2, predicted_wait_s=0.01) == 4.0
 
 
+def test_the_first_frames_of_a_plan_waiting_behind_the_last_plan_do_not_scale_every_wait_up():
+    switch = _frames(2, 0.5) + _frames(8, 0.01, t0=101.2)
+    assert measured_wait_scale(switch, STAGES, 576, 2, predicted_wait_s=0.05) < 1.0
+
+
 def test_only_the_running_plans_recent_frames_count():
     other_plan = _frames(12, 0.0, height=360) + _frames(12, 0.0, ntracking=4)
     assert measured_wait_scale(other_plan, STAGES, 576, 2, predicted_wait_s=0.1) == 1.0
