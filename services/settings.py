@@ -57,7 +57,8 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(8, ge=1, le=1024, description="frames of one job in flight before the generator drops")
     reorder_wait_s: float = Field(2.0, gt=0, description="how long the aggregator waits for a missing frame")
     profile_every: int = Field(20, ge=0, le=10_000, description=(
-        "every Nth frame also runs the golden config (source resolution, golden grade) to measure F1; 0 = off"))
+        "every Nth frame also runs the golden config (source resolution, golden grade) to measure F1, where "
+        "profiling segments do not score the detector; 0 = off"))
     profile_segment_every_s: float = Field(12.0, ge=0, le=3600, description=(
         "every this many seconds of video (the first three 3x as often), score candidate configs against "
         "the golden one on a short segment of consecutive source frames (frame-level F1, "
