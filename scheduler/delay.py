@@ -138,8 +138,8 @@ def measured_wait_scale(observations: list[Observation], stages: set[str], heigh
     Kingman's formula with PACED_CV2 is a safe guess for arrivals it cannot see; a paced
     source on an idle node queues far less. vtest.avi on PyTorch, D = 0.5 s: source@5fps
     track 2 (0.36 s per detected frame, rho 0.6) was predicted to wait 0.09 s and ruled out
-    (P(delay <= D) 0.55-0.9); its frames waited 3-5 ms, and the one-time profile ran it with no
-    frame late. A node that does queue (other jobs, a shared host) raises the factor instead."""
+    (P(delay <= D) 0.55-0.9); its frames waited 0.018 s (broker hops included), and the
+    one-time profile ran it with no frame late. A node that does queue (other jobs, a shared host) raises the factor instead."""
     waits: dict[float, float] = {}
     newest = None
     for o in reversed(observations):
