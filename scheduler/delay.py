@@ -20,6 +20,7 @@ import numpy as np
 
 from scheduler.interface import NodeInfo, Observation
 from scheduler.knobs import Candidates
+from scheduler.observations import recent_window
 
 DEFAULT_BW = 12.5e6      # bytes/s (100 Mbit/s) when a link has no measurement
 RHO_MAX = 0.97
@@ -38,10 +39,9 @@ PACED_CV2 = 0.1
 # a predicted rho ~0.85-0.9 (10 of 10 fps detected, 0.08 s each) queued frames for 0.5-1 s
 # within 2 s of each start, three times in 60 s; plans at rho <= 0.8 did not in that run.
 PLAN_RHO_MAX = 0.85
-# How a job's measured queueing corrects the model's (measured_wait_scale): frames of the
-# running plan within the last WAIT_HORIZON_S, a stabiliser for near-zero waits, the frames
-# that count as much as the model, and the range of the correction.
-WAIT_HORIZON_S, WAIT_FLOOR_S, WAIT_PRIOR_FRAMES, WAIT_SCALE_RANGE = 8.0, 0.02, 4.0, (0.2, 4.0)
+# How a job's measured queueing corrects the model's (measured_wait_scale): a stabiliser for
+# near-zero waits, the frames that count as much as the model, and the range of the correction.
+WAIT_FLOOR_S, WAIT_PRIOR_FRAMES, WAIT_SCALE_RANGE = 0.02, 4.0, (0.2, 4.0)
 
 
 def node_arrays(c: Candidates, nodes: list[NodeInfo]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -141,13 +141,7 @@ def measured_wait_scale(observations: list[Observation], stages: set[str], heigh
     (P(delay <= D) 0.55-0.9); its frames waited 0.018 s (broker hops included), and the
     one-time profile ran it with no frame late. A node that does queue (other jobs, a shared host) raises the factor instead."""
     waits: dict[float, float] = {}
-    newest = None
-    for o in reversed(observations):
-        if o.source != "frame" or o.service_s <= 0 or o.stage not in stages:
-            continue
-        newest = o.ts if newest is None else newest
-        if o.ts < newest - WAIT_HORIZON_S:
-            break
+    for o in recent_window(observations, lambda o: o.source == "frame" and o.service_s > 0 and o.stage in stages):
         if o.height == height and o.ntracking == ntracking:
             waits[o.ts] = waits.get(o.ts, 0.0) + o.queue_s
     if not waits or not np.isfinite(predicted_wait_s):

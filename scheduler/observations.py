@@ -1,5 +1,8 @@
-"""Accuracy and speed measurements that are not a processed frame, as planner observations.
+"""Planner observations: a job's recent window of measured frames, and the accuracy and speed
+measurements that are not a processed frame.
 
+- The recent window (`recent_window`): the service-time corrections and the measured queueing
+  wait read the same frames, newest first, within a horizon of the newest.
 - A scored profiling segment (services/profiling.py): one accuracy observation per candidate
   config, frame-level F1 against the golden config; no service time.
 - A node's `vdag profile` (services/node_profile.py): one latency observation per service x
@@ -7,11 +10,28 @@
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from scheduler.interface import Observation
 from services.dag import DagSpec
 from services.profiling import SEGMENT_QUALITY
+
+
+RECENT_HORIZON_S = 8.0  # how far back from its newest measured frame a job's recent window reaches
+
+
+def recent_window(observations: list[Observation], accept: Callable[[Observation], bool],
+                  horizon_s: float = RECENT_HORIZON_S) -> Iterator[Observation]:
+    """The accepted observations within horizon_s of the newest accepted one, newest first
+    (observations come oldest first)."""
+    newest = None
+    for o in reversed(observations):
+        if not accept(o):
+            continue
+        newest = o.ts if newest is None else newest
+        if o.ts < newest - horizon_s:
+            return
+        yield o
 
 
 def segment_observations(stage: str, node: str, grade: str | None, rows: Iterable[dict[str, Any]],

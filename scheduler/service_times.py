@@ -5,8 +5,9 @@ recent measured frames.
 Why a correction between posterior refreshes: a refresh takes seconds and pools every job, so
 a node that just slowed down (another job, thermal throttling, a cold cache) would otherwise
 keep its old prediction for a whole refresh interval. Per (service, node) the log residual of
-the job's last LAT_FRAMES frames within LAT_HORIZON_S, shrunk toward zero, is added per draw;
-the latest window alone decides whether the node surprised the model (a shift).
+the job's last LAT_FRAMES frames in its recent window (observations.recent_window), shrunk
+toward zero, is added per draw; the latest window alone decides whether the node surprised
+the model (a shift).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from scheduler import bayes, bayes_priors, knobs
 from scheduler.bayes import Snapshot
 from scheduler.bayes_priors import Layout, Slots
 from scheduler.interface import NodeInfo, Observation
+from scheduler.observations import recent_window
 from services.video_conf import GRADES
 
 SURPRISE_LOG = math.log(1.5)  # a window's service time this far (x or /) from the predictive is a shift...
@@ -26,7 +28,7 @@ SURPRISE_LOG = math.log(1.5)  # a window's service time this far (x or /) from t
 # mostly a neighbour's burst (vtest.avi, D = 1 s: a 1.5x window twice a minute while a segment
 # was scored on the same cores; each shift dropped the history and ran 4-6 s on worse plans).
 SURPRISE_AT_ONCE_LOG = math.log(3.0)
-LAT_FRAMES, LAT_HORIZON_S = 10, 8.0  # the recent frames a job's service-time correction pools
+LAT_FRAMES = 10  # the recent frames (observations.recent_window) a job's service-time correction pools
 NOISE_PRIOR_FRAMES = 2.0  # frames that the posterior's noise scale counts as in frame_noise
 HEAVY_SHARE = 0.05  # a stage lighter than this share of the delay bound wobbles; that is no shift
 
@@ -122,12 +124,9 @@ class ServiceTimes:
         # detected frames: one slow frame must not swing every plan's P(delay).
         recent: dict[tuple[str, str], list[Observation]] = {}
         newest = None
-        for o in reversed(observations):
-            if o.service_s <= 0 or o.stage not in services or o.ts < stale.get(o.node, -math.inf):
-                continue
+        for o in recent_window(observations, lambda o: o.service_s > 0 and o.stage in services
+                               and o.ts >= stale.get(o.node, -math.inf)):
             newest = o.ts if newest is None else newest
-            if o.ts < newest - LAT_HORIZON_S:
-                break
             group = recent.setdefault((services[o.stage], o.node), [])
             if len(group) < LAT_FRAMES:
                 group.append(o)
