@@ -77,9 +77,8 @@ def profile_rows(env: Envelope) -> tuple[str, list[dict]] | None:
 
 
 LATE_MEMORY = 4096  # declared-lost seqs per job remembered, so that their late result is stored
-# The numbers a restarted generator skipped (tracker.runtime.resume) are waited for this long at
-# most: the old process's frames are already on the queues, the rest never come, and any that
-# turn up later are still stored (late).
+# A restarted generator's predecessor's frames are already on the queues or gone with it: its
+# gaps are waited for this long at most (any that turn up later are still stored, late).
 RESTART_GAP_WAIT_S = 2.0
 
 
@@ -93,16 +92,27 @@ class Emitted:
 
 
 class _JobOrder:
-    def __init__(self, next_seq: int) -> None:
+    def __init__(self, next_seq: int, maybe_unused: tuple[int, int] = (0, 0)) -> None:
         self.next_seq = next_seq
         self.pending: dict[int, FrameRecord] = {}
         self.gap_since: float | None = None  # when we started waiting for next_seq
-        self.restart_gap_end = next_seq  # seqs below this one were skipped at a restart
+        # Numbers a restarted generator's predecessor reserved and may not have used
+        # (tracker.runtime.resume): not waited for; those that arrive are stored as they come.
+        self.unused_lo, self.unused_hi = maybe_unused if maybe_unused[0] < maybe_unused[1] else (0, 0)
+        self.unused_seen: set[int] = set()
+        self.restart_end = self.unused_hi  # numbers below were the predecessor's
         self.duplicates = 0
         self.lost = 0
         self.late = 0
         self.emitted = 0
         self.declared_lost: dict[int, None] = {}  # insertion-ordered: the oldest go first
+
+    def maybe_unused(self, seq: int) -> bool:
+        return self.unused_lo <= seq < self.unused_hi
+
+    def step_over_unused(self) -> None:
+        if self.next_seq == self.unused_lo < self.unused_hi:
+            self.next_seq = self.unused_hi
 
 
 class ReorderBuffer:
@@ -114,12 +124,23 @@ class ReorderBuffer:
         self._jobs: dict[str, _JobOrder] = {}
         self._lock = threading.Lock()
 
-    def start_job(self, job_uid: str, next_seq: int = 0, generator_from: int | None = None) -> None:
+    def start_job(self, job_uid: str, next_seq: int = 0, maybe_unused: tuple[int, int] = (0, 0)) -> None:
         """Resume point after a restart: everything below next_seq is already stored; the
-        generator continues at `generator_from` (the numbers between were the old process's)."""
+        numbers in `maybe_unused` = [lo, hi) may never have been sent."""
         with self._lock:
-            job = self._jobs[job_uid] = _JobOrder(next_seq)
-            job.restart_gap_end = max(next_seq, generator_from or next_seq)
+            job = self._jobs[job_uid] = _JobOrder(next_seq, maybe_unused)
+            job.step_over_unused()
+
+    def generator_restarted(self, job_uid: str, maybe_unused: tuple[int, int]) -> None:
+        """A job's generator restarted elsewhere (an edge) at maybe_unused[1]."""
+        with self._lock:
+            job = self._jobs.get(job_uid)
+            if job is None or maybe_unused[0] >= maybe_unused[1] or maybe_unused[1] <= job.next_seq:
+                return
+            job.unused_lo, job.unused_hi = max(maybe_unused[0], job.next_seq), maybe_unused[1]
+            job.unused_seen = set()
+            job.restart_end = job.unused_hi
+            job.step_over_unused()
 
     def forget(self, job_uid: str) -> None:
         with self._lock:
@@ -135,19 +156,24 @@ class ReorderBuffer:
             if j is None:
                 return {}
             return {"frames_out": j.emitted, "frames_lost": j.lost, "duplicates": j.duplicates,
-                    "frames_late": j.late, "reorder_pending": len(j.pending)}
+                    "frames_late": j.late, "reorder_pending": len(j.pending),
+                    "restart_unused": j.unused_hi - j.unused_lo - len(j.unused_seen)}
 
     def push(self, record: FrameRecord, now: float | None = None) -> Emitted:
         now = time.monotonic() if now is None else now
         with self._lock:
             job = self._jobs.setdefault(record.job_uid, _JobOrder(0))
+            if job.maybe_unused(record.seq) and record.seq not in job.unused_seen:
+                job.unused_seen.add(record.seq)  # sent before the restart after all: stored as it comes
+                job.emitted += 1
+                return Emitted(records=[record])
             if record.seq < job.next_seq and record.seq in job.declared_lost:
                 del job.declared_lost[record.seq]
                 job.lost -= 1
                 job.late += 1
                 job.emitted += 1
                 return Emitted(late=[record])
-            if record.seq < job.next_seq or record.seq in job.pending:
+            if record.seq < job.next_seq or record.seq in job.pending or job.maybe_unused(record.seq):
                 job.duplicates += 1
                 return Emitted(duplicates=1)
             job.pending[record.seq] = record
@@ -164,7 +190,7 @@ class ReorderBuffer:
         with self._lock:
             for job in self._jobs.values():
                 while job.pending and job.gap_since is not None and now - job.gap_since >= (
-                        RESTART_GAP_WAIT_S if job.next_seq < job.restart_gap_end else self.wait_s):
+                        RESTART_GAP_WAIT_S if job.next_seq < job.restart_end else self.wait_s):
                     out.extend(self._skip_gap(job))
                     out.extend(self._drain(job, now))
         return out
@@ -175,6 +201,7 @@ class ReorderBuffer:
             out.append(job.pending.pop(job.next_seq))
             job.next_seq += 1
             job.emitted += 1
+            job.step_over_unused()
         job.gap_since = (job.gap_since or now) if job.pending else None
         if out and job.pending:
             job.gap_since = now  # a new gap starts waiting from now
@@ -184,6 +211,8 @@ class ReorderBuffer:
         first_present = min(job.pending)
         lost = []
         for seq in range(job.next_seq, first_present):
+            if job.maybe_unused(seq):
+                continue
             any_rec = job.pending[first_present]
             lost.append(FrameRecord(job_uid=any_rec.job_uid, seq=seq, plan_id=-1, capture_ts=-1.0, width=0,
                                     height=0, latency_s=0.0, outputs={}, stages=[], lost=True))

@@ -118,6 +118,7 @@ class GeneratorStats:
     sent: int = 0
     dropped: int = 0  # kept, but not sent: the window was full or the broker away
     unavailable: int = 0  # of those, dropped because the broker could not take them
+    unreserved: int = 0  # of those, dropped because no sequence number could be reserved
     tracked: int = 0  # kept frames whose boxes come from the tracker (ntracking)
     segments: int = 0  # profiling segments sent
     peak_in_flight: int = 0
@@ -131,6 +132,7 @@ class GeneratorStats:
             "frames_sent": self.sent,
             "frames_dropped": self.dropped,
             "frames_dropped_broker": self.unavailable,
+            "frames_unreserved": self.unreserved,
             "frames_tracked": self.tracked,
             "profile_segments": self.segments,
             "peak_in_flight": self.peak_in_flight,
@@ -161,6 +163,7 @@ class FrameGenerator:
         first_seq: int = 0,
         start_ts: float = 0.0,
         clip_len: int = 0,
+        reserve: Callable[[int], bool] | None = None,
     ) -> None:
         self.job_uid = job_uid
         self.source = source
@@ -173,6 +176,7 @@ class FrameGenerator:
         self.pace = pace  # 1.0 = real time for files, 0 = as fast as possible
         self.backpressure = backpressure
         self.seq = first_seq
+        self.reserve = reserve  # whether a sequence number may be used (tracker.runtime.resume)
         self.start_ts = start_ts
         self.last_sent_ts = start_ts  # source time of the newest frame sent (where a restart continues)
         self.stats = GeneratorStats()
@@ -204,6 +208,11 @@ class FrameGenerator:
                 self._collect_segment(frame.image, frame.ts, plan)
                 if not self._skipper.keep(plan.video_conf, frame.ts):
                     self.stats.skipped += 1
+                    continue
+                if self.reserve is not None and not self.reserve(self.seq):
+                    self.stats.dropped += 1
+                    self.stats.unreserved += 1
+                    self._last_kept = None
                     continue
                 if not self._admit():
                     if self.stop.is_set():

@@ -66,26 +66,44 @@ def test_reorder_emits_in_order_dedups_and_declares_gaps_lost():
     out = buf.expire(now=1.4)
     assert [(r.seq, r.lost) for r in out] == [(2, True), (3, False)]
     assert buf.stats("j") == {"frames_out": 3, "frames_lost": 1, "duplicates": 1, "frames_late": 0,
-                              "reorder_pending": 0}
+                              "reorder_pending": 0, "restart_unused": 0}
     # Frame 2 turns up after all (a cold model load held it): late, not lost, and not a duplicate.
     late = buf.push(_record(2), now=2.0)
     assert [r.seq for r in late.late] == [2] and late.records == [] and late.duplicates == 0
     assert buf.push(_record(2), now=2.1).duplicates == 1, "once stored, a redelivery is a duplicate again"
     assert buf.stats("j") == {"frames_out": 4, "frames_lost": 0, "duplicates": 2, "frames_late": 1,
-                              "reorder_pending": 0}
+                              "reorder_pending": 0, "restart_unused": 0}
 
 
-def test_the_numbers_a_restart_skipped_are_waited_for_briefly_and_stored_if_they_come():
+def test_after_a_restart_numbers_known_sent_are_waited_for_briefly_and_unused_ones_are_not_lost():
     from services.aggregator import RESTART_GAP_WAIT_S
 
     buf = ReorderBuffer(wait_s=15.0)
-    buf.start_job("j", 10, generator_from=50)   # 10..49: the old process's, in flight or never sent
+    # 10..19 were sent by the old process (stored next, or lost); 20..49 reserved, maybe never used.
+    buf.start_job("j", 10, maybe_unused=(20, 50))
     assert buf.push(_record(10), now=0.0).records[0].seq == 10      # an old frame, in order
-    assert buf.push(_record(50), now=0.1).records == []
+    assert [r.seq for r in buf.push(_record(21), now=0.05).records] == [21], "used after all: stored as it comes"
+    assert buf.push(_record(50), now=0.1).records == []             # the new generator's first
     assert buf.expire(now=0.1 + RESTART_GAP_WAIT_S / 2) == []
     out = buf.expire(now=0.2 + RESTART_GAP_WAIT_S)                  # not the 15-s reorder wait
-    assert [r.seq for r in out if r.lost] == list(range(11, 50)) and out[-1].seq == 50
+    assert [r.seq for r in out if r.lost] == list(range(11, 20)), "known sent, never came: lost"
+    assert out[-1].seq == 50 and not out[-1].lost
+    assert buf.stats("j")["restart_unused"] == 29 and buf.stats("j")["frames_lost"] == 9
     assert [r.seq for r in buf.push(_record(12), now=5.0).late] == [12], "a straggler is still stored"
+    assert [r.seq for r in buf.push(_record(30), now=5.1).records] == [30]
+    assert buf.push(_record(30), now=5.2).duplicates == 1 and buf.push(_record(21), now=5.3).duplicates == 1
+    assert buf.stats("j")["restart_unused"] == 28
+
+
+def test_an_edge_generator_restart_is_stepped_over_when_the_cloud_is_told():
+    buf = ReorderBuffer(wait_s=15.0)
+    buf.start_job("j", 0)
+    assert [r.seq for r in buf.push(_record(0), now=0.0).records] == [0]
+    buf.generator_restarted("j", (3, 1024))                         # 1 and 2 sent, 3.. maybe not
+    assert buf.push(_record(1024), now=0.1).records == []
+    assert [r.seq for r in buf.push(_record(1), now=0.2).records] == [1]
+    assert [r.seq for r in buf.push(_record(2), now=0.3).records] == [2, 1024], "no wait for 3..1023"
+    assert buf.stats("j")["frames_lost"] == 0
 
 
 def test_window_blocks_then_expires_stale_entries():
@@ -137,6 +155,15 @@ def test_generator_drops_and_counts_when_the_window_is_full():
                          InFlightWindow(3), threading.Event(), pace=0, backpressure="drop")
     gen.run()
     assert (gen.stats.sent, gen.stats.dropped, gen.stats.peak_in_flight) == (3, 7, 3)
+
+
+def test_generator_sends_only_numbers_it_could_reserve_and_counts_the_rest():
+    sent: list[Envelope] = []
+    gen = FrameGenerator("j", ListSource(10), lambda: ActivePlan(1, VideoConf(), (HOP,)), sent.append,
+                         InFlightWindow(100), threading.Event(), pace=0, first_seq=40, reserve=lambda seq: seq < 44)
+    gen.run()
+    assert [e.seq for e in sent] == [40, 41, 42, 43] and gen.seq == 44
+    assert (gen.stats.sent, gen.stats.dropped, gen.stats.unreserved) == (4, 6, 6)
 
 
 def test_rendered_jpeg_prefers_the_last_rendered_image():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from scheduler.interface import Plan
 from services.records import FrameRecord, StageRecord
 from services.settings import Settings
 from tests.support.seed import (
@@ -187,3 +188,25 @@ def test_an_edge_reports_its_generator_ended(client, store, control):
     job = store.get_job(uid)
     assert job.state is JobState.DONE and job.state_reason == "end of video (on edge-7000)"
     assert control.calls[-2:] == [("settling", uid), ("stopped", uid)]  # stored what arrived, then stopped
+
+
+def test_an_edge_reserves_its_sequence_numbers_where_a_restart_reads_them(client, store, control):
+    register_seed_nodes(client)
+    uid = client.post("/node/submit_job", json=SEED_NODE_SUBMIT).get_json()["job_uid"]
+    store.transition(uid, JobState.EXEC, "planned")
+    body = {"node": "edge-7000", "job_uid": uid, "until": 1024, "restarted": {"sent_before": 0, "first_seq": 0}}
+    assert "node" in seed_error(client.post("/node/seq_reservation", json={**body, "node": "edge-8000"}), 409)
+    assert seed_error(client.post("/node/seq_reservation", json={**body, "until": -1}), 400)
+    assert client.post("/node/seq_reservation", json=body).status_code == 200
+    assert control.calls[-1] == ("generator restarted", uid)
+    assert client.post("/node/seq_reservation", json={**body, "until": 1536, "restarted": None}).status_code == 200
+    assert store.get_job(uid).stats["seq_reserved"] == 1536 and control.calls[-1] == ("generator restarted", uid)
+    assert len([c for c in control.calls if c[0] == "generator restarted"]) == 1
+    # The cloud hands the reservation's end to the edge's next generator after a crash.
+    store.add_plan(uid, Plan.model_validate({"video_conf": {"resolution": "360p", "fps": 5}, "flow_mapping": {
+        "face_detection": {"node": "edge-7000"}, "face_alignment": {"node": "cloud"}}}))
+    store.update_stats(uid, {"next_seq": 700, "stopped_cleanly": False})
+    job = client.get("/node/jobs", query_string={"node": "edge-7000"}).get_json()["jobs"][0]
+    assert (job["first_seq"], job["sent_before"]) == (1536, 700)
+    store.transition(uid, JobState.DONE, "end of video")
+    seed_error(client.post("/node/seq_reservation", json=body), 409)

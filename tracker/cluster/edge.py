@@ -42,7 +42,7 @@ class CloudUnavailable(RuntimeError):
 
 class CloudClient:
     """The edge's HTTP view of the cloud tracker: /node/register, /node/heartbeat,
-    /node/jobs, /node/job_event. Every call has a timeout."""
+    /node/jobs, /node/job_event, /node/seq_reservation. Every call has a timeout."""
 
     def __init__(self, base_url: str, token: str | None = None, timeout: float = 3.0) -> None:
         self.base_url = base_url.rstrip("/")
@@ -76,6 +76,11 @@ class CloudClient:
 
     def jobs(self, node: str) -> dict:
         return self._json(self._call("GET", "/node/jobs", params={"node": node}))
+
+    def reserve_seqs(self, node: str, job_uid: str, until: int, restarted: dict | None = None) -> None:
+        """Raises CloudUnavailable unless the cloud recorded the reservation."""
+        body = {"node": node, "job_uid": job_uid, "until": until, **({"restarted": restarted} if restarted else {})}
+        self._json(self._call("POST", "/node/seq_reservation", json=body))
 
     def job_event(self, node: str, job_uid: str, state: str, reason: str) -> None:
         resp = self._call("POST", "/node/job_event",
@@ -281,12 +286,26 @@ class EdgeAgent:
         runner = JobRunner(self.settings, self.celery, uid, dag, spec["source"], self._active(dag, spec),
                            int(spec.get("first_seq", 0)), float(spec.get("start_ts", 0.0)), self.pace,
                            self.backpressure, on_end=self._on_end, results_queue=self.results_queue,
-                           counters={k: v for k, v in (spec.get("counters") or {}).items() if isinstance(v, int)})
+                           counters={k: v for k, v in (spec.get("counters") or {}).items() if isinstance(v, int)},
+                           record_reservation=self._reservation_recorder(uid, spec))
         with self._lock:
             self.runners[uid] = runner
         runner.start()
         log.info("job %s: generator started on %s (plan %s, from seq %s)", uid, self.node, spec["plan_id"],
                  spec.get("first_seq", 0))
+
+    def _reservation_recorder(self, uid: str, spec: dict):
+        """Records the generator's sequence numbers on the cloud; the first call also tells it
+        where this generator started, so it stops waiting for numbers never sent."""
+        first_seq = int(spec.get("first_seq", 0))
+        restarted = {"sent_before": int(spec.get("sent_before", first_seq)), "first_seq": first_seq}
+
+        def record(until: int) -> None:
+            nonlocal restarted
+            self.client.reserve_seqs(self.node, uid, until, restarted)
+            restarted = None
+
+        return record
 
     def _active(self, dag: DagSpec, spec: dict) -> ActivePlan:
         return active_plan(self.settings, dag, int(spec["plan_id"]), Plan.model_validate(spec["plan"]),

@@ -99,11 +99,12 @@ class Aggregator:
 
     # -- jobs ------------------------------------------------------------------------------------
     def start_job(self, job_uid: str, dag: DagSpec, next_seq: int, stored: tuple[int, int] = (0, 0),
-                  generator_from: int | None = None) -> None:
+                  maybe_unused: tuple[int, int] = (0, 0)) -> None:
         """Expect the job's frames from `next_seq` on (everything below is stored); `stored` =
         (frames with a result, frames recorded lost) already in the store, where the counts resume;
-        `generator_from` = where a resumed generator continues (tracker.runtime.resume)."""
-        self.reorder.start_job(job_uid, next_seq, generator_from)
+        `maybe_unused` = the numbers a resumed generator's predecessor may not have sent
+        (tracker.runtime.resume)."""
+        self.reorder.start_job(job_uid, next_seq, maybe_unused)
         self.counts.start(job_uid, dag)
         with self._lock:
             self._active.add(job_uid)
@@ -322,7 +323,7 @@ class Aggregator:
                     stage=s.stage, node=s.node, grade=mapping.grade if mapping else None,
                     width=r.width, height=r.height, fps=0.0 if accuracy is not None else plan.video_conf.fps,
                     ntracking=0 if accuracy is not None else plan.video_conf.ntracking, quality=plan.video_conf.quality,
-                    frame_bytes=r.frame_bytes, service_s=s.service_s, queue_s=s.queue_s, ts=now,
+                    frame_bytes=r.frame_bytes, service_s=s.service_s, queue_s=s.queue_s, ts=now, seq=r.seq,
                     accuracy=accuracy,
                 ))
         loads = {node: self.node_load.background_load(job_uid, node, now) for node in {o.node for o in out}}
@@ -373,7 +374,7 @@ class Aggregator:
             st = self._stats.get(job_uid)
             out = st.as_dict(time.time()) if st is not None else None
         if out is not None:
-            out.update({k: v for k, v in self.reorder.stats(job_uid).items() if k == "duplicates"})
+            out.update({k: v for k, v in self.reorder.stats(job_uid).items() if k in ("duplicates", "restart_unused")})
         return out
 
     def active_jobs(self) -> list[str]:

@@ -18,6 +18,7 @@ from services.registry import get_service
 from services.settings import Settings
 from services.sources import SourceError, open_source
 from tasks.stage import dispatch_frame
+from tracker.runtime.resume import SeqReservation
 from tracker.store.jobs import JobState
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,8 @@ class JobRunner:
     def __init__(self, settings: Settings, celery: Celery, job_uid: str, dag: DagSpec, source: str,
                  active: ActivePlan, first_seq: int, start_ts: float, pace: float, backpressure: str,
                  on_end: OnJobEnd, results_queue: str | None = None,
-                 preview: Callable[[str, int, bytes], None] | None = None, counters: dict | None = None) -> None:
+                 preview: Callable[[str, int, bytes], None] | None = None, counters: dict | None = None,
+                 record_reservation: Callable[[int], None] | None = None) -> None:
         self.settings = settings
         self.preview = preview
         self.celery = celery
@@ -101,6 +103,8 @@ class JobRunner:
         self.generator: FrameGenerator | None = None
         self.first_seq, self.start_ts, self.pace, self.backpressure = first_seq, start_ts, pace, backpressure
         self.counters = counters or {}  # a resumed job's generator counters before this process
+        # Where this generator records the sequence numbers it may use (the store, or the cloud).
+        self.reservation = SeqReservation(record_reservation, first_seq) if record_reservation else None
         self._broker_errors = _connection_errors(celery)
         self._broker_down_since: float | None = None
         self._next_try = 0.0
@@ -159,6 +163,7 @@ class JobRunner:
                 results_queue=self.results_queue, pace=self.pace,
                 backpressure=self.backpressure, first_seq=self.first_seq, start_ts=self.start_ts,
                 clip_len=CLIP_FRAMES if self.dag.generator == "ClipGenerator" else 0,
+                reserve=self.reservation,
             )
             self.generator.run()
         except SourceError as exc:

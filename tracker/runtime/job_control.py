@@ -38,6 +38,9 @@ class JobEffects(Protocol):
 
     def replan(self, job_uid: str) -> None: ...  # plan it now (constraint changed, node down, asked to)
 
+    # Its generator restarted on an edge at first_seq; the numbers from sent_before on may be unused.
+    def generator_restarted(self, job_uid: str, sent_before: int, first_seq: int) -> None: ...
+
 
 class RecordedEffects:
     """For an API-only tracker: runs nothing, records (effect, job_uid) for whoever asks."""
@@ -66,6 +69,9 @@ class RecordedEffects:
 
     def replan(self, job_uid: str) -> None:
         self.calls.append(("replan", job_uid))
+
+    def generator_restarted(self, job_uid: str, sent_before: int, first_seq: int) -> None:
+        self.calls.append(("generator restarted", job_uid))
 
 
 class JobControl:
@@ -115,6 +121,17 @@ class JobControl:
 
     def request_plan(self, job_uid: str) -> None:
         self.effects.replan(job_uid)
+
+    def reserve_seqs(self, job_uid: str, until: int, restarted: tuple[int, int] | None = None) -> None:
+        """Record that the job's generator may use sequence numbers below `until`
+        (tracker.runtime.resume); `restarted` = (sent_before, first_seq) when it just (re)started.
+        Raises JobNotFound, JobEnded."""
+        state = self.store.get_job(job_uid).state
+        if state.ended:
+            raise JobEnded(job_uid, state)
+        self.store.update_stats(job_uid, {"seq_reserved": until})
+        if restarted is not None:
+            self.effects.generator_restarted(job_uid, *restarted)
 
     def finish(self, job_uid: str, state: JobState, reason: str) -> None:
         """The generator ended (end of video, source failure): store what arrived, then move."""

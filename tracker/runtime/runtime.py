@@ -126,16 +126,20 @@ class Runtime:
             return
         plan_id, plan = current
         at = resume_point(self.store.last_result_position(job_uid), job.stats, self.settings.max_in_flight)
+        here = job.node == self.settings.node
+        # An edge's generator runs on across this restart; it reports its own (generator_restarted).
         self.aggregator.start_job(job_uid, job.dag, at.expect_from, stored=self.store.result_counts(job_uid),
-                                  generator_from=at.first_seq)
+                                  maybe_unused=(at.sent_before, at.first_seq) if here else (0, 0))
         self._show_plan(job, plan_id, plan)
-        if job.node != self.settings.node:
+        if not here:
             return  # another node reads this job's source (tracker.cluster.edge polls for it)
         # Running again: a crash from here on must not read the last clean stop's record as exact.
-        self.store.update_stats(job_uid, {"next_seq": at.first_seq, "stopped_cleanly": False})
+        self.store.update_stats(job_uid, {"next_seq": at.first_seq, "seq_reserved": at.first_seq,
+                                          "stopped_cleanly": False})
         runner = JobRunner(self.settings, self.celery, job_uid, job.dag, job.source, self._active(job, plan_id, plan),
                            at.first_seq, at.start_ts, self.pace, self.backpressure, on_end=self.control.finish,
-                           preview=None if renders(job.dag) else self.hub.publish, counters=at.counters)
+                           preview=None if renders(job.dag) else self.hub.publish, counters=at.counters,
+                           record_reservation=lambda until: self.store.update_stats(job_uid, {"seq_reserved": until}))
         with self._runners_lock:
             old = self.runners.pop(job_uid, None)
             self.runners[job_uid] = runner
@@ -231,6 +235,9 @@ class Runtime:
     def job_deleted(self, job_uid: str) -> None:
         self.recent.forget(job_uid)
         self.hub.forget_job(job_uid)
+
+    def generator_restarted(self, job_uid: str, sent_before: int, first_seq: int) -> None:
+        self.aggregator.reorder.generator_restarted(job_uid, (sent_before, first_seq))
 
     def replan(self, job_uid: str) -> None:
         if self.scheduler:

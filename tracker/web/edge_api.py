@@ -3,6 +3,8 @@
 
   GET  /node/jobs?node=NAME   EXEC jobs whose generator runs on NAME, with their current plan
   POST /node/job_event        an edge generator ended: {"node", "job_uid", "state", "reason"}
+  POST /node/seq_reservation  an edge generator may use sequence numbers below "until"
+                              (tracker.runtime.resume); with "restarted" when it just started
 
 Edges have no database: the cloud's store is the one source of truth, and an edge
 reconciles its generators against this answer every poll.
@@ -40,6 +42,22 @@ class JobEvent(BaseModel):
     reason: str = Field("", max_length=1000)
 
 
+class Restarted(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sent_before: int = Field(..., ge=0)
+    first_seq: int = Field(..., ge=0)
+
+
+class SeqReservationBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    node: str = Field(..., pattern=NODE_NAME_PATTERN)
+    job_uid: str = Field(..., pattern=JOB_UID_PATTERN)
+    until: int = Field(..., ge=0)
+    restarted: Restarted | None = None
+
+
 def _node_arg() -> str:
     node = request.args.get("node", "")
     if not re.match(NODE_NAME_PATTERN, node):
@@ -69,6 +87,7 @@ def node_jobs():
             "plan": current[1].model_dump(mode="json"),
             "planned": job.fixed_plan is None,
             "first_seq": at.first_seq,
+            "sent_before": at.sent_before,
             "start_ts": at.start_ts,
             "counters": at.counters,
         })
@@ -76,16 +95,32 @@ def node_jobs():
                     "cloud": ctx.settings.node, "jobs": items})
 
 
+def _job_read_by(ctx, node: str, job_uid: str):
+    """The job whose generator runs on `node`: 404 if there is none, 409 if another node reads it."""
+    job = ctx.store.find_job(job_uid)
+    if job is None:
+        raise NotFound(f"no job {job_uid!r}")
+    if job.node != node:
+        raise Conflict(f"job {job_uid!r} is read by node {job.node!r}, not {node!r}")
+    return job
+
+
 @bp.post("/job_event")
 def node_job_event():
     ctx = tracker_context()
     body = parse_body(JobEvent)
-    job = ctx.store.find_job(body.job_uid)
-    if job is None:
-        raise NotFound(f"no job {body.job_uid!r}")
-    if job.node != body.node:
-        raise Conflict(f"job {body.job_uid!r} is read by node {job.node!r}, not {body.node!r}")
+    job = _job_read_by(ctx, body.node, body.job_uid)
     if job.state.ended:
         return jsonify({"status": 0, "msg": f"job already {job.state.value}"})
     ctx.control.finish(job.uid, JobState(body.state), f"{body.reason or body.state.lower()} (on {body.node})")
     return jsonify({"status": 0, "msg": "recorded"})
+
+
+@bp.post("/seq_reservation")
+def node_seq_reservation():
+    ctx = tracker_context()
+    body = parse_body(SeqReservationBody)
+    job = _job_read_by(ctx, body.node, body.job_uid)
+    restarted = (body.restarted.sent_before, body.restarted.first_seq) if body.restarted else None
+    ctx.control.reserve_seqs(job.uid, body.until, restarted)  # JobEnded -> 409
+    return jsonify({"status": 0, "msg": "reserved", "until": body.until})
