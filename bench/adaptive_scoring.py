@@ -9,7 +9,7 @@ import re
 import numpy as np
 
 from bench.common import pct
-from scheduler.bayes_planner import plan_basis
+from scheduler.plan_reason import plan_basis
 from services.profiling import frame_level_f1
 
 WINDOW_S = 2.0

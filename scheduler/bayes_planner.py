@@ -30,6 +30,8 @@ with P(delay <= D) >= explore_delay_prob, and, while the best plan itself is tha
 toward plans expected to be about as accurate (`explore_f1_slack`): a cheaper, less accurate
 plan can win no more than the compute tie-break, and every frame of its window pays its F1 gap
 (vtest.avi, D = 1 s: exploring track 1 beside the source config cost 0.01-0.03 F1 per window).
+No node is planned past 85 % utilisation (scheduler/delay.py) unless the running plan's own
+frames show it holds there.
 
 Threads: `plan` is called from one thread (the scheduler loop) while the posterior refresher
 (scheduler/posterior_refresher.py) samples on its own; they share only its immutable Snapshot
@@ -38,62 +40,36 @@ and its observation buffer, both under its lock.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from scheduler import bayes, job_accuracy, knobs
 from scheduler.bayes import BayesModel, Snapshot
-from scheduler.delay import PACED_CV2, PLAN_RHO_MAX, measured_wait_scale, node_arrays, plan_delay, transfer_s
+from scheduler.delay import (
+    PACED_CV2,
+    PLAN_RHO_MAX,
+    RHO_MAX,
+    node_arrays,
+    own_work,
+    plan_delay,
+    proven_within,
+    running_plan_frames,
+    running_wait_scale,
+    transfer_s,
+)
 from scheduler.interface import Plan, PlanningInput
 from scheduler.job_accuracy import JobAccuracy
+from scheduler.plan_reason import explain
+from scheduler.planner_state import CandidateArrays, JobState
 from scheduler.posterior_refresher import PosteriorRefresher
 from scheduler.service_times import ServiceTimes
-from services.video_conf import GRADES
 
 log = logging.getLogger(__name__)
 
 AIM_MARGIN = 0.01        # aim this far above the accuracy goal: E[F1] near the goal is a coin toss
 MAX_WINDOW_FRAMES = 30
-
-
-@dataclass
-class _JobState:
-    constraint: tuple[float, float] | None = None
-    nodes: frozenset[str] = frozenset()
-    rounds: int = 0
-    last_explore: int = -(10**9)
-    shift_round: int = -(10**9)
-    shift_why: str = ""
-    stale: dict[str, float] = field(default_factory=dict)  # node -> drop this job's obs there before ts
-    accuracy: JobAccuracy | None = None    # this job's correction of the pooled F1 model
-    priors_seen: tuple = ()
-    last_plan: Plan | None = None          # the last plan passed in, its candidate set and index there
-    last_cands: knobs.Candidates | None = None
-    last_index: int | None = None
-
-
-@dataclass(frozen=True)
-class _Static:
-    """Per candidate-set arrays that do not change between decisions."""
-
-    cost: np.ndarray          # [C] compute share of golden
-    nbytes: np.ndarray        # [C] modelled JPEG bytes
-    grid: np.ndarray          # [C] grid row of each candidate
-    rows: np.ndarray          # [R] first candidate of each grid row
-    acc_x: np.ndarray         # [R, 5] grade, log h ratio, staleness (s), log q, tracking (s) per grid row
-    frames: np.ndarray        # [C] frames in a planning window
-    memo: dict = field(default_factory=dict)  # name -> (key, value): results reused while the key holds
-
-    def cached(self, name: str, key, compute):
-        """compute() once per `key` for this candidate set (e.g. per posterior version)."""
-        hit = self.memo.get(name)
-        if hit is None or hit[0] != key:
-            hit = self.memo[name] = (key, compute())
-        return hit[1]
 
 
 class BayesPlanner:
@@ -143,8 +119,8 @@ class BayesPlanner:
                                             refresh_interval_s=refresh_interval_s, obs_per_job=obs_per_job,
                                             acc_memory=acc_memory, max_obs=max_obs, job_ttl_s=job_ttl_s, seed=seed)
         self._rng = np.random.default_rng(seed)
-        self._cands: OrderedDict[tuple, tuple[knobs.Candidates, _Static]] = OrderedDict()
-        self._jobs: dict[str, _JobState] = {}
+        self._cands: OrderedDict[tuple, tuple[knobs.Candidates, CandidateArrays]] = OrderedDict()
+        self._jobs: dict[str, JobState] = {}
         self.decision_times: list[float] = []      # wall seconds per decision
         self.decision_cpu_times: list[float] = []  # this thread's CPU seconds (excludes time descheduled)
         self.shifts: list[tuple[str, int, str]] = []  # (job, round, why), for reports and tests
@@ -178,7 +154,7 @@ class BayesPlanner:
         return self.posterior.refresh_gaussian()
 
     # ---- data ---------------------------------------------------------------------------------
-    def _ingest(self, inp: PlanningInput, st: _JobState) -> None:
+    def _ingest(self, inp: PlanningInput, st: JobState) -> None:
         services = {s.name: s.service for s in inp.dag.stages}
         seen = (tuple((n.name, n.gpu, n.cpu_count) for n in inp.nodes), tuple(sorted(set(services.values()))))
         if seen != st.priors_seen:  # priors depend only on what a node is and which services run
@@ -191,7 +167,7 @@ class BayesPlanner:
         self._jobs.pop(job_uid, None)
 
     # ---- candidates -----------------------------------------------------------------------------
-    def _candidates(self, inp: PlanningInput) -> tuple[knobs.Candidates, _Static]:
+    def _candidates(self, inp: PlanningInput) -> tuple[knobs.Candidates, CandidateArrays]:
         key = knobs.candidates_key(inp)
         hit = self._cands.get(key)
         if hit is None:
@@ -199,7 +175,7 @@ class BayesPlanner:
             rows = np.arange(len(c) // c.n_map) * c.n_map
             acc_x = job_accuracy.covariate_rows(c.grade_idx[rows], c.height[rows], c.src_height, c.fps[rows],
                                                 c.src_fps, c.quality[rows], c.ntrack[rows])
-            static = _Static(
+            static = CandidateArrays(
                 cost=c.compute() / c.golden_compute(),
                 nbytes=knobs.frame_bytes(c.width, c.height, c.quality),
                 grid=c.grid_idx, rows=rows, acc_x=acc_x,
@@ -218,7 +194,7 @@ class BayesPlanner:
         return {k: v[sel] for k, v in snap.draws.items()}
 
     # ---- recalibration and shift detection ----------------------------------------------------
-    def _recalibrate(self, inp: PlanningInput, st: _JobState, snap: Snapshot, d: dict[str, np.ndarray]) -> list[str]:
+    def _recalibrate(self, inp: PlanningInput, st: JobState, snap: Snapshot, d: dict[str, np.ndarray]) -> list[str]:
         """Per-draw corrections from the job's recent frames; returns nodes whose latest window was a surprise."""
         services = {s.name: s.service for s in inp.dag.stages}
         surprised = self.times.recalibrate(inp.observations, services, st.stale, snap, d, inp.constraint.delay)
@@ -227,7 +203,7 @@ class BayesPlanner:
         st.accuracy = job_accuracy.fit(acc, d, float(inp.source.height), float(inp.source.fps))
         return surprised
 
-    def _detect_shift(self, inp: PlanningInput, st: _JobState, c: knobs.Candidates, surprised: list[str]) -> str:
+    def _detect_shift(self, inp: PlanningInput, st: JobState, c: knobs.Candidates, surprised: list[str]) -> str:
         why = []
         cons = (inp.constraint.delay, inp.constraint.accuracy)
         if st.constraint is not None and cons != st.constraint:
@@ -258,7 +234,7 @@ class BayesPlanner:
     def _plan(self, inp: PlanningInput) -> Plan:
         t0, cpu0 = time.perf_counter(), time.thread_time()
         self.start()
-        st = self._jobs.setdefault(inp.job_uid, _JobState())
+        st = self._jobs.setdefault(inp.job_uid, JobState())
         self._ingest(inp, st)
         c, S = self._candidates(inp)
         snap = self.posterior.snapshot
@@ -287,7 +263,7 @@ class BayesPlanner:
         # Load slows service ((b_load [+ b_load_gpu]) * -log(1 - load)); the load a node reports
         # includes this job's own work under its last plan, which is subtracted first.
         if last is not None:
-            own = self._own_work(c, last, mean_t.mean(axis=-1))
+            own = own_work(c, last, mean_t.mean(axis=-1))
             bg = np.clip(bg - c.msg_rate[last] * own / cap, 0.0, 0.99)
         slow = np.exp(t.load_slope(d, t.node_gpu[j_idx]) * bayes.load_term(bg)[:, None])   # [J, n]
         mean_t = mean_t * slow[None, :, None, None, :]
@@ -306,10 +282,16 @@ class BayesPlanner:
         per_byte = S.cached("wire_s_per_byte", bw.tobytes(), lambda: transfer_s(c, allidx, np.ones(len(c)), bw))
         trans_all = per_byte * nbytes_all
         # Queueing (scheduler/delay.py): a paced source's frames arrive evenly; service times vary
-        # by the posterior's log-normal spread; no node planned past PLAN_RHO_MAX.
-        queueing = dict(own_cv2=PACED_CV2 if inp.source.paced else 1.0, rho_max=PLAN_RHO_MAX)
+        # by the posterior's log-normal spread; no node planned past PLAN_RHO_MAX, unless the
+        # running plan's own frames show it holds there.
+        frames = (running_plan_frames(inp.observations, set(c.stages), int(c.res[c.res_idx[last]][2]),
+                                      float(c.fps[last]), int(c.ntrack[last]), c.src_fps) if last is not None else [])
+        rho_cap = np.full(len(c), PLAN_RHO_MAX)
+        if last is not None and proven_within(frames, D):
+            rho_cap[last] = RHO_MAX
+        queueing = dict(own_cv2=PACED_CV2 if inp.source.paced else 1.0, rho_max=rho_cap)
         svc_cv2 = np.expm1(sig**2)
-        queueing["wait_scale"] = self._wait_scale(inp, c, last, st_mean, bg, cap, trans_all,
+        queueing["wait_scale"] = running_wait_scale(frames, c, last, st_mean, bg, cap, trans_all,
                                                   dict(queueing, service_cv2=float(svc_cv2.mean())))
         d_mean = plan_delay(c, allidx, st_mean, st_mean, bg, cap, qdepth, trans_all,
                             service_cv2=float(svc_cv2.mean()), **queueing)[0][:, 0]
@@ -380,40 +362,16 @@ class BayesPlanner:
             why = "no plan meets the delay bound; most likely to"
         st.rounds += 1
         i = int(short[pick])
-        reason = self._reason(c, short, pick, p_raw, f1, cost, D, why, snap, ef1_rows[S.grid], i)
+        reason = explain(c, short, pick, p_raw, f1, cost, D, why, snap, ef1_rows[S.grid])
         plan = knobs.to_plan(c, i, inp.nodes, self.name, reason)
         self.decision_times.append(time.perf_counter() - t0)
         self.decision_cpu_times.append(time.thread_time() - cpu0)
         return plan
 
-    def _f1_draws(self, d: dict[str, np.ndarray], S: _Static, version: int, job: JobAccuracy | None) -> np.ndarray:
+    def _f1_draws(self, d: dict[str, np.ndarray], S: CandidateArrays, version: int, job: JobAccuracy | None) -> np.ndarray:
         """F1 draws per grid row [rows, n] with the job's correction; the pooled part once per posterior."""
         eta = S.cached("f1_logits", version, lambda: job_accuracy.pooled_logit(d, S.acc_x).T)  # [rows, n]
         return job_accuracy.f1_draws(eta, S.acc_x, job)
-
-    @staticmethod
-    def _wait_scale(inp: PlanningInput, c: knobs.Candidates, last: int | None, st_mean: np.ndarray, bg: np.ndarray,
-                    cap: np.ndarray, trans: np.ndarray, queueing: dict) -> float:
-        """The factor on every candidate's queueing wait from what the running plan's frames
-        waited (scheduler.delay.measured_wait_scale); 1 before the job has a plan."""
-        if last is None:
-            return 1.0
-        one = np.array([last])
-        no_backlog = np.zeros(len(c.nodes))  # a backlog is measured as it drains, not modelled
-        delay = plan_delay(c, one, st_mean[one], st_mean[one], bg, cap, no_backlog, trans[one], **queueing)[0]
-        predicted = float(delay[0, 0] - st_mean[last].sum() - trans[last])
-        return measured_wait_scale(inp.observations, set(c.stages), int(c.res[c.res_idx[last]][2]),
-                                   int(c.ntrack[last]), predicted)
-
-    @staticmethod
-    def _own_work(c: knobs.Candidates, i: int, tbar: np.ndarray) -> np.ndarray:
-        """Seconds of work per message on each node under candidate i."""
-        per_frame = np.array([tbar[k, c.mapping[i, k], c.res_idx[i], c.grade_idx[i]] for k in range(len(c.stages))])
-        per_msg = c.per_message(np.array([i]), per_frame[None, :, None])[0, :, 0]
-        work = np.zeros(len(c.nodes))
-        for k in range(len(c.stages)):
-            work[c.mapping[i, k]] += per_msg[k]
-        return work
 
     def _shortlist(self, d_mean: np.ndarray, u_mean: np.ndarray, D: float, last: int | None) -> np.ndarray:
         ok = np.flatnonzero(d_mean <= 1.25 * D)
@@ -424,33 +382,3 @@ class BayesPlanner:
         fastest = np.argpartition(d_mean, 8)[:8] if len(d_mean) > 8 else np.arange(len(d_mean))
         extra = [last] if last is not None else []
         return np.unique(np.concatenate([top, fastest, np.array(extra, dtype=np.int64)])).astype(np.int64)
-
-    def _reason(self, c, short, pick, p_ok, f1, cost, D, why, snap, ef1_all, i) -> str:
-        ef1 = f1.mean(axis=1)
-        head = (f"{knobs.describe(c, i)}: P(delay<={D:g}s)={p_ok[pick]:.2f}, E[F1]={ef1[pick]:.2f}, "
-                f"compute {cost[pick]:.0%} of golden ({why}; {snap.source} v{snap.version}, "
-                f"{snap.n_lat} latency / {snap.n_acc} accuracy obs)")
-        better = np.flatnonzero(ef1 > ef1[pick] + 0.01)
-        if len(better):
-            b = better[np.argmax(ef1[better])]
-            head += (f"; {knobs.describe(c, int(short[b]))} would give E[F1]={ef1[b]:.2f} "
-                     f"but P(delay<={D:g}s)={p_ok[b]:.2f}")
-        # The next-cheaper resolution with everything else equal: what it would lose.
-        r = int(c.res_idx[i])
-        if r > 0:  # same fps, grade, quality and mapping: one resolution block earlier in the grid
-            lower = i - len(c) // len(c.res)
-            head += f"; {c.res[r - 1][0]} would lose {ef1_all[i] - ef1_all[lower]:.2f} F1"
-        return head
-
-_BASIS = re.compile(r"; (\w+) v\d+, (\d+) latency / (\d+) accuracy obs\)")
-
-
-def plan_basis(reason: str) -> tuple[str, int, int] | None:
-    """What a plan's reason (BayesPlanner._reason) says it was made from: the posterior's source
-    ("prior", "gaussian", "posterior") and its latency and accuracy observation counts."""
-    m = _BASIS.search(reason)
-    return (m.group(1), int(m.group(2)), int(m.group(3))) if m else None
-
-
-def grade_of(plan: Plan) -> str | None:
-    return next((m.grade for m in plan.flow_mapping.values() if m.grade in GRADES), None)

@@ -91,6 +91,7 @@ class Observation(BaseModel):
     )
     source: str = Field("frame", description="frame: a processed frame; segment: a profiling segment's score")
     ts: float = 0.0
+    seq: int | None = Field(None, description="the processed frame's sequence number: its stages share it")
     node_load: float | None = Field(None, ge=0, le=1, description="node cpu_ratio when served, if known")
 
 

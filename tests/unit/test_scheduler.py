@@ -11,7 +11,8 @@ import pytest
 from scheduler import knobs, sim_scenarios
 from scheduler.baselines import GoldenPlanner, GreedyPlanner, PIDPlanner, measured_delay
 from scheduler.bayes import BayesModel
-from scheduler.bayes_planner import BayesPlanner, plan_basis
+from scheduler.bayes_planner import BayesPlanner
+from scheduler.plan_reason import plan_basis
 from scheduler.interface import NodeInfo, Observation, Plan, PlanningInput, SourceInfo
 from scheduler.loop import SchedulerLoop
 from scheduler.seed_api import SeedScheduler

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from scheduler.bayes_planner import plan_basis
+from scheduler.plan_reason import plan_basis
 from services.settings import settings_from_env
 from tracker.cluster.nodes import SYNTHETIC_DEFAULT
 
