@@ -39,8 +39,7 @@ FIRST_TRACKER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from tests.support.pipeline import AMQP_URL, fixed_plan, settings_for, submit
-    from tracker.runtime.resume import SEQ_BLOCK
-from tracker.server import TrackerServer
+    from tracker.server import TrackerServer
     tmp, node = Path(sys.argv[1]), sys.argv[2]
     settings = settings_for(tmp, AMQP_URL, node=node, results_queue=f"vdag.results.{node}", reorder_wait_s=5.0)
     server = TrackerServer(settings, pace=1.0, backpressure="drop", serve_http=False,
