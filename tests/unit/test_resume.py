@@ -30,6 +30,11 @@ def test_after_a_crash_it_continues_past_everything_the_old_process_reserved():
     assert (at.first_seq, at.sent_before) == (1036, 100)
 
 
+def test_a_crash_before_anything_was_stored_or_recorded_still_skips_the_reservation():
+    at = resume_point(None, {"next_seq": 0, "seq_reserved": 1024, "stopped_cleanly": False}, max_in_flight=8)
+    assert (at.first_seq, at.expect_from, at.sent_before) == (1024, 0, 0)
+
+
 def test_stats_from_before_reservations_leave_a_margin_for_the_old_window():
     at = resume_point((9, 0.9), {"next_seq": 12, "stopped_cleanly": False}, max_in_flight=8)
     assert (at.first_seq, at.sent_before) == (12 + 8 + FLUSH_BATCH, 12)

@@ -53,10 +53,12 @@ def resume_point(last: tuple[int, float] | None, stats: dict | None, max_in_flig
     start_ts = max(last[1] if last and last[1] >= 0 else 0.0, float(stats.get("sent_ts") or 0.0))
     sent_before = max(stored_next, int(stats.get("next_seq") or 0))
     reserved = stats.get("seq_reserved")
-    if stats.get("stopped_cleanly") or not sent_before:
-        first = sent_before  # exact (or a job that never sent a frame)
+    if stats.get("stopped_cleanly"):
+        first = sent_before  # exact
     elif isinstance(reserved, int):
-        first = max(sent_before, reserved)
+        first = max(sent_before, reserved)  # a crash in a job's first second included
+    elif not sent_before:
+        first = 0  # a job that never sent a frame
     else:  # recorded by a version before reservations: room for its window and unstored frames
         first = sent_before + max_in_flight + FLUSH_BATCH
     counters = {k: stats[k] for k in GENERATOR_COUNTERS if isinstance(stats.get(k), int)}
