@@ -50,7 +50,7 @@ from scheduler.bayes import BayesModel, Snapshot
 from scheduler.delay import (
     PACED_CV2,
     PLAN_RHO_MAX,
-    RHO_MAX,
+    PROVEN_RHO_MAX,
     node_arrays,
     own_work,
     plan_delay,
@@ -288,7 +288,7 @@ class BayesPlanner:
                                       float(c.fps[last]), int(c.ntrack[last]), c.src_fps) if last is not None else [])
         rho_cap = np.full(len(c), PLAN_RHO_MAX)
         if last is not None and proven_within(frames, D):
-            rho_cap[last] = RHO_MAX
+            rho_cap[last] = PROVEN_RHO_MAX
         queueing = dict(own_cv2=PACED_CV2 if inp.source.paced else 1.0, rho_max=rho_cap)
         svc_cv2 = np.expm1(sig**2)
         queueing["wait_scale"] = running_wait_scale(frames, c, last, st_mean, bg, cap, trans_all,

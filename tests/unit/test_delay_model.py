@@ -108,7 +108,7 @@ def test_every_frame_at_the_source_stays_while_its_frames_show_it_holds(wait_s, 
     c = knobs.build_candidates(inp)
     running = _source_plan(c, 0)
     plan = knobs.to_plan(c, running, inp.nodes, p.name, "running")
-    measured = inp.model_copy(update={"observations": _detector_frames(60, 0.09, wait_s), "last_plan": plan})
+    measured = inp.model_copy(update={"observations": _detector_frames(60, 0.084, wait_s), "last_plan": plan})
     p.plan(measured)
     p.refresh_gaussian()
     for _ in range(3):
