@@ -78,7 +78,8 @@ def profile_rows(env: Envelope) -> tuple[str, list[dict]] | None:
 
 LATE_MEMORY = 4096  # declared-lost seqs per job remembered, so that their late result is stored
 # A restarted generator's predecessor's frames are already on the queues or gone with it: its
-# gaps are waited for this long at most (any that turn up later are still stored, late).
+# gaps (numbers below the end of its reservation) are waited for this long at most (any that
+# turn up later are still stored, late).
 RESTART_GAP_WAIT_S = 2.0
 
 
@@ -100,7 +101,6 @@ class _JobOrder:
         # (tracker.runtime.resume): not waited for; those that arrive are stored as they come.
         self.unused_lo, self.unused_hi = maybe_unused if maybe_unused[0] < maybe_unused[1] else (0, 0)
         self.unused_seen: set[int] = set()
-        self.restart_end = self.unused_hi  # numbers below were the predecessor's
         self.duplicates = 0
         self.lost = 0
         self.late = 0
@@ -139,7 +139,6 @@ class ReorderBuffer:
                 return
             job.unused_lo, job.unused_hi = max(maybe_unused[0], job.next_seq), maybe_unused[1]
             job.unused_seen = set()
-            job.restart_end = job.unused_hi
             job.step_over_unused()
 
     def forget(self, job_uid: str) -> None:
@@ -190,7 +189,7 @@ class ReorderBuffer:
         with self._lock:
             for job in self._jobs.values():
                 while job.pending and job.gap_since is not None and now - job.gap_since >= (
-                        RESTART_GAP_WAIT_S if job.next_seq < job.restart_end else self.wait_s):
+                        RESTART_GAP_WAIT_S if job.next_seq < job.unused_hi else self.wait_s):
                     out.extend(self._skip_gap(job))
                     out.extend(self._drain(job, now))
         return out
