@@ -11,12 +11,15 @@ Latency (log-normal, per stage observation):
     small per-grade deviation), so measuring one grade on a node informs the others.
 Accuracy (relative F1 vs the golden config, on the log scale: the losses from a smaller
 grade, fewer pixels, skipped frames and JPEG compression multiply):
-    log F1 = th[g] + kappa * log(h / h_src) + lam * stale + tau * track + rho * log(q / 100) + e
+    log F1 = th[g] + kappa * log(h / h_src) + lam * stale + tau * track + psi * share
+             + rho * log(q / 100) + e
     F1 is frame-level (DESIGN.md s.6): over every source frame, the boxes shown for it.
     stale = 1 / fps - 1 / fps_src, the seconds a result goes stale between kept frames (the
     error of a skipped frame grows with how far the content moved since the last kept one);
     track = ntracking / fps, the seconds a detected frame's boxes are carried by the tracker
     (tracking drifts and misses newcomers, but far less than showing stale boxes);
+    share = ntracking / (ntracking + 1), the share of kept frames shown with tracked boxes: a
+    tracked box is not a detected one even one frame later (a loss that does not grow with age);
     th centred on log of the published COCO mAP ratio of each grade to x, correlated across
     grades (one uncertain scale of the whole table), th[x] ~ 0 (x is golden). A fixed-model
     detector (no grade knob; its golden is the same model at the source resolution) uses th[x].
@@ -89,6 +92,12 @@ def log_f1(f1) -> np.ndarray:
 def track_s(fps: np.ndarray | float, ntracking: np.ndarray | float) -> np.ndarray:
     """Seconds a detected frame's boxes are carried by the tracker (0 without tracking)."""
     return np.asarray(ntracking, float) / np.maximum(np.asarray(fps, float), 0.1)
+
+
+def track_share(ntracking: np.ndarray | float) -> np.ndarray:
+    """Share of kept frames whose boxes come from the tracker."""
+    k = np.asarray(ntracking, float)
+    return k / (k + 1.0)
 
 
 def obs_rate(o: Observation, src_fps: float) -> float:
@@ -231,14 +240,15 @@ def build_data(
         round(float(stale_s(o.fps, f)) if o.fps else 0.0, 3),
         round(math.log(o.quality / 100.0), 3),
         round(float(track_s(obs_rate(o, f), o.ntracking)), 3),
+        round(float(track_share(o.ntracking)), 3),
     ) for o, _, h, f in acc]
     ac, an, amean, ass = _cells(akeys, log_f1([o.accuracy for o, *_ in acc]) if acc else np.zeros(0),
                                 np.array([SEGMENT_ROW_WEIGHT if o.source == "segment" else 1.0 for o, *_ in acc]))
-    ac = ac.reshape(-1, 5)
+    ac = ac.reshape(-1, 6)
     node_gpu = np.zeros(layout.N) if node_gpu is None else node_gpu
     X = layout.lat_rows(lc[:, 0].astype(int), lc[:, 1].astype(int), lc[:, 2].astype(int), lc[:, 3], lc[:, 4], lc[:, 5],
                         node_gpu[lc[:, 1].astype(int)])
-    XA = layout.acc_rows(ac[:, 0].astype(int), ac[:, 1], ac[:, 2], ac[:, 3], ac[:, 4])
+    XA = layout.acc_rows(ac[:, 0].astype(int), ac[:, 1], ac[:, 2], ac[:, 3], ac[:, 4], ac[:, 5])
     mu0, cov0 = layout.lat_prior(svc_mu, node_mu, svc_sd)
     mua0, cova0 = layout.acc_prior()
     m, L, sig_hat = _whiten(X, ln, lmean, lss, mu0, cov0, 0.2)

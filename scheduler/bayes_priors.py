@@ -40,6 +40,12 @@ PRIORS = {
     "kappa": (0.6, 0.35),
     "lam": (-0.2, 0.3),     # log F1 per second of staleness
     "tau": (-0.1, 0.2),     # log F1 per second of tracking (vtest.avi segments: about -0.06 to -0.13)
+    # log F1 per share of kept frames shown with tracked boxes, however fresh: optical flow moves
+    # the detector's boxes but neither refits them nor finds newcomers. vtest.avi
+    # (bench/tracking_quality.py): tracked-frame F1 0.917 at ntracking 2, 0.895 at 4, i.e.
+    # ~0.95 at age 0 and -0.022 per source frame of age; without this term tracking every other
+    # frame looked as good as detecting every one (within 0.005; measured 0.02-0.03 below).
+    "psi": (-0.05, 0.04),
     "rho": (0.05, 0.1),     # log F1 per log(q / 100)
     "sig_a": 0.2,
 }
@@ -97,7 +103,7 @@ class Layout:
 
     Latency theta: svc[S], node[N], sn[S*N], beta[S], gam[G-1] (grades s..x vs n), b_load,
     gam_gpu[G-1], beta_gpu, b_load_gpu (the GPU interactions).
-    Accuracy theta: th[G], kappa, lam, rho, tau.
+    Accuracy theta: th[G], kappa, lam, rho, tau, psi.
     """
 
     def __init__(self, S: int, N: int) -> None:
@@ -112,8 +118,8 @@ class Layout:
         self.P = i
         self.acc = {"th": slice(0, N_GRADES), "kappa": slice(N_GRADES, N_GRADES + 1),
                     "lam": slice(N_GRADES + 1, N_GRADES + 2), "rho": slice(N_GRADES + 2, N_GRADES + 3),
-                    "tau": slice(N_GRADES + 3, N_GRADES + 4)}
-        self.PA = N_GRADES + 4
+                    "tau": slice(N_GRADES + 3, N_GRADES + 4), "psi": slice(N_GRADES + 4, N_GRADES + 5)}
+        self.PA = N_GRADES + 5
 
     def lat_prior(self, svc_mu: np.ndarray, node_mu: np.ndarray,
                   svc_sd: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -147,10 +153,11 @@ class Layout:
     def acc_prior(self) -> tuple[np.ndarray, np.ndarray]:
         P = PRIORS
         lr = P["th"][0]
-        mean = np.concatenate([lr, [P["kappa"][0], P["lam"][0], P["rho"][0], P["tau"][0]]])
+        slopes = [P[k] for k in ("kappa", "lam", "rho", "tau", "psi")]
+        mean = np.concatenate([lr, [m for m, _ in slopes]])
         cov = np.zeros((self.PA, self.PA))
         cov[:N_GRADES, :N_GRADES] = P["th_scale_sd"] ** 2 * np.outer(lr, lr) + P["th"][1] ** 2 * np.eye(N_GRADES)
-        cov[N_GRADES:, N_GRADES:] = np.diag([P["kappa"][1] ** 2, P["lam"][1] ** 2, P["rho"][1] ** 2, P["tau"][1] ** 2])
+        cov[N_GRADES:, N_GRADES:] = np.diag([sd**2 for _, sd in slopes])
         return mean, cov
 
     def lat_rows(self, svc, node, grade, tun, logpix, load, gpu) -> np.ndarray:
@@ -171,11 +178,12 @@ class Layout:
         X[r, L["b_load_gpu"].start] = load * gpu
         return X
 
-    def acc_rows(self, grade, logh, stale, logq, track=0.0) -> np.ndarray:
+    def acc_rows(self, grade, logh, stale, logq, track=0.0, share=0.0) -> np.ndarray:
         X = np.zeros((len(grade), self.PA))
         r = np.arange(len(grade))
         X[r, np.asarray(grade)] = 1
-        X[:, N_GRADES], X[:, N_GRADES + 1], X[:, N_GRADES + 2], X[:, N_GRADES + 3] = logh, stale, logq, track
+        X[:, N_GRADES], X[:, N_GRADES + 1], X[:, N_GRADES + 2], X[:, N_GRADES + 3], X[:, N_GRADES + 4] = (
+            logh, stale, logq, track, share)
         return X
 
     def unpack(self, theta: np.ndarray, sig: np.ndarray, theta_a: np.ndarray, sig_a: np.ndarray) -> dict[str, np.ndarray]:
@@ -190,5 +198,5 @@ class Layout:
             "beta_gpu": theta[:, L["beta_gpu"]][:, 0], "b_load_gpu": theta[:, L["b_load_gpu"]][:, 0],
             "th": theta_a[:, A["th"]], "kappa": theta_a[:, A["kappa"]][:, 0],
             "lam": theta_a[:, A["lam"]][:, 0], "rho": theta_a[:, A["rho"]][:, 0], "sig_a": np.asarray(sig_a),
-            "tau": theta_a[:, A["tau"]][:, 0],
+            "tau": theta_a[:, A["tau"]][:, 0], "psi": theta_a[:, A["psi"]][:, 0],
         }

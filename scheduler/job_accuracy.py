@@ -4,7 +4,7 @@ Content differs between jobs: small objects make resolution matter more, fast mo
 skipped frames cost more, fine texture makes JPEG coding cost more. Per job and per posterior
 draw, two corrections of the pooled log-linear F1 model (scheduler/bayes.py):
 1. a Bayesian ridge fit of the log residual of the job's profiled F1 on (1, log height ratio,
-   staleness, tracking, log quality), shrunk toward the pooled model by JOB_ACC_SD. The rows
+   staleness, tracking, log quality, tracked share), shrunk toward the pooled model by JOB_ACC_SD. The rows
    of one segment are one moment of the video scored ~40 ways, not 40 samples of the job:
    each segment has its own deviation (SEG_ACC_SD) on the same columns, so the fit is a GLS
    over segments. Measured on Megamind.avi, 360p q60 against the golden boxes: 0.58-0.70,
@@ -25,15 +25,16 @@ from services.video_conf import GRADES
 
 # Prior sd of a job's own deviation from the pooled accuracy model: log F1 offset, slope on
 # log height ratio, slope per second of staleness, slope per second of tracking, slope on log
-# JPEG quality (segments score every plan quality: content decides how much coding costs).
-JOB_ACC_SD = np.array([0.1, 0.25, 0.25, 0.15, 0.4])
+# JPEG quality (segments score every plan quality: content decides how much coding costs),
+# slope on the tracked share (how well the tracker follows this content).
+JOB_ACC_SD = np.array([0.1, 0.25, 0.25, 0.15, 0.4, 0.05])
 # A profiled config's own measurements vs the model's prediction for it: the model's error at
 # one config, and one segment's noise.
 CELL_MODEL_SD = 0.1   # log F1
 CELL_OBS_SD = 0.25    # log F1 of one 10-frame segment (Megamind.avi, 360p: 0.58, 1.00, 0.83 on three)
 # One segment's own deviation from the job's accuracy, on the job's columns (offset, log
-# height ratio, staleness, tracking, log quality): content changes within a video.
-SEG_ACC_SD = np.array([0.1, 0.35, 0.3, 0.2, 0.2])
+# height ratio, staleness, tracking, log quality, tracked share): content changes within a video.
+SEG_ACC_SD = np.array([0.1, 0.35, 0.3, 0.2, 0.2, 0.05])
 
 # (height, source-frame step, ntracking) -> quality -> (mean log F1, count)
 Cells = dict[tuple[int, int, int], dict[int, tuple[float, int]]]
@@ -41,13 +42,13 @@ Cells = dict[tuple[int, int, int], dict[int, tuple[float, int]]]
 
 @dataclass(frozen=True)
 class JobAccuracy:
-    coef: np.ndarray                     # [5, n] per-draw correction of the job's log F1
+    coef: np.ndarray                     # [6, n] per-draw correction of the job's log F1
     cells: Cells = field(default_factory=dict)
 
 
 def covariate_rows(grade_idx, height, src_height: float, rate, src_fps: float, quality, ntracking) -> np.ndarray:
-    """[m, 5] grade index, log height ratio, staleness (s), log quality, tracking (s): the
-    pooled model's accuracy columns, for candidates (the planner's acc_x) and observations alike.
+    """[m, 6] grade index, log height ratio, staleness (s), log quality, tracking (s), tracked
+    share: the pooled model's accuracy columns, for candidates (the planner's acc_x) and observations alike.
     `rate` is the kept-frame rate."""
     rate = np.asarray(rate, float)
     return np.stack([
@@ -56,6 +57,7 @@ def covariate_rows(grade_idx, height, src_height: float, rate, src_fps: float, q
         bayes.stale_s(rate, src_fps),
         np.log(np.asarray(quality, float) / 100.0),
         bayes.track_s(rate, ntracking),
+        bayes.track_share(ntracking),
     ], axis=1)
 
 
@@ -67,14 +69,14 @@ def covariates(acc: list[Observation], src_height: float, src_fps: float) -> np.
 
 
 def pooled_logit(d: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    """The pooled model's log F1 [n, m] at covariate rows x [m, 5], per draw."""
+    """The pooled model's log F1 [n, m] at covariate rows x [m, 6], per draw."""
     return (d["th"][:, x[:, 0].astype(np.int64)] + d["kappa"][:, None] * x[:, 1] + d["lam"][:, None] * x[:, 2]
-            + d["rho"][:, None] * x[:, 3] + d["tau"][:, None] * x[:, 4])
+            + d["rho"][:, None] * x[:, 3] + d["tau"][:, None] * x[:, 4] + d["psi"][:, None] * x[:, 5])
 
 
 def _design(x: np.ndarray) -> np.ndarray:
-    """The job's own columns: offset, log height ratio, staleness, tracking, log quality."""
-    return np.column_stack([np.ones(len(x)), x[:, 1], x[:, 2], x[:, 4], x[:, 3]])
+    """The job's own columns: offset, log height ratio, staleness, tracking, log quality, tracked share."""
+    return np.column_stack([np.ones(len(x)), x[:, 1], x[:, 2], x[:, 4], x[:, 3], x[:, 5]])
 
 
 def fit(acc: list[Observation], d: dict[str, np.ndarray], src_height: float, src_fps: float) -> JobAccuracy | None:
@@ -90,10 +92,10 @@ def fit(acc: list[Observation], d: dict[str, np.ndarray], src_height: float, src
     for rows in _segments(acc):
         Xs = X[rows]
         V = s2 * np.eye(len(rows)) + (Xs * SEG_ACC_SD**2) @ Xs.T        # the segment's rows share its deviation
-        W = np.linalg.solve(V, Xs).T                                     # [5, m_s] = Xs' V^-1
+        W = np.linalg.solve(V, Xs).T                                     # [6, m_s] = Xs' V^-1
         A += W @ Xs
         b += W @ R[rows]
-    coef = np.linalg.solve(A, b)                                         # [5, n]
+    coef = np.linalg.solve(A, b)                                         # [6, n]
     cells: dict[tuple[int, int, int], dict[int, list[float]]] = {}
     for o, yi in zip(acc, y):
         step = max(1, int(round(src_fps / bayes.obs_rate(o, src_fps))))

@@ -46,6 +46,9 @@ TRUE_GRADE_F1 = np.array([0.80, 0.90, 0.96, 0.985, 1.0])
 TRUE_FIXED_RATIO = float(knobs.grade_latency_ratio()[1] * 1.5)
 TRUE_RES_SENS = 0.28  # F1 lost at a vanishing resolution, for typical content
 TRUE_TRACK_DECAY = 0.003  # log F1 per tracked source frame per unit motion (carry-forward: 0.012 per skipped one)
+# log F1 per share of kept frames shown with tracked boxes, however fresh (vtest.avi,
+# bench/tracking_quality.py: a tracked frame scores ~0.95 of a detected one at age 0).
+TRUE_TRACK_FRESH_LOSS = 0.05
 
 
 @dataclass
@@ -96,13 +99,15 @@ def true_f1(height: np.ndarray, src_h: float, fps: np.ndarray, src_fps: float, g
             ntracking: np.ndarray | float = 0) -> np.ndarray:
     """Frame-level F1 (DESIGN.md s.6): every source frame scored with the boxes it is shown.
     A skipped frame shows the last kept frame's boxes (error grows with the gap and motion); a
-    tracked frame shows tracked boxes, which drift about a quarter as fast per source frame."""
+    tracked frame shows tracked boxes, a few percent off the detector's even when fresh, which
+    drift about a quarter as fast per source frame."""
     g = TRUE_GRADE_F1[grade_idx] if tunable else 1.0
     r = 1 - res_sens * (1 - np.minimum(np.asarray(height, float) / src_h, 1.0)) ** 1.3
     step = src_fps / np.asarray(fps, float)
     skip = np.maximum(step - 1, 0)
     f = np.exp(-0.012 * motion * skip)
-    tr = np.exp(-TRUE_TRACK_DECAY * motion * np.asarray(ntracking, float) * np.maximum(step, 1.0))
+    k = np.asarray(ntracking, float)
+    tr = np.exp(-TRUE_TRACK_FRESH_LOSS * k / (k + 1) - TRUE_TRACK_DECAY * motion * k * np.maximum(step, 1.0))
     q = 1 - 0.12 * ((100 - np.asarray(quality, float)) / 90) ** 2
     return np.clip(g * r * f * tr * q, 0, 1)
 

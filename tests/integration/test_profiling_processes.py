@@ -83,7 +83,7 @@ def test_sampler_process_compiles_off_this_process_and_samples_a_posterior():
         model.compile()
         assert model.compiled and model.compile_s > 0
         snap = model.sample(bayes.empty_data(model.layout, np.zeros(2), np.zeros(2)), draws=50, tune=50)
-        assert snap.source == "posterior" and snap.n > 0 and "tau" in snap.draws
+        assert snap.source == "posterior" and snap.n > 0 and "tau" in snap.draws and "psi" in snap.draws
     finally:
         model.close()
     assert not model.compiled

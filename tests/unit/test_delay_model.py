@@ -119,8 +119,10 @@ def test_every_frame_at_the_source_stays_while_its_frames_show_it_holds(wait_s, 
 def test_a_steady_detector_that_never_queues_may_run_at_three_quarters_of_the_bound():
     """vtest.avi on PyTorch, D = 0.5 s: the source resolution at 5 fps with 2 tracked frames
     after each detected one took 0.36-0.38 s per detected frame and waited ~0.02 s; the
-    one-time profile ran it with no frame late. The planner keeps it once its frames say so."""
-    p = BayesPlanner(BayesModel(), background=False, seed=3)
+    one-time profile ran it with no frame late. The planner keeps it once its frames say so.
+    (Any plan is kept that meets the delay bound: with no accuracy measured, the prior rates
+    720p@2fps a little above it, and this is about delay.)"""
+    p = BayesPlanner(BayesModel(), background=False, seed=3, keep_margin=1.0)
     inp = person_input().model_copy(update={"constraint": UserConstraint(delay=0.5)})
     c = knobs.build_candidates(inp)
     src = len(c.res) - 1

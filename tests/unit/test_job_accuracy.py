@@ -14,7 +14,7 @@ N = 64
 def _pooled_draws() -> dict[str, np.ndarray]:
     """A pooled model that says 360p loses ~0.17 of F1 (log-height slope 0.4), no draw spread."""
     return {"th": np.full((N, len(GRADES)), np.log(0.95)), "kappa": np.full(N, 0.4), "lam": np.full(N, -0.3),
-            "rho": np.full(N, 0.2), "tau": np.full(N, -0.1), "sig_a": np.full(N, 0.08)}
+            "rho": np.full(N, 0.2), "tau": np.full(N, -0.1), "psi": np.full(N, -0.05), "sig_a": np.full(N, 0.08)}
 
 
 def _segment(ts: float, f1_at: dict[int, float]) -> list[Observation]:
