@@ -55,13 +55,14 @@ from scheduler.delay import (
     own_work,
     plan_delay,
     proven_within,
-    running_plan_frames,
+    running_plan_frame_map,
     running_wait_scale,
     transfer_s,
 )
 from scheduler.interface import Plan, PlanningInput
 from scheduler.job_accuracy import JobAccuracy
 from scheduler.plan_reason import explain
+from scheduler.plan_memory import LATE, PROVEN, matching, plan_key
 from scheduler.planner_state import CandidateArrays, JobState
 from scheduler.posterior_refresher import PosteriorRefresher
 from scheduler.service_times import ServiceTimes
@@ -284,8 +285,15 @@ class BayesPlanner:
         # Queueing (scheduler/delay.py): a paced source's frames arrive evenly; service times vary
         # by the posterior's log-normal spread; no node planned past PLAN_RHO_MAX, unless the
         # running plan's own frames show it holds there.
-        frames = (running_plan_frames(inp.observations, set(c.stages), int(c.res[c.res_idx[last]][2]),
-                                      float(c.fps[last]), int(c.ntrack[last]), c.src_fps) if last is not None else [])
+        frames: list = []
+        if shift:
+            st.memory.forget()
+        if last is not None:
+            by_frame, newest = running_plan_frame_map(inp.observations, set(c.stages), int(c.res[c.res_idx[last]][2]),
+                                                      float(c.fps[last]), int(c.ntrack[last]), c.src_fps)
+            frames = list(by_frame.values())
+            st.memory.record(plan_key(c, last), by_frame, newest)
+        remembered = self._remembered(inp, st, c, D)
         rho_cap = np.full(len(c), PLAN_RHO_MAX)
         if last is not None and proven_within(frames, D):
             rho_cap[last] = PROVEN_RHO_MAX
@@ -300,7 +308,7 @@ class BayesPlanner:
         # source config's 0.98, measured 0.93-0.95), and the guess would decide every early window.
         cost_weight = 1.0 if st.accuracy is not None else 0.0
         u_mean = knobs.utility(ef1_rows[S.grid], cost_weight * S.cost, d_mean <= D, aim)
-        short = self._shortlist(d_mean, u_mean, D, last)
+        short = self._shortlist(d_mean, u_mean, D, last, remembered.get(PROVEN))
 
         # Phase 2: window-mean delay draws for the shortlist (parameter uncertainty + the noise
         # of a mean over the window's frames).
@@ -324,6 +332,11 @@ class BayesPlanner:
             # costs F1 (vtest.avi, D = 0.5 s: source@5fps track 1 -> track 2 -> 480p and back
             # every few rounds, with no frame late). A real slowdown is a shift, and has no slack.
             p_ok[pos_last] = min(1.0, p_ok[pos_last] + self.keep_delay_slack)
+        # What a plan's own recent frames did outweighs the model's reading of other plans'
+        # (scheduler/plan_memory.py): none late and their p95 within 0.6 D is read as certain.
+        proven = np.isin(short, remembered.get(PROVEN, []))
+        p_ok[proven] = 1.0
+        p_ok[np.isin(short, remembered.get(LATE, [])) & (short != last)] = 0.0
         f1 = f1_rows[S.grid[short]]                                       # [M, n]
         ef1 = f1.mean(axis=1)
         cost = S.cost[short]
@@ -362,6 +375,8 @@ class BayesPlanner:
             why = "no plan meets the delay bound; most likely to"
         st.rounds += 1
         i = int(short[pick])
+        if proven[pick] and p_raw[pick] < self.delay_prob:
+            why += "; its own frames met the bound"
         reason = explain(c, short, pick, p_raw, f1, cost, D, why, snap, ef1_rows[S.grid])
         plan = knobs.to_plan(c, i, inp.nodes, self.name, reason)
         self.decision_times.append(time.perf_counter() - t0)
@@ -373,7 +388,17 @@ class BayesPlanner:
         eta = S.cached("f1_logits", version, lambda: job_accuracy.pooled_logit(d, S.acc_x).T)  # [rows, n]
         return job_accuracy.f1_draws(eta, S.acc_x, job)
 
-    def _shortlist(self, d_mean: np.ndarray, u_mean: np.ndarray, D: float, last: int | None) -> np.ndarray:
+    def _remembered(self, inp: PlanningInput, st: JobState, c: knobs.Candidates, D: float) -> dict[str, np.ndarray]:
+        """Candidate indices per verdict of the job's plan memory (PROVEN, LATE)."""
+        if not st.memory.records or not inp.observations:
+            return {}
+        out: dict[str, list[np.ndarray]] = {}
+        for key, verdict in st.memory.verdicts(list(st.memory.records), D, inp.observations[-1].ts).items():
+            out.setdefault(verdict, []).append(matching(c, key))
+        return {v: np.concatenate(idx) for v, idx in out.items()}
+
+    def _shortlist(self, d_mean: np.ndarray, u_mean: np.ndarray, D: float, last: int | None,
+                   proven: np.ndarray | None = None) -> np.ndarray:
         ok = np.flatnonzero(d_mean <= 1.25 * D)
         if len(ok) > self.shortlist:
             top = ok[np.argpartition(-u_mean[ok], self.shortlist)[: self.shortlist]]
@@ -381,4 +406,5 @@ class BayesPlanner:
             top = ok
         fastest = np.argpartition(d_mean, 8)[:8] if len(d_mean) > 8 else np.arange(len(d_mean))
         extra = [last] if last is not None else []
-        return np.unique(np.concatenate([top, fastest, np.array(extra, dtype=np.int64)])).astype(np.int64)
+        proven = np.zeros(0, np.int64) if proven is None else proven
+        return np.unique(np.concatenate([top, fastest, np.array(extra, dtype=np.int64), proven])).astype(np.int64)

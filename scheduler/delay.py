@@ -142,18 +142,27 @@ def plan_delay(
     return delay, peak
 
 
-def running_plan_frames(observations: list[Observation], stages: set[str], height: int, rate: float,
-                        ntracking: int, src_fps: float) -> list[tuple[float, float]]:
-    """(wait, delay) of each of the running plan's recent frames (observations.recent_window):
-    queue_s and queue_s + service_s summed over the frame's stages. A frame is its sequence
-    number; observations without one (the simulator's) group by time stamp."""
+def running_plan_frame_map(observations: list[Observation], stages: set[str], height: int, rate: float,
+                           ntracking: int, src_fps: float) -> tuple[dict, float]:
+    """({frame: (wait, delay)}, newest time stamp) of the running plan's recent frames
+    (observations.recent_window): queue_s and queue_s + service_s summed over the frame's
+    stages. A frame is its sequence number; observations without one (the simulator's) group
+    by time stamp."""
     frames: dict[float, list[float]] = {}
+    newest = 0.0
     for o in recent_window(observations, lambda o: o.source == "frame" and o.service_s > 0 and o.stage in stages):
         if o.height == height and o.ntracking == ntracking and abs((o.fps or src_fps) - rate) < 1e-6:
             w = frames.setdefault(o.seq if o.seq is not None else o.ts, [0.0, 0.0])
             w[0] += o.queue_s
             w[1] += o.queue_s + o.service_s
-    return [(w, d) for w, d in frames.values()]
+            newest = max(newest, o.ts)
+    return {k: (w, d) for k, (w, d) in frames.items()}, newest
+
+
+def running_plan_frames(observations: list[Observation], stages: set[str], height: int, rate: float,
+                        ntracking: int, src_fps: float) -> list[tuple[float, float]]:
+    """(wait, delay) of each of the running plan's recent frames (running_plan_frame_map)."""
+    return list(running_plan_frame_map(observations, stages, height, rate, ntracking, src_fps)[0].values())
 
 
 def measured_wait_scale(frames: list[tuple[float, float]], predicted_wait_s: float) -> float:

@@ -8,6 +8,7 @@ import numpy as np
 from scheduler import knobs
 from scheduler.interface import Plan
 from scheduler.job_accuracy import JobAccuracy
+from scheduler.plan_memory import PlanMemory
 
 
 @dataclass
@@ -26,6 +27,7 @@ class JobState:
     last_plan: Plan | None = None          # the last plan passed in, its candidate set and index there
     last_cands: knobs.Candidates | None = None
     last_index: int | None = None
+    memory: PlanMemory = field(default_factory=PlanMemory)  # what the plans it ran did to its frames' delay
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class CandidateArrays:
     nbytes: np.ndarray        # [C] modelled JPEG bytes
     grid: np.ndarray          # [C] grid row of each candidate
     rows: np.ndarray          # [R] first candidate of each grid row
-    acc_x: np.ndarray         # [R, 5] grade, log h ratio, staleness (s), log q, tracking (s) per grid row
+    acc_x: np.ndarray         # [R, 6] grade, log h ratio, staleness (s), log q, tracking (s), tracked share per grid row
     frames: np.ndarray        # [C] frames in a planning window
     memo: dict = field(default_factory=dict)  # name -> (key, value): results reused while the key holds
 

@@ -1,0 +1,98 @@
+"""What each plan a job ran did to its frames' delay, remembered for a while.
+
+The latency model predicts a plan from every frame the job measured; on a shared 2-core host
+the same plan is not equally fast under every other plan. vtest.avi, OpenVINO, D = 1 s: the
+detector took 0.063-0.073 s a frame while every frame was detected at the source resolution
+(10 a second, no frame late), 0.09-0.14 s while every other one was and the others tracked.
+Once the planner had left the every-frame plan, the slower frames made it look past the
+utilisation ceiling (P(delay <= D) 0.00) for the rest of the run, though golden (the same
+plan) ran 60 s with no frame late; on Megamind.avi the opposite: 720p@10fps queued 13 of its
+frames past D = 0.5 s, and 30 s later, from cheaper plans' frames, the model sent the job back
+to it for 13 more. What a plan's own frames did is better evidence than the model's reading of
+other plans, while it is recent and nothing has shifted since:
+- proven: PROVEN_FRAMES or more frames, none over the bound, the 95th percentile within
+  PROVEN_DELAY_SHARE of it -> the plan counts as meeting the bound;
+- late: at least LATE_FRAMES of its frames over the bound -> it is ruled out.
+A plan is (height, kept-frame rate, ntracking, grade, node of each stage); its memory ends MEMORY_S after its last frame, or at a shift (nodes, constraint, a confirmed
+slowdown), which forgets everything.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from scheduler.delay import PROVEN_DELAY_SHARE, PROVEN_FRAMES
+
+MEMORY_S = 60.0      # seconds of observation time a plan's record holds after its last frame
+KEEP_FRAMES = 40     # frames per plan: its latest run, not its whole history
+LATE_FRAMES = 3      # frames over the bound that rule a plan out (one is a hiccup, e.g. a GC)
+
+PlanKey = tuple[int, float, int, int, tuple[int, ...]]
+PROVEN, LATE = "proven", "late"
+
+
+@dataclass
+class PlanRecord:
+    delays: OrderedDict = field(default_factory=OrderedDict)  # frame key -> delay (s), oldest first
+    last_ts: float = 0.0
+
+
+class PlanMemory:
+    """One job's records (kept in its JobState)."""
+
+    def __init__(self) -> None:
+        self.records: dict[PlanKey, PlanRecord] = {}
+
+    def record(self, key: PlanKey, frames: dict, newest_ts: float) -> None:
+        """frames: frame key -> (wait, delay) of the plan's recent frames (delay.running_plan_frame_map)."""
+        if not frames:
+            return
+        rec = self.records.setdefault(key, PlanRecord())
+        for k, (_, delay) in frames.items():
+            rec.delays[k] = delay
+            rec.delays.move_to_end(k)
+        while len(rec.delays) > KEEP_FRAMES:
+            rec.delays.popitem(last=False)
+        rec.last_ts = max(rec.last_ts, newest_ts)
+
+    def forget(self) -> None:
+        self.records.clear()
+
+    def verdict(self, key: PlanKey, delay_bound: float, now_ts: float) -> str | None:
+        rec = self.records.get(key)
+        if rec is None:
+            return None
+        if now_ts - rec.last_ts > MEMORY_S:
+            del self.records[key]
+            return None
+        d = np.fromiter(rec.delays.values(), float)
+        if (d > delay_bound).sum() >= LATE_FRAMES:
+            return LATE
+        if len(d) >= PROVEN_FRAMES and d.max() <= delay_bound and np.percentile(d, 95) <= PROVEN_DELAY_SHARE * delay_bound:
+            return PROVEN
+        return None
+
+    def verdicts(self, keys: list[PlanKey], delay_bound: float, now_ts: float) -> dict[PlanKey, str]:
+        out = {}
+        for k in set(keys) & set(self.records):
+            v = self.verdict(k, delay_bound, now_ts)
+            if v is not None:
+                out[k] = v
+        return out
+
+
+def plan_key(c, i: int) -> PlanKey:
+    """Candidate i of c (knobs.Candidates) as a PlanKey."""
+    return (int(c.height[i]), float(c.fps[i]), int(c.ntrack[i]), int(c.grade_idx[i]), tuple(int(j) for j in c.mapping[i]))
+
+
+def matching(c, key: PlanKey) -> np.ndarray:
+    """Indices of the candidates of c that are the plan `key` (one per JPEG quality)."""
+    h, rate, k, g, mapping = key
+    return np.flatnonzero((c.height == h) & np.isclose(c.fps, rate) & (c.ntrack == k) & (c.grade_idx == g)
+                          & (c.mapping == np.array(mapping)).all(axis=1))
+
+
+__all__ = ["LATE", "LATE_FRAMES", "MEMORY_S", "PROVEN", "PlanMemory", "PlanRecord", "matching", "plan_key"]

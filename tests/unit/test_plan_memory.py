@@ -1,0 +1,102 @@
+"""A plan's own recent frames outweigh the model's reading of other plans' frames
+(scheduler/plan_memory.py): proven plans stay within reach, late ones out of it."""
+from __future__ import annotations
+
+import numpy as np
+
+from scheduler import knobs
+from scheduler.bayes import BayesModel
+from scheduler.bayes_planner import BayesPlanner
+from scheduler.interface import Observation, UserConstraint
+from scheduler.plan_memory import LATE, LATE_FRAMES, MEMORY_S, PROVEN, PlanMemory
+from tests.support.planning import person_input
+
+KEY = (576, 10.0, 0, 4, (0, 0, 0))
+
+
+def _delays(*delays: float, first: int = 0) -> dict:
+    return {first + i: (0.0, d) for i, d in enumerate(delays)}
+
+
+def test_verdicts_from_a_plans_frames():
+    m = PlanMemory()
+    m.record(KEY, _delays(*[0.1] * 9), newest_ts=100.0)
+    assert m.verdict(KEY, 1.0, 100.0) is None, "too few frames"
+    m.record(KEY, _delays(0.1, first=9), newest_ts=101.0)
+    assert m.verdict(KEY, 1.0, 101.0) == PROVEN
+    assert m.verdict(KEY, 0.15, 101.0) is None, "within the bound but not with room to spare"
+    m.record(KEY, _delays(*[1.5] * (LATE_FRAMES - 1), first=10), newest_ts=102.0)
+    assert m.verdict(KEY, 1.0, 102.0) is None, "one or two late frames are a hiccup, and not proof either"
+    m.record(KEY, _delays(1.5, first=20), newest_ts=103.0)
+    assert m.verdict(KEY, 1.0, 103.0) == LATE
+    assert m.verdict(KEY, 1.0, 103.0 + MEMORY_S + 1) is None and not m.records, "forgotten after a while"
+
+
+def test_the_same_frame_read_in_two_rounds_counts_once():
+    m = PlanMemory()
+    for _ in range(3):
+        m.record(KEY, _delays(1.5, 1.5), newest_ts=100.0)
+    assert m.verdict(KEY, 1.0, 100.0) is None
+
+
+def _frames(first_seq: int, n: int, t0: float, svc_s: float, wait_s: float, ntracking: int) -> list[Observation]:
+    """Detected frames of the source resolution at the 10-fps source's rate, `ntracking` tracked after each."""
+    rng = np.random.default_rng(first_seq)
+    out = []
+    for i in range(n):
+        ts = t0 + i * (1 + ntracking) / 10.0
+        for stage, svc in (("person_detection", svc_s), ("object_count", 4e-5), ("render", 0.004)):
+            out.append(Observation(stage=stage, node="cpu", width=768, height=576, fps=0, ntracking=ntracking,
+                                   quality=90, service_s=float(svc * np.exp(rng.normal(0, 0.05))),
+                                   queue_s=wait_s / 3, ts=ts, seq=first_seq + i))
+    return out
+
+
+def _source_plan(c: knobs.Candidates, ntracking: int) -> int:
+    return int(np.flatnonzero((c.res_idx == len(c.res) - 1) & (c.fps == c.src_fps) & (c.ntrack == ntracking)
+                              & (c.quality == 90))[0])
+
+
+def _decide(p: BayesPlanner, inp, c, observations, running: int):
+    measured = inp.model_copy(update={"observations": observations,
+                                      "last_plan": knobs.to_plan(c, running, inp.nodes, p.name, "running")})
+    p.plan(measured)
+    p.refresh_gaussian()
+    return c.index_of_plan(p.plan(measured)), p
+
+
+def test_a_plan_whose_frames_met_the_bound_comes_back_though_slower_frames_since_say_it_cannot():
+    """vtest.avi, D = 1 s: every frame detected took 0.063-0.073 s with no frame late; tracking
+    every other frame, the detector took 0.09-0.14 s, and from those the model ruled detecting
+    every frame out (P(delay <= D) 0.00) for the rest of the run."""
+    inp = person_input().model_copy(update={"constraint": UserConstraint(delay=1.0)})
+    c = knobs.build_candidates(inp)
+    every, tracked = _source_plan(c, 0), _source_plan(c, 1)
+    ran_every = _frames(0, 60, 10.0, 0.068, 0.01, 0)
+    then_tracked = ran_every + _frames(60, 40, 16.0, 0.13, 0.01, 1)
+
+    p = BayesPlanner(BayesModel(), background=False, seed=3)
+    assert _decide(p, inp, c, ran_every, every)[0] == every
+    chosen, _ = _decide(p, inp, c, then_tracked, tracked)
+    assert chosen == every
+
+    fresh, p2 = _decide(BayesPlanner(BayesModel(), background=False, seed=3), inp, c, then_tracked, tracked)
+    assert fresh != every, "without the memory, the slower frames rule it out (the test's premise)"
+
+
+def test_a_plan_whose_frames_were_late_is_not_chosen_again_soon():
+    """Megamind.avi, D = 0.5 s: 720p@10fps queued 13 frames past D, and 30 s later the model,
+    reading cheaper plans' frames, sent the job back to it for 13 more."""
+    inp = person_input().model_copy(update={"constraint": UserConstraint(delay=1.0)})
+    c = knobs.build_candidates(inp)
+    every, tracked = _source_plan(c, 0), _source_plan(c, 1)
+    late_every = _frames(0, 10, 10.0, 0.07, 1.2, 0)
+    then_fast = late_every + _frames(10, 40, 11.5, 0.04, 0.005, 1)
+
+    p = BayesPlanner(BayesModel(), background=False, seed=3)
+    _decide(p, inp, c, late_every, every)
+    chosen, _ = _decide(p, inp, c, then_fast, tracked)
+    assert chosen != every
+
+    fresh, _ = _decide(BayesPlanner(BayesModel(), background=False, seed=3), inp, c, then_fast, tracked)
+    assert fresh == every, "without the memory, the fast frames since make it look safe (the test's premise)"
