@@ -16,11 +16,22 @@ envelopes on stdin and answering on stdout (first with an empty message once its
 loaded); both ends decode strictly (services/codec.py).
 A subprocess rather than multiprocessing, because Celery's prefork children are daemonic
 and may not have multiprocessing children.
+
+Nice 19 is not enough on a small host: its two vCPUs share more than the scheduler knows
+(caches, memory bandwidth, perhaps one physical core), and the detector took ~40 % longer for
+the seconds a segment was being scored (Megamind.avi, 480p at 10 fps: 0.074-0.087 s a frame,
+then 0.117 s, and 22 frames past D = 0.5 s; vtest.avi the same at the source resolution). So
+while this worker process runs a frame the child is stopped (SIGSTOP), and continues when no
+frame runs: it scores on idle capacity only, more slowly the busier the frames keep the node.
+A job's first (urgent) segments are not stopped: accuracy learned in seconds is worth more then.
+The child dies with the worker (PR_SET_PDEATHSIG), stopped or not.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -35,6 +46,17 @@ log = logging.getLogger(__name__)
 
 NICE = 19
 _LEN = struct.Struct("!I")
+_PR_SET_PDEATHSIG = 1
+
+
+def _child_setup(nice: int) -> None:
+    """In the child before exec: its niceness, and its death with the worker that started it
+    (a stopped child would otherwise outlive a killed worker, ~1.2 GB)."""
+    os.setpriority(os.PRIO_PROCESS, 0, nice)
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: the child still ends at end-of-file on its stdin
 
 
 def _write(stream: BinaryIO, payload: bytes) -> None:
@@ -70,6 +92,10 @@ class SegmentProfiler:
         self.scored = 0
         self.skipped = 0
         self._since = 0.0  # when the segment being scored was handed over
+        self._urgent_now = False  # the segment being scored is a job's first: never stopped
+        self._frames = 0          # frames this worker process is running now
+        self._stopped = False     # the child is stopped (SIGSTOP) while they run
+        self.stops = 0
 
     def _start_locked(self) -> subprocess.Popen:
         if self._proc is None or self._proc.poll() is not None:
@@ -79,7 +105,7 @@ class SegmentProfiler:
             nice = self._nice_now = self.urgent_nice
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "tasks.profiler", child.model_dump_json()], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, preexec_fn=lambda: os.setpriority(os.PRIO_PROCESS, 0, nice),
+                stdout=subprocess.PIPE, preexec_fn=lambda: _child_setup(nice),
             )
             threading.Thread(target=self._read_results, args=(self._proc,), name="vdag-profiler-results",
                              daemon=True).start()
@@ -139,8 +165,37 @@ class SegmentProfiler:
         proc = self._start_locked()
         self._renice_locked(proc, self.urgent_nice if env.urgent else self.nice)
         self._busy.set()
+        self._urgent_now = bool(env.urgent)
         self._since = time.monotonic()
+        self._signal_locked(stop=self._frames > 0 and not self._urgent_now)
         return proc
+
+    def frame_started(self) -> None:
+        """A frame runs in this worker process: stop a child scoring a segment that can wait."""
+        with self._lock:
+            self._frames += 1
+            if self._busy.is_set() and not self._urgent_now:
+                self._signal_locked(stop=True)
+
+    def frame_done(self) -> None:
+        with self._lock:
+            self._frames = max(0, self._frames - 1)
+            if self._frames == 0:
+                self._signal_locked(stop=False)
+
+    def _signal_locked(self, stop: bool) -> None:
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            self._stopped = False
+            return
+        if stop == self._stopped:
+            return
+        try:
+            os.kill(proc.pid, signal.SIGSTOP if stop else signal.SIGCONT)
+            self._stopped = stop
+            self.stops += stop
+        except ProcessLookupError:
+            self._stopped = False
 
     def _feed(self, proc: subprocess.Popen, env: Envelope) -> None:
         threading.Thread(target=self._write, args=(proc, encode_envelope(env), env.job),
@@ -162,6 +217,7 @@ class SegmentProfiler:
             with self._lock:
                 took = time.monotonic() - self._since
                 self._busy.clear()
+                self._signal_locked(stop=False)  # stopped as it answered: it must read the next one
                 waiting, self._pending = self._pending, None
                 if waiting is not None and payload is not None:
                     self._feed(self._hand_over_locked(waiting), waiting)
@@ -183,6 +239,7 @@ class SegmentProfiler:
 
     def close(self) -> None:
         with self._lock:
+            self._signal_locked(stop=False)  # a stopped child would never read its end-of-file
             proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             proc.stdin.close()  # it ends at end-of-file; one still loading models or scoring is killed

@@ -171,7 +171,7 @@ def run_stage(self, payload: Any) -> None:
     if not env.route:
         log.warning("rejected frame %s/%s with an empty route", env.job, env.seq)
         raise Reject("empty route", requeue=False)
-    from tasks.worker_state import service_context, task_running
+    from tasks.worker_state import profiling_stopped, service_context, task_running
 
     if env.kind == "profile" or env.profile:
         profiler = segment_profiler_of(self.app)
@@ -191,7 +191,8 @@ def run_stage(self, payload: Any) -> None:
             env.route = []
         else:
             try:
-                with task_running(_will_detect(env)):  # tasks running together may share a predict call
+                # Tasks running together may share a predict call; a segment being scored waits.
+                with task_running(_will_detect(env)), profiling_stopped():
                     env = execute_hop(env, service_context(settings), settings.node, worker)
             except Exception as exc:  # a failing stage must not stall the job: report the frame
                 stage = env.route[0].stage

@@ -85,6 +85,21 @@ def segment_profiler(settings: Settings, publish):
         return _profiler
 
 
+@contextmanager
+def profiling_stopped():
+    """Around a frame: this process's profiling child, if it has one, scores only while no
+    frame runs here (tasks/profiler.py)."""
+    mine = _profiler if _profiler_pid == os.getpid() else None
+    if mine is None:
+        yield
+        return
+    mine.frame_started()
+    try:
+        yield
+    finally:
+        mine.frame_done()
+
+
 def close_segment_profiler() -> None:
     """End this process's profiling child, if it started one. Its reader thread holds the
     child's pipes, so a child merely forgotten never sees end-of-file and lives on (~1.2 GB)."""

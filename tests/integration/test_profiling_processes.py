@@ -29,6 +29,12 @@ def _nices(pid: int) -> set[int]:
     return {os.getpriority(os.PRIO_PROCESS, int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
 
 
+def _state(pid: int) -> str:
+    """The process's state letter (T: stopped)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
 def test_segment_profiler_scores_in_a_niced_child_and_never_blocks(tmp_path):
     from tasks.profiler import SegmentProfiler
 
@@ -59,8 +65,19 @@ def test_segment_profiler_scores_in_a_niced_child_and_never_blocks(tmp_path):
         assert profiler.submit(env.model_copy(update={"urgent": True}))  # free again once the answer came back
         if os.geteuid() == 0:
             assert _nices(profiler._proc.pid) == {5}
+        profiler.frame_started()  # a job's first segment is scored beside the frames, not after them
+        assert _state(profiler._proc.pid) != "T"
+        profiler.frame_done()
         assert arrived.wait(120) and len(done) == 2
         assert profiler.submit(env) and _nices(profiler._proc.pid) == {19}
+        # Any later one only on idle capacity: stopped while a frame runs in the worker process.
+        profiler.frame_started()
+        profiler.frame_started()
+        assert _state(profiler._proc.pid) == "T" and profiler.stops == 1
+        profiler.frame_done()
+        assert _state(profiler._proc.pid) == "T", "another frame still runs"
+        profiler.frame_done()
+        assert _state(profiler._proc.pid) != "T"
         # An urgent segment is not skipped behind a busy child: it is scored next.
         later = env.model_copy(update={"urgent": True, "job": "k"})
         assert profiler.submit(later) and profiler.skipped == 1
