@@ -57,46 +57,42 @@ def _source_plan(c: knobs.Candidates, ntracking: int) -> int:
                               & (c.quality == 90))[0])
 
 
-def _decide(p: BayesPlanner, inp, c, observations, running: int):
+def _decide(p: BayesPlanner, inp, c, observations, running: int) -> int:
     measured = inp.model_copy(update={"observations": observations,
                                       "last_plan": knobs.to_plan(c, running, inp.nodes, p.name, "running")})
     p.plan(measured)
     p.refresh_gaussian()
-    return c.index_of_plan(p.plan(measured)), p
+    return c.index_of_plan(p.plan(measured))
+
+
+def _every_frame_then_tracked(every_frames, tracked_frames) -> tuple[int, int, int, int]:
+    """A job ran detecting every source frame (every_frames), then tracking every other one
+    (tracked_frames after them), D = 1 s: (the every-frame plan, the first decision, the next
+    decision, the next decision of a planner that saw only the second run)."""
+    inp = person_input().model_copy(update={"constraint": UserConstraint(delay=1.0)})
+    c = knobs.build_candidates(inp)
+    every, tracked = _source_plan(c, 0), _source_plan(c, 1)
+    p = BayesPlanner(BayesModel(), background=False, seed=3)
+    first = _decide(p, inp, c, every_frames, every)
+    then = _decide(p, inp, c, every_frames + tracked_frames, tracked)
+    fresh = _decide(BayesPlanner(BayesModel(), background=False, seed=3), inp, c, every_frames + tracked_frames, tracked)
+    return every, first, then, fresh
 
 
 def test_a_plan_whose_frames_met_the_bound_comes_back_though_slower_frames_since_say_it_cannot():
     """vtest.avi, D = 1 s: every frame detected took 0.063-0.073 s with no frame late; tracking
     every other frame, the detector took 0.09-0.14 s, and from those the model ruled detecting
     every frame out (P(delay <= D) 0.00) for the rest of the run."""
-    inp = person_input().model_copy(update={"constraint": UserConstraint(delay=1.0)})
-    c = knobs.build_candidates(inp)
-    every, tracked = _source_plan(c, 0), _source_plan(c, 1)
-    ran_every = _frames(0, 60, 10.0, 0.068, 0.01, 0)
-    then_tracked = ran_every + _frames(60, 40, 16.0, 0.13, 0.01, 1)
-
-    p = BayesPlanner(BayesModel(), background=False, seed=3)
-    assert _decide(p, inp, c, ran_every, every)[0] == every
-    chosen, _ = _decide(p, inp, c, then_tracked, tracked)
-    assert chosen == every
-
-    fresh, p2 = _decide(BayesPlanner(BayesModel(), background=False, seed=3), inp, c, then_tracked, tracked)
+    every, first, then, fresh = _every_frame_then_tracked(_frames(0, 60, 10.0, 0.068, 0.01, 0),
+                                                          _frames(60, 40, 16.0, 0.13, 0.01, 1))
+    assert first == every and then == every
     assert fresh != every, "without the memory, the slower frames rule it out (the test's premise)"
 
 
 def test_a_plan_whose_frames_were_late_is_not_chosen_again_soon():
     """Megamind.avi, D = 0.5 s: 720p@10fps queued 13 frames past D, and 30 s later the model,
     reading cheaper plans' frames, sent the job back to it for 13 more."""
-    inp = person_input().model_copy(update={"constraint": UserConstraint(delay=1.0)})
-    c = knobs.build_candidates(inp)
-    every, tracked = _source_plan(c, 0), _source_plan(c, 1)
-    late_every = _frames(0, 10, 10.0, 0.07, 1.2, 0)
-    then_fast = late_every + _frames(10, 40, 11.5, 0.04, 0.005, 1)
-
-    p = BayesPlanner(BayesModel(), background=False, seed=3)
-    _decide(p, inp, c, late_every, every)
-    chosen, _ = _decide(p, inp, c, then_fast, tracked)
-    assert chosen != every
-
-    fresh, _ = _decide(BayesPlanner(BayesModel(), background=False, seed=3), inp, c, then_fast, tracked)
+    every, _, then, fresh = _every_frame_then_tracked(_frames(0, 10, 10.0, 0.07, 1.2, 0),
+                                                      _frames(10, 40, 11.5, 0.04, 0.005, 1))
+    assert then != every
     assert fresh == every, "without the memory, the fast frames since make it look safe (the test's premise)"
