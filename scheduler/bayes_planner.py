@@ -31,7 +31,8 @@ toward plans expected to be about as accurate (`explore_f1_slack`): a cheaper, l
 plan can win no more than the compute tie-break, and every frame of its window pays its F1 gap
 (vtest.avi, D = 1 s: exploring track 1 beside the source config cost 0.01-0.03 F1 per window).
 No node is planned past 85 % utilisation (scheduler/delay.py) unless the running plan's own
-frames show it holds there.
+frames show it holds there. A plan the job ran recently is judged by what its own frames did
+(scheduler/plan_memory.py): proven plans count as meeting the bound, late ones are ruled out.
 
 Threads: `plan` is called from one thread (the scheduler loop) while the posterior refresher
 (scheduler/posterior_refresher.py) samples on its own; they share only its immutable Snapshot

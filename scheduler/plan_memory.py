@@ -13,8 +13,9 @@ other plans, while it is recent and nothing has shifted since:
 - proven: PROVEN_FRAMES or more frames, none over the bound, the 95th percentile within
   PROVEN_DELAY_SHARE of it -> the plan counts as meeting the bound;
 - late: at least LATE_FRAMES of its frames over the bound -> it is ruled out.
-A plan is (height, kept-frame rate, ntracking, grade, node of each stage); its memory ends MEMORY_S after its last frame, or at a shift (nodes, constraint, a confirmed
-slowdown), which forgets everything.
+A plan is (height, kept-frame rate, ntracking, grade, node of each stage); its memory ends
+MEMORY_S after its last frame, or at a shift (nodes, constraint, a confirmed slowdown), which
+forgets everything.
 """
 from __future__ import annotations
 
