@@ -394,7 +394,7 @@ class BayesPlanner:
         if not st.memory.records or not inp.observations:
             return {}
         out: dict[str, list[np.ndarray]] = {}
-        for key, verdict in st.memory.verdicts(list(st.memory.records), D, inp.observations[-1].ts).items():
+        for key, verdict in st.memory.verdicts(D, inp.observations[-1].ts).items():
             out.setdefault(verdict, []).append(matching(c, key))
         return {v: np.concatenate(idx) for v, idx in out.items()}
 

@@ -75,9 +75,10 @@ class PlanMemory:
             return PROVEN
         return None
 
-    def verdicts(self, keys: list[PlanKey], delay_bound: float, now_ts: float) -> dict[PlanKey, str]:
+    def verdicts(self, delay_bound: float, now_ts: float) -> dict[PlanKey, str]:
+        """The verdict of every remembered plan that has one (expired records are dropped)."""
         out = {}
-        for k in set(keys) & set(self.records):
+        for k in list(self.records):
             v = self.verdict(k, delay_bound, now_ts)
             if v is not None:
                 out[k] = v
