@@ -184,11 +184,11 @@ class SegmentProfiler:
                 self._signal_locked(stop=False)
 
     def _signal_locked(self, stop: bool) -> None:
+        if stop == self._stopped:  # the usual case, every frame: no system call
+            return
         proc = self._proc
         if proc is None or proc.poll() is not None:
             self._stopped = False
-            return
-        if stop == self._stopped:
             return
         try:
             os.kill(proc.pid, signal.SIGSTOP if stop else signal.SIGCONT)
