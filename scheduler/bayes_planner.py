@@ -32,7 +32,9 @@ plan can win no more than the compute tie-break, and every frame of its window p
 (vtest.avi, D = 1 s: exploring track 1 beside the source config cost 0.01-0.03 F1 per window).
 No node is planned past 85 % utilisation (scheduler/delay.py) unless the running plan's own
 frames show it holds there. A plan the job ran recently is judged by what its own frames did
-(scheduler/plan_memory.py): proven plans count as meeting the bound, late ones are ruled out.
+(scheduler/plan_memory.py): proven plans count as meeting the bound, late ones are ruled out;
+a more accurate plan the model rules out is probed now and then, bounded by what it would cost
+if the model were right, and its own frames decide (scheduler/plan_probe.py).
 
 Threads: `plan` is called from one thread (the scheduler loop) while the posterior refresher
 (scheduler/posterior_refresher.py) samples on its own; they share only its immutable Snapshot
@@ -63,7 +65,8 @@ from scheduler.delay import (
 from scheduler.interface import Plan, PlanningInput
 from scheduler.job_accuracy import JobAccuracy
 from scheduler.plan_reason import explain
-from scheduler.plan_memory import LATE, PROVEN, matching, plan_key
+from scheduler.plan_memory import LATE, PROVEN, plan_key, remembered_candidates
+from scheduler.plan_probe import CONTINUE, PROBE_EVERY, PROBE_F1_GAIN, probe_candidate
 from scheduler.planner_state import CandidateArrays, JobState
 from scheduler.posterior_refresher import PosteriorRefresher
 from scheduler.service_times import ServiceTimes
@@ -289,12 +292,15 @@ class BayesPlanner:
         frames: list = []
         if shift:
             st.memory.forget()
+            st.probe.forget()
         if last is not None:
             by_frame, newest = running_plan_frame_map(inp.observations, set(c.stages), int(c.res[c.res_idx[last]][2]),
                                                       float(c.fps[last]), int(c.ntrack[last]), c.src_fps)
             frames = list(by_frame.values())
             st.memory.record(plan_key(c, last), by_frame, newest)
-        remembered = self._remembered(inp, st, c, D)
+        now_ts = inp.observations[-1].ts if inp.observations else 0.0
+        probing = st.probe.judge(st.memory, plan_key(c, last) if last is not None else None, D, now_ts)
+        remembered = remembered_candidates(st.memory, c, D, now_ts)
         rho_cap = np.full(len(c), PLAN_RHO_MAX)
         if last is not None and proven_within(frames, D):
             rho_cap[last] = PROVEN_RHO_MAX
@@ -302,14 +308,22 @@ class BayesPlanner:
         svc_cv2 = np.expm1(sig**2)
         queueing["wait_scale"] = running_wait_scale(frames, c, last, st_mean, bg, cap, trans_all,
                                                   dict(queueing, service_cv2=float(svc_cv2.mean())))
-        d_mean = plan_delay(c, allidx, st_mean, st_mean, bg, cap, qdepth, trans_all,
-                            service_cv2=float(svc_cv2.mean()), **queueing)[0][:, 0]
+        d_mean, peak = (a[:, 0] for a in plan_delay(c, allidx, st_mean, st_mean, bg, cap, qdepth, trans_all,
+                                                       service_cv2=float(svc_cv2.mean()), **queueing))
         # Compute is traded for accuracy only once this job's own accuracy is measured: the
         # prior's F1 for a cheaper plan is a guess (vtest.avi: track 1 predicted 0.97 beside the
         # source config's 0.98, measured 0.93-0.95), and the guess would decide every early window.
         cost_weight = 1.0 if st.accuracy is not None else 0.0
         u_mean = knobs.utility(ef1_rows[S.grid], cost_weight * S.cost, d_mean <= D, aim)
         short = self._shortlist(d_mean, u_mean, D, last, remembered.get(PROVEN))
+        probe = last if probing == CONTINUE else None
+        if probing is None and not in_shift and st.accuracy is not None and snap.source != "prior" \
+                and st.rounds - st.probe.last_round >= PROBE_EVERY and last is not None \
+                and np.isin(last, remembered.get(PROVEN, [])):
+            probe = probe_candidate(c, st.probe, remembered, ef1_rows[S.grid], S.cost, st_mean, trans_all, peak, last,
+                                    D, now_ts, feedback_s=self.window_s + D)
+        if probe is not None:
+            short = np.union1d(short, [probe])
 
         # Phase 2: window-mean delay draws for the shortlist (parameter uncertainty + the noise
         # of a mean over the window's frames).
@@ -353,8 +367,18 @@ class BayesPlanner:
             safe = feasible & (p_ok >= self.explore_delay_prob) & (eu >= eu[best] - self.explore_margin)
             if p_ok[best] >= self.explore_delay_prob:
                 safe &= ef1 >= ef1[best] - self.explore_f1_slack
+            pos_probe = int(np.flatnonzero(short == probe)[0]) if probe is not None and not in_shift else None
+            if pos_probe is not None and not (probing == CONTINUE or (
+                    not feasible[pos_probe] and ef1[pos_probe] >= ef1[best] + PROBE_F1_GAIN)):
+                pos_probe = None
             if in_shift:
                 pick, why = best, f"shift: {st.shift_why}" if shift or st.shift_why else "best"
+            elif pos_probe is not None:
+                # Before exploring: a probe's gain is bigger, and both would run the next window.
+                if probing != CONTINUE:
+                    st.probe.start(plan_key(c, probe), st.rounds)
+                pick = pos_probe
+                why = f"probe, round {st.probe.rounds}: ruled out by the model, its own frames will say"
             elif st.rounds - st.last_explore >= self.explore_every and safe.sum() > 1 and st.rounds > 0:
                 # One posterior draw (Thompson): which near-best, safe plan would be best if it were true.
                 d_star = int(self._rng.integers(n))
@@ -388,15 +412,6 @@ class BayesPlanner:
         """F1 draws per grid row [rows, n] with the job's correction; the pooled part once per posterior."""
         eta = S.cached("f1_logits", version, lambda: job_accuracy.pooled_logit(d, S.acc_x).T)  # [rows, n]
         return job_accuracy.f1_draws(eta, S.acc_x, job)
-
-    def _remembered(self, inp: PlanningInput, st: JobState, c: knobs.Candidates, D: float) -> dict[str, np.ndarray]:
-        """Candidate indices per verdict of the job's plan memory (PROVEN, LATE)."""
-        if not st.memory.records or not inp.observations:
-            return {}
-        out: dict[str, list[np.ndarray]] = {}
-        for key, verdict in st.memory.verdicts(D, inp.observations[-1].ts).items():
-            out.setdefault(verdict, []).append(matching(c, key))
-        return {v: np.concatenate(idx) for v, idx in out.items()}
 
     def _shortlist(self, d_mean: np.ndarray, u_mean: np.ndarray, D: float, last: int | None,
                    proven: np.ndarray | None = None) -> np.ndarray:

@@ -97,4 +97,13 @@ def matching(c, key: PlanKey) -> np.ndarray:
                           & (c.mapping == np.array(mapping)).all(axis=1))
 
 
-__all__ = ["LATE", "LATE_FRAMES", "MEMORY_S", "PROVEN", "PlanMemory", "PlanRecord", "matching", "plan_key"]
+def remembered_candidates(memory: PlanMemory, c, delay_bound: float, now_ts: float) -> dict[str, np.ndarray]:
+    """Candidate indices of c per verdict (PROVEN, LATE) of the plans in memory."""
+    out: dict[str, list[np.ndarray]] = {}
+    for key, verdict in memory.verdicts(delay_bound, now_ts).items():
+        out.setdefault(verdict, []).append(matching(c, key))
+    return {v: np.concatenate(idx) for v, idx in out.items()}
+
+
+__all__ = ["LATE", "LATE_FRAMES", "MEMORY_S", "PROVEN", "PlanMemory", "PlanRecord", "matching", "plan_key",
+           "remembered_candidates"]

@@ -9,6 +9,7 @@ from scheduler import knobs
 from scheduler.interface import Plan
 from scheduler.job_accuracy import JobAccuracy
 from scheduler.plan_memory import PlanMemory
+from scheduler.plan_probe import ProbeState
 
 
 @dataclass
@@ -28,6 +29,7 @@ class JobState:
     last_cands: knobs.Candidates | None = None
     last_index: int | None = None
     memory: PlanMemory = field(default_factory=PlanMemory)  # what the plans it ran did to its frames' delay
+    probe: ProbeState = field(default_factory=ProbeState)   # a ruled-out plan it tries on purpose
 
 
 @dataclass(frozen=True)
