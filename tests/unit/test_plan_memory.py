@@ -32,6 +32,15 @@ def test_verdicts_from_a_plans_frames():
     assert m.verdict(KEY, 1.0, 103.0 + MEMORY_S + 1) is None and not m.records, "forgotten after a while"
 
 
+def test_a_window_without_frame_numbers_is_not_read_as_one_frame():
+    """The simulator's observations carry no sequence number: grouped by time stamp, a window's
+    frames would sum to one 'frame' far over the bound."""
+    m = PlanMemory()
+    for ts in (2.0, 4.0, 6.0):
+        m.record(KEY, {ts: (0.5, 3.0)}, newest_ts=ts)
+    assert m.verdict(KEY, 1.0, 6.0) is None and not m.records
+
+
 def test_the_same_frame_read_in_two_rounds_counts_once():
     m = PlanMemory()
     for _ in range(3):
