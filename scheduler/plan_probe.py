@@ -11,8 +11,9 @@ proven (plan memory) -> it stays; a frame past PROBE_DELAY_SHARE x D, or not pro
 PROBE_ROUNDS -> back, and that plan is not probed again for a while (doubling).
 
 A probe is bounded by what it would cost if the model were right (probe_delay_s): its frames'
-service and transfer, a queued frame's wait, and the backlog a node over its capacity builds
-until the probe's frames can say so (one planning window plus D). Only when that stays within
+service and transfer, the frames it finds ahead (one to three as utilisation nears 1), and the
+backlog a node over its capacity builds until the probe's frames can say so (one planning
+window plus D). Only when that stays within
 PROBE_DELAY_SHARE x D, and only from a running plan whose own frames met the bound, so there is
 a known plan to go back to. (An earlier, unbounded probe at D = 0.5 s queued frames for 1 s
 before they could say so: 23 late frames in a 60-s run.)
@@ -123,5 +124,4 @@ def probe_candidate(c, probe: ProbeState, remembered: dict[str, np.ndarray], ef1
 
 
 __all__ = ["CONTINUE", "FAILED", "PROBE_DELAY_SHARE", "PROBE_EVERY", "PROBE_F1_GAIN", "PROBE_ROUNDS", "PROVED",
-           "ProbeState", "probe_candidate", "probe_delay_s",
-           "probe_target"]
+           "ProbeState", "probe_candidate", "probe_delay_s", "probe_target"]
