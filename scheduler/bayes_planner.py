@@ -276,7 +276,7 @@ class BayesPlanner:
         f1_rows = job_accuracy.shrink_to_cells(c, S.rows, self._f1_draws(d, S, snap.version, st.accuracy),
                                                st.accuracy)  # [rows, n]
         f1_rows = job_accuracy.more_detection_never_worse(f1_rows, c.n_track)
-        ef1_rows = f1_rows.mean(axis=1)
+        ef1_all = f1_rows.mean(axis=1)[S.grid]  # E[F1] of every candidate
         nbytes_all = S.nbytes * self.posterior.bytes_ratio
 
         # Phase 1: every candidate with posterior-mean service times.
@@ -314,13 +314,13 @@ class BayesPlanner:
         # prior's F1 for a cheaper plan is a guess (vtest.avi: track 1 predicted 0.97 beside the
         # source config's 0.98, measured 0.93-0.95), and the guess would decide every early window.
         cost_weight = 1.0 if st.accuracy is not None else 0.0
-        u_mean = knobs.utility(ef1_rows[S.grid], cost_weight * S.cost, d_mean <= D, aim)
+        u_mean = knobs.utility(ef1_all, cost_weight * S.cost, d_mean <= D, aim)
         short = self._shortlist(d_mean, u_mean, D, last, remembered.get(PROVEN))
         probe = last if probing == CONTINUE else None
         if probing is None and not in_shift and st.accuracy is not None and snap.source != "prior" \
                 and st.rounds - st.probe.last_round >= PROBE_EVERY and last is not None \
                 and np.isin(last, remembered.get(PROVEN, [])):
-            probe = probe_candidate(c, st.probe, remembered, ef1_rows[S.grid], S.cost, st_mean, trans_all, peak, last,
+            probe = probe_candidate(c, st.probe, remembered, ef1_all, S.cost, st_mean, trans_all, peak, last,
                                     D, now_ts, feedback_s=self.window_s + D)
         if probe is not None:
             short = np.union1d(short, [probe])
@@ -402,7 +402,7 @@ class BayesPlanner:
         i = int(short[pick])
         if proven[pick] and p_raw[pick] < self.delay_prob:
             why += "; its own frames met the bound"
-        reason = explain(c, short, pick, p_raw, f1, cost, D, why, snap, ef1_rows[S.grid])
+        reason = explain(c, short, pick, p_raw, f1, cost, D, why, snap, ef1_all)
         plan = knobs.to_plan(c, i, inp.nodes, self.name, reason)
         self.decision_times.append(time.perf_counter() - t0)
         self.decision_cpu_times.append(time.thread_time() - cpu0)
