@@ -324,7 +324,7 @@ def test_loop_makes_the_planner_forget_a_job_that_ended():
 
 
 def test_a_paced_source_queues_less_than_poisson_arrivals_and_no_plan_runs_a_node_past_the_ceiling():
-    from scheduler.delay import PACED_CV2, PLAN_RHO_MAX, node_arrays, plan_delay
+    from scheduler.delay import PACED_CV2, PLAN_OWN_MARGIN, node_arrays, plan_delay
 
     inp = PlanningInput(job_uid="j", dag=dag_from_pipeline(["yolo_detection"]), nodes=[NodeInfo(name="a")],
                         source=SourceInfo(width=1280, height=720, fps=10))
@@ -340,8 +340,15 @@ def test_a_paced_source_queues_less_than_poisson_arrivals_and_no_plan_runs_a_nod
     # Other jobs' frames on the node arrive Poisson-like: the paced job's advantage shrinks.
     busy = plan_delay(c, idx, svc, svc, bg + 0.1, cap, qdepth, no_wire, own_cv2=PACED_CV2)[0][0, 0]
     assert paced < busy < plan_delay(c, idx, svc, svc, bg + 0.1, cap, qdepth, no_wire)[0][0, 0]
-    # Past the planner's ceiling (0.85) a plan never fits, whatever the arrivals.
+    # Past the planner's ceiling a plan never fits, whatever the arrivals: on an idle node its
+    # own work read 15 % higher must stay under 0.97, i.e. rho under 0.84...
     heavy = np.full((1, 1, 1), 0.18)  # rho 0.9
     assert np.isfinite(plan_delay(c, idx, heavy, heavy, bg, cap, qdepth, no_wire, own_cv2=PACED_CV2)[0][0, 0])
     assert np.isinf(plan_delay(c, idx, heavy, heavy, bg, cap, qdepth, no_wire, own_cv2=PACED_CV2,
-                               rho_max=PLAN_RHO_MAX)[0][0, 0])
+                               own_margin=PLAN_OWN_MARGIN)[0][0, 0])
+    # ...while on a node others keep 75 % busy (measured, not hedged) a small plan fits up to ~0.94.
+    small = np.full((1, 1, 1), 0.036)  # own 0.18: rho 0.93, which a flat 0.85 ceiling refused
+    assert np.isfinite(plan_delay(c, idx, small, small, bg + 0.75, cap, qdepth, no_wire, own_cv2=PACED_CV2,
+                                  own_margin=PLAN_OWN_MARGIN)[0][0, 0])
+    assert np.isinf(plan_delay(c, idx, small * 1.2, small * 1.2, bg + 0.75, cap, qdepth, no_wire,
+                               own_cv2=PACED_CV2, own_margin=PLAN_OWN_MARGIN)[0][0, 0])
