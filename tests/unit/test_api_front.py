@@ -55,6 +55,7 @@ def test_the_front_sees_what_the_core_stores_renders_and_ends(pipe):
     feed = FeedSender()
     feed.attach(sender)
     core_recent, core_hub = MirroredRecentResults(feed), MirroredHub(feed)
+    core_recent.start("job-a", 0)
     core_recent.set_plan("job-a", LivePlan(("probe",), 1, _plan(), 10.0))
     core_recent.add("job-a", [_record(0), _record(1)])
     core_recent.add("job-a", [_record(2)])
@@ -62,7 +63,7 @@ def test_the_front_sees_what_the_core_stores_renders_and_ends(pipe):
 
     recent, hub = RecentResults(), ViewerHub()
     sub = hub.subscribe("job-a")
-    _drain(receiver, recent, hub, 4)
+    _drain(receiver, recent, hub, 5)
     assert [r.seq for r in recent.after("job-a", -1, 10)] == [0, 1, 2]
     assert recent.after("job-a", -1, 10)[2].outputs == {"probe": {"n": 2}}
     assert recent.plan("job-a").plan == _plan()
@@ -74,7 +75,7 @@ def test_the_front_sees_what_the_core_stores_renders_and_ends(pipe):
     assert hub.is_closed("job-a")
     assert recent.total("job-a") is None and recent.plan("job-a") is None  # polls now read the store
     feed.stop()
-    assert feed.sent == 6 and feed.dropped == 0
+    assert feed.sent == 7 and feed.dropped == 0
 
 
 def test_a_full_feed_drops_frames_and_counts_them_but_waits_for_a_job_end(pipe, monkeypatch):

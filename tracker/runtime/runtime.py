@@ -130,6 +130,7 @@ class Runtime:
         # An edge's generator runs on across this restart; it reports its own (generator_restarted).
         self.aggregator.start_job(job_uid, job.dag, at.expect_from, stored=self.store.result_counts(job_uid),
                                   maybe_unused=(at.sent_before, at.first_seq) if here else (0, 0))
+        self.recent.start(job_uid, at.expect_from)  # polls until its first result: answered from memory
         self._show_plan(job, plan_id, plan)
         if not here:
             return  # another node reads this job's source (tracker.cluster.edge polls for it)

@@ -29,7 +29,7 @@ FEED_QUEUE = 2048
 CONTROL_PUT_TIMEOUT_S = 2.0
 # What the front may be asked to do, by target: any other message is refused there.
 MIRRORED: dict[str, frozenset[str]] = {
-    "recent": frozenset({"add", "set_plan", "forget"}),
+    "recent": frozenset({"start", "add", "set_plan", "forget"}),
     "hub": frozenset({"publish", "close_job", "forget_job"}),
 }
 DROPPABLE = frozenset({("recent", "add"), ("hub", "publish")})
@@ -107,6 +107,10 @@ class MirroredRecentResults(RecentResults):
     def __init__(self, feed: FeedSender, per_job: int = 512) -> None:
         super().__init__(per_job)
         self._feed = feed
+
+    def start(self, job_uid: str, next_seq: int) -> None:
+        super().start(job_uid, next_seq)
+        self._feed.send("recent", "start", job_uid, next_seq)
 
     def add(self, job_uid: str, records: list) -> None:
         super().add(job_uid, records)
