@@ -1,5 +1,5 @@
-"""The stage task: run one DAG stage on this node, then forward the frame to the next
-stage's node queue or publish it to the results queue.
+"""The stage task: run the frame's DAG stages that are on this node, then forward it to the
+next stage's node queue or publish it to the results queue.
 
 The work itself (`execute_hop`) is a plain function, tested without Celery.
 """
@@ -161,7 +161,7 @@ def _strip_for_results(env: Envelope) -> Envelope:
 @shared_task(name=STAGE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
              ignore_result=True, max_retries=0)
 def run_stage(self, payload: Any) -> None:
-    """Celery entry point: decode strictly, run one hop, pass the frame on."""
+    """Celery entry point: decode strictly, run the hops on this node, pass the frame on."""
     settings: Settings = self.app.vdag_settings
     try:
         env = decode_envelope(payload)
@@ -171,8 +171,6 @@ def run_stage(self, payload: Any) -> None:
     if not env.route:
         log.warning("rejected frame %s/%s with an empty route", env.job, env.seq)
         raise Reject("empty route", requeue=False)
-    from tasks.worker_state import profiling_stopped, service_context, task_running
-
     if env.kind == "profile" or env.profile:
         profiler = segment_profiler_of(self.app)
         if env.kind == "profile":  # scored on idle capacity by a niced child, not on this frame path
@@ -191,9 +189,7 @@ def run_stage(self, payload: Any) -> None:
             env.route = []
         else:
             try:
-                # Tasks running together may share a predict call; a segment being scored waits.
-                with task_running(_will_detect(env)), profiling_stopped():
-                    env = execute_hop(env, service_context(settings), settings.node, worker)
+                env = run_hops_here(env, settings, worker)
             except Exception as exc:  # a failing stage must not stall the job: report the frame
                 stage = env.route[0].stage
                 log.exception("stage %s failed on frame %s/%s", stage, env.job, env.seq)
@@ -202,6 +198,22 @@ def run_stage(self, payload: Any) -> None:
         forward(self.app, env)
     finally:
         deliveries.finish(self.request.id)
+
+
+def run_hops_here(env: Envelope, settings: Settings, worker: str) -> Envelope:
+    """Run the frame's hops while they are on this node. A next stage sent back through this
+    node's queue waits there behind the detections already queued: vtest.avi on a one-process
+    worker, a 0.4-s detection made the count after it wait 0.5 s, so a frame took two
+    detections' time and a plan the model (one wait per node) read as safe at D = 0.5 s was late."""
+    from tasks.worker_state import profiling_stopped, service_context, task_running
+
+    while True:
+        # Tasks running together may share a predict call; a segment being scored waits.
+        with task_running(_will_detect(env)), profiling_stopped():
+            env = execute_hop(env, service_context(settings), settings.node, worker)
+        if not env.route or env.route[0].node != settings.node:
+            return env
+        env.enqueued_at = time.time()
 
 
 def segment_profiler_of(app: Celery):

@@ -1,6 +1,8 @@
 """execute_hop on a real model: input wiring, timings, golden-config profiling."""
 from __future__ import annotations
 
+import time
+
 import cv2
 import pytest
 
@@ -47,6 +49,26 @@ def test_two_hops_wire_outputs_to_inputs_and_record_timings(frame, ctx):
     assert env.outputs["count"]["total"] == len(env.outputs["detect"]["detections"]) >= 1
     assert [t.stage for t in env.timings] == ["detect", "count"] and not env.route
     assert "accuracy" not in env.outputs["detect"]
+
+
+def test_a_task_runs_every_stage_on_its_node_and_hands_the_frame_on_at_the_next_node(frame, tmp_path):
+    """A stage after a detection on the same node runs at once in the same task, not queued
+    behind the node's next detections."""
+    from services.settings import Settings
+    from tasks.stage import run_hops_here
+
+    settings = Settings(node="cloud", data_dir=tmp_path, runtime="pytorch")
+    env = _env(frame, route=[
+        Hop(stage="detect", service="person_detection", node="cloud", inputs={"image": "generator.image"}),
+        Hop(stage="count", service="object_count", node="cloud", inputs={"detections": "detect.detections"}),
+        Hop(stage="count_edge", service="object_count", node="edge-1", inputs={"detections": "detect.detections"}),
+    ])
+    env.enqueued_at = time.time()
+    env = run_hops_here(env, settings, "cloud/h/1")
+    assert [t.stage for t in env.timings] == ["detect", "count"] and [h.stage for h in env.route] == ["count_edge"]
+    detect, count = env.timings
+    assert count.started - count.enqueued < 0.05 and count.enqueued >= detect.finished
+    assert env.outputs["count"]["total"] == len(env.outputs["detect"]["detections"]) >= 1
 
 
 def test_profiled_frame_scores_the_plan_against_the_golden_config(frame, ctx):
