@@ -31,10 +31,11 @@ toward plans expected to be about as accurate (`explore_f1_slack`): a cheaper, l
 plan can win no more than the compute tie-break, and every frame of its window pays its F1 gap
 (vtest.avi, D = 1 s: exploring track 1 beside the source config cost 0.01-0.03 F1 per window).
 No node is planned past 97 % utilisation with the job's own work read 15 % higher
-(scheduler/delay.py; 5 % when the running plan's own frames show it holds there). A plan the job ran recently is judged by what its own frames did
-(scheduler/plan_memory.py): proven plans count as meeting the bound, late ones are ruled out;
-a more accurate plan the model rules out is probed now and then, bounded by what it would cost
-if the model were right, and its own frames decide (scheduler/plan_probe.py).
+(scheduler/delay.py; 5 % when the running plan's own frames show it holds there). A plan the
+job ran recently is judged by what its own frames did (scheduler/plan_memory.py): proven
+plans count as meeting the bound, late ones are ruled out; a more accurate plan the model
+rules out is probed now and then, bounded by what it would cost if the model were right, and
+its own frames decide (scheduler/plan_probe.py).
 
 Threads: `plan` is called from one thread (the scheduler loop) while the posterior refresher
 (scheduler/posterior_refresher.py) samples on its own; they share only its immutable Snapshot
