@@ -182,12 +182,45 @@ def static_choice(rows: list[dict], delay: float) -> dict:
     return max(fits, key=lambda r: (r["f1"], -r["load"]))
 
 
-def static_plan(choice: dict, node: str, src_fps: float) -> dict:
+def static_plan(choice: dict, node: str, src_fps: float, reason: str | None = None) -> dict:
     fps = 0 if choice["fps"] >= src_fps else choice["fps"]
     return {"video_conf": {"resolution": choice["resolution"], "fps": fps, "quality": STATIC_QUALITY,
                            "ntracking": choice["ntracking"]},
             "flow_mapping": {s["name"]: {"node": node, "node_role": "cloud", "grade": None} for s in STAGES},
-            "planner": "static", "reason": f"one-time profile: {choice}"}
+            "planner": "static", "reason": reason or f"one-time profile: {choice}"}
+
+
+def wait_node_quiet(worker: subprocess.Popen, quiet_s: float = 2.0, timeout: float = 45.0) -> float:
+    """Wait until the worker and its children (the segment profiler) have used no CPU for
+    `quiet_s`: a run's last profiling segment, still being scored, would otherwise take the
+    next run's first 10-20 s of profiling capacity (its own first segment waited behind it)."""
+    import psutil
+
+    def cpu() -> float:
+        try:
+            procs = [psutil.Process(worker.pid), *psutil.Process(worker.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0.0
+        total = 0.0
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    t0 = time.monotonic()
+    last, still_since = cpu(), time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        time.sleep(0.5)
+        now = cpu()
+        if now - last > 0.05:  # more than 10 % of a core over the half second
+            still_since = time.monotonic()
+        elif time.monotonic() - still_since >= quiet_s:
+            break
+        last = now
+    return round(time.monotonic() - t0, 1)
 
 
 # -- one run ---------------------------------------------------------------------------------
@@ -301,14 +334,18 @@ def bench_video(name: str, source: Path, planners: list[str], delays: list[float
                           extra_env={"VDAG_TORCH_THREADS": str(WORKER_THREADS), "VDAG_RUNTIME": WORKER_RUNTIME},
                           log_level=worker_log)
     try:
-        # Warm-up: the worker loads the checkpoint before any measured run.
-        run_one("golden", node=node, source=source, delay=1.0, video_s=8.0, tmp=tmp / "warmup")
+        # Warm-up: the worker loads the checkpoint before any measured run; on a fixed plan,
+        # which sends no profiling segment to outlive it.
+        golden_conf = {"resolution": "source", "fps": src_fps, "ntracking": 0}
+        run_one("golden", node=node, source=source, delay=1.0, video_s=8.0, tmp=tmp / "warmup",
+                plan=static_plan(golden_conf, node, src_fps, reason="warm-up: the golden config"))
         profiled = offline_profile(frames, golden, src_fps) if "static" in planners else []
         for delay in delays:
             choice = static_choice(profiled, delay) if profiled else None
             for planner in planners:
                 plan = static_plan(choice, node, src_fps) if planner == "static" else None
-                log.info("%s: %s at D = %g s", name, planner, delay)
+                waited = wait_node_quiet(worker)
+                log.info("%s: %s at D = %g s (node quiet after %.1f s)", name, planner, delay, waited)
                 run = run_one(planner, node=node, source=source, delay=delay, video_s=video_s, tmp=tmp, plan=plan,
                               profile=speed)
                 s = score(run, golden, src_fps, delay, golden_detect_s)

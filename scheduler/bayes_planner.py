@@ -55,6 +55,7 @@ from scheduler.delay import (
     PACED_CV2,
     PLAN_OWN_MARGIN,
     PROVEN_OWN_MARGIN,
+    measured_own_load,
     node_arrays,
     own_work,
     plan_delay,
@@ -267,10 +268,15 @@ class BayesPlanner:
         sig = d["sig"]
         mean_t = np.exp(mu + sig**2 / 2)
         # Load slows service ((b_load [+ b_load_gpu]) * -log(1 - load)); the load a node reports
-        # includes this job's own work under its last plan, which is subtracted first.
-        if last is not None:
-            own = own_work(c, last, mean_t.mean(axis=-1))
-            bg = np.clip(bg - c.msg_rate[last] * own / cap, 0.0, 0.99)
+        # includes this job's own work, which is subtracted first: as measured where the tracker
+        # measured it, else estimated from the last plan. The estimate misreads the seconds after
+        # a switch, when the load window still holds the previous plan's frames (vtest.avi,
+        # D = 0.5 s: from 5 detections/s at 480p to 1 at 576p read as 0.25-0.5 of the node busy
+        # with other work, and the next plan fell to 360p, at 0.2-0.4 F1, every ~10 s).
+        own = measured_own_load(c, inp.nodes)
+        if last is not None and np.isnan(own).any():
+            own = np.where(np.isnan(own), c.msg_rate[last] * own_work(c, last, mean_t.mean(axis=-1)) / cap, own)
+        bg = np.clip(bg - np.nan_to_num(own), 0.0, 0.99)
         slow = np.exp(t.load_slope(d, t.node_gpu[j_idx]) * bayes.load_term(bg)[:, None])   # [J, n]
         mean_t = mean_t * slow[None, :, None, None, :]
         tbar = mean_t.mean(axis=-1)

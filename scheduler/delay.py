@@ -78,6 +78,13 @@ def node_arrays(c: Candidates, nodes: list[NodeInfo]) -> tuple[np.ndarray, np.nd
     return load, cap, qdepth, np.maximum(bw, 1.0)
 
 
+def measured_own_load(c: Candidates, nodes: list[NodeInfo]) -> np.ndarray:
+    """Each node's share of its load that is the planned job's own work, in c.nodes order, as
+    the reporter measured it (NaN where it did not: the planner estimates it from the plan)."""
+    by = {n.name: n.own_load for n in nodes}
+    return np.array([np.nan if by.get(name) is None else by[name] for name in c.nodes], float)
+
+
 def transfer_s(c: Candidates, idx: np.ndarray, nbytes: np.ndarray, bw: np.ndarray) -> np.ndarray:
     mapping = c.mapping[idx]
     prev = np.full(len(idx), c.source_node) if c.source_node >= 0 else mapping[:, 0]

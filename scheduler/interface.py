@@ -49,6 +49,8 @@ class NodeInfo(BaseModel):
     services: list[str] = Field(default_factory=list, description="empty = every service")
     cpu_count: int = 1
     cpu_ratio: float = Field(0.0, ge=0, le=1, description="CPU utilisation 0..1")
+    own_load: float | None = Field(None, ge=0, le=1, description="the planned job's own share of cpu_ratio, where "
+                                   "the reporter measures it per job (the tracker does); None: the planner estimates it")
     mem_ratio: float = Field(0.0, ge=0, le=1)
     gpu: bool = False
     n_process: int = 1

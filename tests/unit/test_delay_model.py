@@ -150,3 +150,46 @@ def test_a_steady_detector_that_never_queues_may_run_at_three_quarters_of_the_bo
     # (with Kingman's PACED_CV2 at 0.3 and one noise scale for every stage: 720p@2fps track 1,
     # the running plan at P(delay <= D) 0.44)
     assert c.index_of_plan(chosen) == running and p_delay >= 0.95, chosen.reason
+
+
+def _switched_frames() -> list[Observation]:
+    """5 s of 480p@5fps track 1 (0.30 s per detected frame, 2.5 a second), then 5 s of
+    576p@5fps track 4 (0.43 s, 1 a second): the node's 5-s load window still holds the first."""
+    out = []
+    for i in range(12):
+        out.append(Observation(stage="person_detection", node="cpu", width=640, height=480, fps=5, ntracking=1,
+                               quality=90, service_s=0.30, queue_s=0.004, ts=100.0 + 0.4 * i, seq=i))
+    for i in range(5):
+        out.append(Observation(stage="person_detection", node="cpu", width=768, height=576, fps=5, ntracking=4,
+                               quality=90, service_s=0.43, queue_s=0.004, ts=105.0 + i, seq=20 + i))
+    return [o2 for o in out for o2 in (o, o.model_copy(update={"stage": "object_count", "service_s": 4e-5}))]
+
+
+def test_the_jobs_own_measured_load_is_not_read_as_other_jobs_work_after_a_switch():
+    """vtest.avi, D = 0.5 s: seconds after a switch from 5 detections/s at 480p to 1 at 576p the
+    node's load window (worker busy 0.6-0.75) still held the old plan's frames; subtracting the new
+    plan's estimated work left a third of the node read as other jobs' load, and the planner fell
+    to 360p (0.2-0.4 F1 on vtest) several times a minute. The tracker measures the job's own
+    share: with it, the decision is the one on an idle node."""
+    from scheduler.interface import NodeInfo
+
+    inp = person_input().model_copy(update={"constraint": UserConstraint(delay=0.5)})
+    c = knobs.build_candidates(inp)
+    src = len(c.res) - 1
+    running = int(np.flatnonzero((c.res_idx == src) & (c.fps == 5) & (c.ntrack == 4) & (c.quality == 90))[0])
+    plan = knobs.to_plan(c, running, inp.nodes, "bayes", "running")
+
+    def decide(cpu_ratio: float, own_load: float | None):
+        p = BayesPlanner(BayesModel(), background=False, seed=3)
+        node = NodeInfo(name="cpu", cpu_count=2, n_process=1, cpu_ratio=cpu_ratio, own_load=own_load)
+        m = inp.model_copy(update={"nodes": [node], "observations": _switched_frames(), "last_plan": plan})
+        p.plan(m)
+        p.refresh_gaussian()
+        return p.plan(m)
+
+    def p_delay(plan) -> float:
+        return float(re.search(r"P\(delay<=0.5s\)=([\d.]+)", plan.reason).group(1))
+
+    idle, measured = decide(0.0, 0.0), decide(0.72, 0.72)
+    assert measured.video_conf == idle.video_conf and p_delay(measured) == p_delay(idle), measured.reason
+    assert measured.video_conf.resolution != "360p", measured.reason  # the estimate's reading chose 360p@1fps

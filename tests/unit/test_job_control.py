@@ -88,6 +88,8 @@ def test_node_load_is_the_workers_busy_share_with_an_injected_clock():
     load.record("b", "edge", 1.0)
     assert load.worker_busy("edge") == pytest.approx(0.6)
     assert load.background_load("a", "edge") == pytest.approx(0.1)  # only b's share
+    assert load.shares("a", "edge") == pytest.approx((0.6, 0.5))  # what the planner subtracts for a
+    assert load.shares("c", "edge") == pytest.approx((0.6, 0.0)) and ("c", "edge") not in load._busy
     now[0] += 6.0  # the window moved past every sample
     assert load.worker_busy("edge") == 0.0
     load.forget("a")

@@ -72,17 +72,22 @@ class NodeLoad:
         total = sum(self._trim(busy, now) for (_, n), busy in self._busy.items() if n == node)
         return round(min(total / self.window_s / n_process, 1.0), 3)
 
-    def background_load(self, job_uid: str, node: str, now: float | None = None) -> float | None:
-        """The node's load apart from this job's own work: the workers' busy share minus this
-        job's own, the quantity the planner subtracts at decision time (fps x own work /
-        n_process); None when the node is unknown."""
+    def shares(self, job_uid: str, node: str, now: float | None = None) -> tuple[float, float] | None:
+        """(busy share of the node's workers over every job, this job's own part of it); None
+        when the node is unknown."""
         now = self.clock() if now is None else now
         with self._lock:
             total = self._worker_busy(node, now)
             if total is None:
                 return None
-            own = self._trim(self._busy[(job_uid, node)], now) / self.window_s / self._n_process(node, now)
-            return round(min(max(total - own, 0.0), 1.0), 3)
+            busy = self._busy.get((job_uid, node))
+            own = self._trim(busy, now) / self.window_s / self._n_process(node, now) if busy else 0.0
+            return total, round(min(own, total), 3)
+
+    def background_load(self, job_uid: str, node: str, now: float | None = None) -> float | None:
+        """The node's load apart from this job's own work; None when the node is unknown."""
+        shares = self.shares(job_uid, node, now)
+        return None if shares is None else round(max(shares[0] - shares[1], 0.0), 3)
 
     def jobs(self) -> set[str]:
         with self._lock:

@@ -44,9 +44,9 @@ class PlanningInputs:
     def __call__(self, job: Job) -> PlanningInput:
         now = time.time()
         nodes = [n.info() for n in self.store.list_nodes()]
-        for n in nodes:
-            busy = self.node_load.worker_busy(n.name, now)
-            n.cpu_ratio = busy if busy is not None else 0.0  # see tracker.runtime.node_load
+        for n in nodes:  # see tracker.runtime.node_load
+            shares = self.node_load.shares(job.uid, n.name, now)
+            n.cpu_ratio, n.own_load = shares if shares is not None else (0.0, None)
         current = self.store.current_plan(job.uid)
         src = job.source_info or {}
         return PlanningInput(
