@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 # Detectors whose accuracy a profiling segment scores (the others have no golden config).
 SEGMENT_SERVICES = frozenset({"person_detection", "yolo_detection", "car_detection"})
 FAST_SEGMENTS = 3   # the first segments come 3x as often
-URGENT_SEGMENTS = 2  # and the first two are scored first, not on idle capacity only
+URGENT_SEGMENTS = 1  # and the first one is scored first, not on idle capacity only
 
 
 class DispatchUnavailable(RuntimeError):

@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     profile_nice: int = Field(19, ge=0, le=19, description=(
         "niceness of the process that scores profiling segments: 19 = only what the frames leave idle"))
     profile_first_nice: int = Field(10, ge=0, le=19, description=(
-        "its niceness while it scores a job's first two segments: until one is scored the planner has no "
+        "its niceness while it scores a job's first segment: until it is scored the planner has no "
         "accuracy from the video (at 19 on a busy node the first one took 15-20 s for a few s of CPU)"))
     golden_grade: str = Field("m", pattern="^[nsmlx]$", description=(
         "YOLO grade of the golden config when profiling; the largest, x, is very slow on a CPU"))

@@ -6,7 +6,7 @@ for seconds (measured: mean delay 4.2 s with D = 1 s). Here the task only hands 
 to a child process at nice 19 and returns: the child gets the CPU the frames leave idle,
 and its result goes to the results queue like a finished frame. One segment at a time per
 worker process; a segment that arrives while one is being scored is skipped (counted).
-A job's first segments (`urgent`) are scored next, ahead of whatever else waits, and at nice
+A job's first segment (`urgent`) is scored next, ahead of whatever else waits, and at nice
 `profile_first_nice` (10): at nice 19 on a node the frames keep busy the first one took 15-20 s
 for a few seconds of CPU, and until then the planner chooses without any accuracy measured on
 the video. Not 0: at the frames' own priority it made every window a delay surprise.
@@ -23,7 +23,9 @@ the seconds a segment was being scored (Megamind.avi, 480p at 10 fps: 0.074-0.08
 then 0.117 s, and 22 frames past D = 0.5 s; vtest.avi the same at the source resolution). So
 while this worker process runs a frame the child is stopped (SIGSTOP), and continues when no
 frame runs: it scores on idle capacity only, more slowly the busier the frames keep the node.
-A job's first (urgent) segments are not stopped: accuracy learned in seconds is worth more then.
+A job's first (urgent) segment is not stopped: accuracy learned in seconds is worth more then.
+Only the first: a second one, unstopped too, slowed the 480p frames from 0.31 to 0.48-0.56 s
+for four seconds and 25 frames went past D = 0.5 s (vtest.avi, slow 2-core host).
 The child dies with the worker (PR_SET_PDEATHSIG), stopped or not.
 """
 from __future__ import annotations
