@@ -13,25 +13,22 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import os
 import threading
 import time
 
 from scheduler.bayes import MAX_NODES, MAX_SERVICES, BayesModel, ModelData, Snapshot
 from scheduler.bayes_priors import Layout
+from services.priority import become_background
 
 log = logging.getLogger(__name__)
 
-NICE = 10
+NICE = 15  # below a job's first profiling segment (10): accuracy from the video first
 START_TIMEOUT_S = 600.0
 SAMPLE_TIMEOUT_S = 120.0
 
 
 def _serve(conn, max_services: int, max_nodes: int, nice: int) -> None:
-    try:
-        os.nice(nice)
-    except OSError:
-        pass
+    become_background(nice)  # a group of its own: niceness alone ranks it only within the tracker's
     model = BayesModel(max_services, max_nodes)
     try:
         model.compile()

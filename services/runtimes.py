@@ -157,7 +157,10 @@ def load_exported(path: Path) -> Any:
 def pin_openvino_threads(yolo: Any, path: Path, threads: int) -> bool:
     """Recompile an OpenVINO model (after its first predict built the predictor) to use
     `threads` inference threads: OpenVINO takes every core by default, which on a host shared
-    with a tracker or with other pool processes stalls as badly as oversubscribed torch does."""
+    with a tracker or with other pool processes stalls as badly as oversubscribed torch does.
+    Unpinned: with one thread OpenVINO pins the predicting thread to core 0 for each inference,
+    in every process alike, so a worker and its segment profiler took turns on core 0 while the
+    other core idled (2-core host: the job's first segment scored in 23-33 s; unpinned, 12.8 s)."""
     try:
         backend = yolo.predictor.model.backend
         core = backend.compile_model.func.__self__  # ultralytics keeps partial(core.compile_model, ...)
@@ -167,6 +170,7 @@ def pin_openvino_threads(yolo: Any, path: Path, threads: int) -> bool:
         log.warning("could not set OpenVINO's thread count (%s); it uses every core", exc)
         return False
     config["INFERENCE_NUM_THREADS"] = threads
+    config["ENABLE_CPU_PINNING"] = False
     device_name = backend.compile_model.keywords.get("device_name", "CPU")
     backend.ov_compiled_model = core.compile_model(core.read_model(str(xml)), device_name=device_name, config=config)
     return True

@@ -42,6 +42,7 @@ import time
 from typing import BinaryIO, Callable
 
 from services.codec import BadEnvelope, Envelope, decode_envelope, encode_envelope
+from services.priority import become_background, set_group_nice
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,10 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _child_setup(nice: int) -> None:
-    """In the child before exec: its niceness, and its death with the worker that started it
-    (a stopped child would otherwise outlive a killed worker, ~1.2 GB)."""
-    os.setpriority(os.PRIO_PROCESS, 0, nice)
+    """In the child before exec: its niceness, in a scheduling group of its own (services/priority.py),
+    and its death with the worker that started it (a stopped child would otherwise outlive a
+    killed worker, ~1.2 GB)."""
+    become_background(nice)
     try:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
@@ -122,6 +124,7 @@ class SegmentProfiler:
         try:
             for tid in os.listdir(f"/proc/{proc.pid}/task"):
                 os.setpriority(os.PRIO_PROCESS, int(tid), nice)
+            set_group_nice(proc.pid, nice)
             self._nice_now = nice
         except PermissionError:
             self._renice_refused = True

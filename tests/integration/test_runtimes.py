@@ -73,6 +73,26 @@ def test_a_worker_cache_serves_pytorch_then_the_export_with_its_thread_count(fra
     detect(frames[1], model, conf=0.25, imgsz=320)
     compiled = model.model.predictor.model.backend.ov_compiled_model
     assert compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    # Not pinned: with one thread OpenVINO pinned every process's inference to core 0, where the
+    # worker and its segment profiler then took turns while the other core idled.
+    assert compiled.get_property("ENABLE_CPU_PINNING") is False
+    import os
+    import threading
+
+    me, seen, done = threading.get_native_id(), set(), threading.Event()
+
+    def watch():
+        while not done.is_set():
+            seen.add(frozenset(os.sched_getaffinity(me)))
+            done.wait(0.002)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    for frame in frames[:4]:
+        detect(frame, model, conf=0.25, imgsz=320)
+    done.set()
+    watcher.join()
+    assert seen == {frozenset(os.sched_getaffinity(0))}, seen
     again = ModelCache(runtime="auto", exports_dir=tmp_path).get(weights, "cpu")
     assert again.runtime == "openvino"  # a new process loads the cached export directly
 
