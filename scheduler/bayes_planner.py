@@ -271,7 +271,7 @@ class BayesPlanner:
         # includes this job's own work, which is subtracted first: as measured where the tracker
         # measured it, else estimated from the last plan. The estimate misreads the seconds after
         # a switch, when the load window still holds the previous plan's frames (vtest.avi,
-        # D = 0.5 s: from 5 detections/s at 480p to 1 at 576p read as 0.25-0.5 of the node busy
+        # D = 0.5 s: from 5 detections/s at 480p to 1 at 576p read as 0.1-0.3 of the node busy
         # with other work, and the next plan fell to 360p, at 0.2-0.4 F1, every ~10 s).
         own = measured_own_load(c, inp.nodes)
         if last is not None and np.isnan(own).any():
