@@ -78,7 +78,7 @@ class BareLoop:
     def ms_per_frame(self, frames: list, imgsz: int) -> float:
         import torch
 
-        from services.runtimes import pin_openvino_threads
+        from services.runtimes import set_openvino_threads
 
         times = []
         for i, frame in enumerate([frames[0], *frames]):
@@ -88,7 +88,7 @@ class BareLoop:
             if i:
                 times.append(time.perf_counter() - t0)
             if self.runtime == "openvino" and not self._pinned:
-                self._pinned = pin_openvino_threads(self.model, self.path, self.threads)
+                self._pinned = set_openvino_threads(self.model, self.path, self.threads)
         return median(times) * 1e3
 
 

@@ -236,10 +236,10 @@ class LoadedModel:
             results = self.model.predict(source, device=self.device, verbose=False, **kwargs)
             keep_torch_threads()
             if self.runtime == "openvino" and not self._threads_set_up:
-                from services.runtimes import pin_openvino_threads
+                from services.runtimes import set_openvino_threads
 
                 # After the first predict: ultralytics builds the compiled model in its predictor.
-                if pin_openvino_threads(self.model, self.exported, configured_threads()):
+                if set_openvino_threads(self.model, self.exported, configured_threads()):
                     self._threads_seen = configured_threads()
                 self._threads_set_up = True
             return list(results)

@@ -154,7 +154,7 @@ def load_exported(path: Path) -> Any:
     return YOLO(str(path), task="detect")
 
 
-def pin_openvino_threads(yolo: Any, path: Path, threads: int) -> bool:
+def set_openvino_threads(yolo: Any, path: Path, threads: int) -> bool:
     """Recompile an OpenVINO model (after its first predict built the predictor) to use
     `threads` inference threads: OpenVINO takes every core by default, which on a host shared
     with a tracker or with other pool processes stalls as badly as oversubscribed torch does.
