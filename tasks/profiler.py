@@ -25,7 +25,9 @@ while this worker process runs a frame the child is stopped (SIGSTOP), and conti
 frame runs: it scores on idle capacity only, more slowly the busier the frames keep the node.
 A job's first (urgent) segment is not stopped: accuracy learned in seconds is worth more then.
 Only the first: a second one, unstopped too, slowed the 480p frames from 0.31 to 0.48-0.56 s
-for four seconds and 25 frames went past D = 0.5 s (vtest.avi, slow 2-core host).
+for four seconds and 25 frames went past D = 0.5 s (vtest.avi, slow 2-core host; measured while
+OpenVINO still pinned both processes to one core, see services/runtimes.py; three unstopped,
+tried after that fix, gave no better calibration).
 The child dies with the worker (PR_SET_PDEATHSIG), stopped or not.
 """
 from __future__ import annotations
