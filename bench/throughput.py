@@ -15,7 +15,9 @@
    with every core but one (the worker's default), where the plumbing has a core to itself.
 3. plumbing_ratio: bench.pipeline's definition (frame_probe pipeline vs a raw kombu round trip).
 4. batching_gain: bench.batching, 4 concurrent jobs of YOLO11n at 320 on one worker, shared
-   predict calls against one call per frame, in the best runtime and in PyTorch.
+   predict calls against one call per frame, in the best runtime and in PyTorch; beside it
+   batching_bare_gain, the same model's bare loop at 4 frames per predict call against 1 (what
+   the runtime itself gains from a batch: the pipeline's ceiling).
 5. streams_ratio: bench.streams, live 10-fps vtest.avi streams one node carries within D = 1 s,
    against the bare best-runtime loop's frames/s / 10.
 """
@@ -75,18 +77,20 @@ class BareLoop:
         self.model = YOLO(weights) if self.path is None else YOLO(str(self.path), task="detect")
         self._pinned = False
 
-    def ms_per_frame(self, frames: list, imgsz: int) -> float:
+    def ms_per_frame(self, frames: list, imgsz: int, batch: int = 1) -> float:
+        """Median ms per frame over predict calls of `batch` frames each (the first call warms up)."""
         import torch
 
         from services.runtimes import set_openvino_threads
 
+        calls = [frames[i:i + batch] for i in range(0, len(frames) - batch + 1, batch)]
         times = []
-        for i, frame in enumerate([frames[0], *frames]):
+        for i, call in enumerate([calls[0], *calls]):
             torch.set_num_threads(self.threads)  # ultralytics resets it at predictor setup
             t0 = time.perf_counter()
-            self.model.predict(frame, imgsz=imgsz, conf=0.25, device="cpu", verbose=False)
+            self.model.predict(call if batch > 1 else call[0], imgsz=imgsz, conf=0.25, device="cpu", verbose=False)
             if i:
-                times.append(time.perf_counter() - t0)
+                times.append((time.perf_counter() - t0) / batch)
             if self.runtime == "openvino" and not self._pinned:
                 self._pinned = set_openvino_threads(self.model, self.path, self.threads)
         return median(times) * 1e3
@@ -106,6 +110,29 @@ def bench_runtimes(cfg: dict, threads: int, exports: Path, best: str) -> dict:
                                         "speedup": round(pt / fast, 3), "rounds": rounds}
             print(f"  {name}@{imgsz}: PyTorch {pt:.1f} ms, {best} {fast:.1f} ms, x{pt / fast:.2f}", flush=True)
     return cases
+
+
+def bench_batch_ceiling(cfg: dict, threads: int, exports: Path, best: str, batch: int = 4) -> dict:
+    """What batching can gain at most: the bare loop's ms per frame at one frame per predict call
+    against `batch` frames per call, YOLO11n at 320 on the 360p frames bench.batching sends, per
+    runtime (rounds alternate). The pipeline's batching_gain is bounded by this, less the per-frame
+    work outside predict that batching does not share."""
+    from services.models import resolve_weights
+
+    from bench.batching import RESOLUTION
+
+    frames = read_frames(VTEST, RESOLUTION, limit=cfg["frames"] * batch * 2)[::2]
+    out = {}
+    for runtime in (best, "pytorch"):
+        loop = BareLoop(resolve_weights("yolo11n.pt"), runtime, threads, exports)
+        rounds = [(loop.ms_per_frame(frames, 320), loop.ms_per_frame(frames, 320, batch)) for _ in range(cfg["rounds"])]
+        one, many = median([r[0] for r in rounds]), median([r[1] for r in rounds])
+        out[runtime] = {"ms_batch_1": round(one, 1), f"ms_batch_{batch}": round(many, 1),
+                        "gain": round(one / many, 3), "rounds": rounds}
+        print(f"  bare {runtime} YOLO11n@320: {one:.1f} ms a frame alone, {many:.1f} in batches of {batch}, "
+              f"x{one / many:.2f}", flush=True)
+    return {"batching_bare_gain": out[best]["gain"], "batching_bare_gain_pytorch": out["pytorch"]["gain"],
+            "batching_bare": out}
 
 
 def bench_worker(cfg: dict, threads: int, exports: Path, best: str, tmp: Path, log_dir: Path) -> dict:
@@ -186,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     result.update({k: plumb[k] for k in ("plumbing_ratio", "plumbing_raw_fps", "plumbing_pipeline_fps")})
     from bench.batching import bench_batching
 
+    result.update(bench_batch_ceiling(cfg, threads, tmp / "exports", best))
     for runtime in (best, "pytorch"):
         batching = bench_batching(frames=cfg["batch_frames"], rounds=cfg["batch_rounds"], threads=threads,
                                   runtime=runtime, log_dir=tmp / "logs")
