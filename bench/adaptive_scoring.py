@@ -73,7 +73,10 @@ def _conf_key(vc: dict) -> tuple:
 
 
 def calibration(run: dict, summary: dict) -> float | None:
-    """Mean |E[F1] predicted - measured frame-level F1| over windows after CALIBRATION_AFTER_S.
+    """Mean |E[F1] predicted - measured frame-level F1| over windows after CALIBRATION_AFTER_S;
+    each window's (start s, predicted, measured) goes to summary["calibration_windows"], so a
+    run's JSON shows whether the error is a bias (the model under- or over-rating the plan) or
+    the windows' own spread around it.
     The prediction is the planner's latest for the plan whose frames fill the window: a plan it
     keeps is re-predicted every round (a kept plan is not stored again, so the stored plan's
     reason holds only the prediction made when it was first chosen, before any segment)."""
@@ -81,7 +84,7 @@ def calibration(run: dict, summary: dict) -> float | None:
     confs = {p["id"]: _conf_key(p["video_conf"]) for p in run["plans"]}
     decided = [(d["t"] - run["t_submit"], _conf_key(d["video_conf"]), float(m.group(1)))
                for d in run["decisions"] if (m := E_F1.search(d["reason"]))]
-    errs = []
+    errs, pairs = [], []
     for w0, measured in summary["windows"]:
         if w0 < CALIBRATION_AFTER_S:
             continue
@@ -92,6 +95,8 @@ def calibration(run: dict, summary: dict) -> float | None:
         predicted = [e for t, c, e in decided if c == conf and t <= w0 + WINDOW_S]
         if predicted:
             errs.append(abs(predicted[-1] - measured))
+            pairs.append((w0, predicted[-1], round(measured, 4)))
+    summary["calibration_windows"] = pairs
     return round(float(np.mean(errs)), 4) if errs else None
 
 
