@@ -115,11 +115,10 @@ def bench_runtimes(cfg: dict, threads: int, exports: Path, best: str) -> dict:
 def bench_batch_ceiling(cfg: dict, threads: int, exports: Path, best: str, batch: int = 4) -> dict:
     """What batching can gain at most: the bare loop's ms per frame at one frame per predict call
     against `batch` frames per call, YOLO11n at 320 on the 360p frames bench.batching sends, per
-    runtime (rounds alternate). The pipeline's batching_gain is bounded by this, less the per-frame
+    runtime (the two call sizes alternate in rounds). The pipeline's batching_gain is bounded by this, less the per-frame
     work outside predict that batching does not share."""
-    from services.models import resolve_weights
-
     from bench.batching import RESOLUTION
+    from services.models import resolve_weights
 
     frames = read_frames(VTEST, RESOLUTION, limit=cfg["frames"] * batch * 2)[::2]
     out = {}
