@@ -75,7 +75,7 @@ class BareLoop:
         self.runtime, self.threads = runtime, threads
         self.path = None if runtime == "pytorch" else runtimes.export(weights, runtime, runtimes.exports_dir(weights, exports))
         self.model = YOLO(weights) if self.path is None else YOLO(str(self.path), task="detect")
-        self._pinned = False
+        self._threads_set = False
 
     def ms_per_frame(self, frames: list, imgsz: int, batch: int = 1) -> float:
         """Median ms per frame over predict calls of `batch` frames each (the first call warms up)."""
@@ -91,8 +91,8 @@ class BareLoop:
             self.model.predict(call if batch > 1 else call[0], imgsz=imgsz, conf=0.25, device="cpu", verbose=False)
             if i:
                 times.append((time.perf_counter() - t0) / batch)
-            if self.runtime == "openvino" and not self._pinned:
-                self._pinned = set_openvino_threads(self.model, self.path, self.threads)
+            if self.runtime == "openvino" and not self._threads_set:
+                self._threads_set = set_openvino_threads(self.model, self.path, self.threads)
         return median(times) * 1e3
 
 
@@ -115,8 +115,8 @@ def bench_runtimes(cfg: dict, threads: int, exports: Path, best: str) -> dict:
 def bench_batch_ceiling(cfg: dict, threads: int, exports: Path, best: str, batch: int = 4) -> dict:
     """What batching can gain at most: the bare loop's ms per frame at one frame per predict call
     against `batch` frames per call, YOLO11n at 320 on the 360p frames bench.batching sends, per
-    runtime (the two call sizes alternate in rounds). The pipeline's batching_gain is bounded by this, less the per-frame
-    work outside predict that batching does not share."""
+    runtime (the two call sizes alternate in rounds). The pipeline's batching_gain is bounded by
+    this, less the per-frame work outside predict that batching does not share."""
     from bench.batching import RESOLUTION
     from services.models import resolve_weights
 

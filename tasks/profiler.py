@@ -27,7 +27,9 @@ A job's first (urgent) segment is not stopped: accuracy learned in seconds is wo
 Only the first: a second one, unstopped too, slowed the 480p frames from 0.31 to 0.48-0.56 s
 for four seconds and 25 frames went past D = 0.5 s (vtest.avi, slow 2-core host; measured while
 OpenVINO still pinned both processes to one core, see services/runtimes.py; three unstopped,
-tried after that fix, gave no better calibration).
+tried after that fix, gave no better calibration). Never stopping any segment, tried after that
+fix too (vtest.avi, worker on PyTorch as a slow node stand-in): 4 segments scored a minute
+instead of 2, but calibration no better (0.056 / 0.078 vs 0.051-0.084), so the stop stays.
 The child dies with the worker (PR_SET_PDEATHSIG), stopped or not.
 """
 from __future__ import annotations
