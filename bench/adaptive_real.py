@@ -23,6 +23,7 @@ Writes bench/results/adaptive_real.json and prints a table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ import cv2
 import numpy as np
 
 from bench.adaptive_scoring import calibration, first_posterior_s, score
+from bench.slow_node import SlowNode
 from bench.common import (
     AMQP_URL,
     RESULTS_DIR,
@@ -122,6 +124,15 @@ def _detector(runtime: str = "pytorch"):
     model = cache.get(weights, "cpu")
     cache.wait_for_exports()
     return lambda image: detect(image, model, conf=0.25, imgsz=None, keep={"person"}, label=_person_label)
+
+
+def golden_for(source: Path, video_s: float, loop_of: Path | None = None,
+               frames: list[np.ndarray] | None = None) -> list[list[dict]]:
+    """The golden boxes of the frames bench_video reads; of a looped copy, its clip's, repeated."""
+    frames = read_video(source, video_s + 2)[0] if frames is None else frames
+    base = read_video(loop_of, 3600)[0] if loop_of else frames
+    golden = golden_detections(base, RESULTS_DIR / ".cache" / f"golden-{(loop_of or source).stem}-{len(base)}.json")
+    return [golden[i % len(golden)] for i in range(len(frames))]
 
 
 def golden_detections(frames: list[np.ndarray], cache: Path) -> list[list[dict]]:
@@ -316,9 +327,7 @@ def bench_video(name: str, source: Path, planners: list[str], delays: list[float
                 tmp: Path, loop_of: Path | None = None, worker_log: str = "WARNING") -> dict:
     """`loop_of`: the source is that file looped; the golden runs once on its frames."""
     frames, src_fps = read_video(source, video_s + 2)
-    base = read_video(loop_of, 3600)[0] if loop_of else frames
-    golden = golden_detections(base, RESULTS_DIR / ".cache" / f"golden-{(loop_of or source).stem}-{len(base)}.json")
-    golden = [golden[i % len(golden)] for i in range(len(frames))]
+    golden = golden_for(source, video_s, loop_of, frames)
     detect = _detector()
     t0 = time.perf_counter()
     for f in frames[:10]:
@@ -394,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--video-s", type=float, default=60.0)
     ap.add_argument("--runtime", default="auto", choices=("auto", "pytorch", "openvino"),
                     help="the worker's runtime (and the profiles'): pytorch = a node ~3x slower per frame")
+    ap.add_argument("--cpu-share", type=float, default=None, metavar="S",
+                    help="a slower node: every process of the bench at S of a CPU (cgroup quota, root; bench/slow_node.py)")
     ap.add_argument("--worker-log", default="WARNING", choices=("WARNING", "INFO"),
                     help="the worker's log level, in its log under the run's temp folder (INFO: each segment scored)")
     ap.add_argument("--no-compile", action="store_true", help="skip the compile-time measurement")
@@ -419,11 +430,16 @@ def main(argv: list[str] | None = None) -> int:
                 "videos": {k: v for part in parts for k, v in part["videos"].items()}, "merged_from": args.merge}
     else:
         sources = {"vtest": VTEST, "megamind": looped_copy(MEGAMIND, args.video_s + 5, tmp)}
-        data = {"machine": machine(), "video_s": args.video_s, "runtime": args.runtime, "videos": {}}
-        for name in [v.strip() for v in args.videos.split(",") if v.strip()]:
-            data["videos"][name] = bench_video(name, sources[name], planners, delays, args.video_s, tmp,
-                                               loop_of=MEGAMIND if name == "megamind" else None,
-                                               worker_log=args.worker_log)
+        data = {"machine": machine(), "video_s": args.video_s, "runtime": args.runtime, "cpu_share": args.cpu_share,
+                "videos": {}}
+        names = [v.strip() for v in args.videos.split(",") if v.strip()]
+        loops = {"megamind": MEGAMIND}
+        for name in names:  # the golden boxes first, at full speed: they are the reference, not the node
+            golden_for(sources[name], args.video_s, loops.get(name))
+        with SlowNode(args.cpu_share) if args.cpu_share else contextlib.nullcontext():
+            for name in names:
+                data["videos"][name] = bench_video(name, sources[name], planners, delays, args.video_s, tmp,
+                                                   loop_of=loops.get(name), worker_log=args.worker_log)
     summarise(data)
     data.update(compile_times() if not args.no_compile else {"compile_s_cold": None, "compile_s_cached": None})
     earlier = sum(part.get("wall_s", 0.0) for part in parts) if args.merge else 0.0

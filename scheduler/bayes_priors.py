@@ -38,7 +38,11 @@ PRIORS = {
     # optimistic prior sends a cold job to low resolutions it cannot afford accuracy-wise
     # (measured: 360p-480p for the first ~20 s, F1 0.75-0.85), a pessimistic one costs compute.
     "kappa": (0.6, 0.35),
-    "lam": (-0.2, 0.3),     # log F1 per second of staleness
+    # log F1 per second of staleness. People walking across a surveillance view (vtest.avi, 480p
+    # segments): 2 fps keeps 0.70 of the 10 fps 0.91, 1 fps 0.54, i.e. about -0.6. At -0.2 the
+    # prior ranked 480p at 2 fps (0.83) above 5 fps tracking 2 (0.80), the reverse of what they
+    # measure (0.70 vs 0.87), and that was the plan a slow node started on at D = 0.5 s.
+    "lam": (-0.5, 0.3),
     "tau": (-0.1, 0.2),     # log F1 per second of tracking (vtest.avi segments: about -0.06 to -0.13)
     # log F1 per share of kept frames shown with tracked boxes, however fresh: optical flow moves
     # the detector's boxes but neither refits them nor finds newcomers. vtest.avi

@@ -29,9 +29,18 @@ from services.video_conf import GRADES
 # slope on the tracked share (how well the tracker follows this content).
 JOB_ACC_SD = np.array([0.1, 0.25, 0.25, 0.15, 0.4, 0.05])
 # A profiled config's own measurements vs the model's prediction for it: the model's error at
-# one config, and one segment's noise.
-CELL_MODEL_SD = 0.1   # log F1
-CELL_OBS_SD = 0.25    # log F1 of one 10-frame segment (Megamind.avi, 360p: 0.58, 1.00, 0.83 on three)
+# one config, and one segment's noise. The model's error: the log-linear height term cannot
+# bend, and vtest.avi's people are small: F1 is flat from 576p to 480p and falls off a cliff at
+# 360p (one segment: 0.93 / 0.90 / 0.56 at every frame), where the model said 0.97 / 0.83 / 0.57
+# after it; 0.1 left the planner at E[F1] 0.65-0.76 for 480p plans that measured 0.82-0.96 a
+# window, on a slow node that could afford nothing better (calibration 0.14, F1 0.79).
+CELL_MODEL_SD = 0.2   # log F1
+# One segment's noise is noise in F1 (the boxes one moment shows), so in log F1 it grows as F1
+# falls: sd_F / F. Its size is the job's content: 10-frame segments of vtest.avi scored 480p
+# track 4 at 0.75-1.00 around a whole-video 0.88 (sd 0.06), Megamind.avi's 360p q60 0.58 / 1.00
+# / 0.83. A prior, then each job's own spread between its segments on the same cell.
+CELL_OBS_SD_F = 0.12
+CELL_OBS_PRIOR_DOF = 10.0
 # One segment's own deviation from the job's accuracy, on the job's columns (offset, log
 # height ratio, staleness, tracking, log quality, tracked share): content changes within a video.
 SEG_ACC_SD = np.array([0.1, 0.35, 0.3, 0.2, 0.2, 0.05])
@@ -44,6 +53,7 @@ Cells = dict[tuple[int, int, int], dict[int, tuple[float, int]]]
 class JobAccuracy:
     coef: np.ndarray                     # [6, n] per-draw correction of the job's log F1
     cells: Cells = field(default_factory=dict)
+    obs_sd_f: float = CELL_OBS_SD_F      # one segment's noise on a cell, in F1
 
 
 def covariate_rows(grade_idx, height, src_height: float, rate, src_fps: float, quality, ntracking) -> np.ndarray:
@@ -102,7 +112,20 @@ def fit(acc: list[Observation], d: dict[str, np.ndarray], src_height: float, src
         cell = cells.setdefault((int(o.height), step, int(o.ntracking)), {})
         cell.setdefault(int(o.quality), []).append(float(yi))
     pooled = {k: {q: (float(np.mean(v)), len(v)) for q, v in by_q.items()} for k, by_q in cells.items()}
-    return JobAccuracy(coef, pooled)
+    return JobAccuracy(coef, pooled, segment_noise(cells))
+
+
+def segment_noise(cells: dict[tuple[int, int, int], dict[int, list[float]]]) -> float:
+    """sd in F1 of one measurement of a cell around the cell's mean: the prior, updated by the
+    spread of every cell measured more than once (pooled variance)."""
+    ss, dof = CELL_OBS_PRIOR_DOF * CELL_OBS_SD_F**2, CELL_OBS_PRIOR_DOF
+    for by_q in cells.values():
+        for ys in by_q.values():
+            if len(ys) > 1:
+                f = np.exp(ys)
+                ss += float(((f - f.mean()) ** 2).sum())
+                dof += len(ys) - 1
+    return float(np.sqrt(ss / dof))
 
 
 def _segments(acc: list[Observation]) -> list[np.ndarray]:
@@ -138,16 +161,17 @@ def shrink_to_cells(c: knobs.Candidates, rows: np.ndarray, f1: np.ndarray, job: 
     eta = np.log(np.maximum(f1, 1e-6))
     for (ch, cs, ck), by_q in job.cells.items():
         match = (h == ch) & (step == cs) & (k == ck)
-        resid, n, var_m = 0.0, 0, 0.0
+        resid, n, var_m, ybar_all = 0.0, 0, 0.0, 0.0
         for cq, (ybar, nq) in by_q.items():
             ref = match & (q == cq)
             if ref.any():
                 m = eta[ref].mean(axis=0)                               # [n] the model at the profiled config
                 resid, n, var_m = resid + nq * (ybar - float(m.mean())), n + nq, max(var_m, float(np.var(m)))
+                ybar_all += nq * ybar
         if not n:
             continue
         vp = var_m + CELL_MODEL_SD**2
-        vo = CELL_OBS_SD**2 / n
+        vo = (job.obs_sd_f / np.exp(min(ybar_all / n, 0.0))) ** 2 / n
         eta[match] += vp / (vp + vo) * resid / n
     return np.exp(np.minimum(eta, 0.0))
 
@@ -164,5 +188,5 @@ def more_detection_never_worse(f1_rows: np.ndarray, n_track: int) -> np.ndarray:
     return np.minimum.accumulate(by_track, axis=1).reshape(f1_rows.shape)
 
 
-__all__ = ["CELL_MODEL_SD", "CELL_OBS_SD", "JOB_ACC_SD", "SEG_ACC_SD", "JobAccuracy", "covariate_rows", "covariates", "f1_draws",
+__all__ = ["CELL_MODEL_SD", "CELL_OBS_PRIOR_DOF", "CELL_OBS_SD_F", "JOB_ACC_SD", "SEG_ACC_SD", "JobAccuracy", "covariate_rows", "covariates", "f1_draws",
            "fit", "more_detection_never_worse", "pooled_logit", "shrink_to_cells"]

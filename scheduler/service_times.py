@@ -8,6 +8,13 @@ keep its old prediction for a whole refresh interval. Per (service, node) the lo
 the job's last LAT_FRAMES frames in its recent window (observations.recent_window), shrunk
 toward zero, is added per draw; the latest window alone decides whether the node surprised
 the model (a shift).
+
+And per (service, node, frame height), the shape of the node's `vdag profile` across
+resolutions: log service time is linear in log pixels in the model, and a node's is not (the
+person detector at 360p / 480p / 576p: 0.19 / 0.32 / 0.50 s on a slow node, 0.07 / 0.11 / 0.16 s
+on a fast one); with the profile's one row per resolution beside hundreds of a job's 480p
+frames, the pooled slope put 576p at ~0.43 s on the slow node, under D = 0.5 s with the
+detected frames' window mean, and every 576p plan it chose had its detected frames late.
 """
 from __future__ import annotations
 
@@ -46,6 +53,9 @@ class ServiceTimes:
         self.unconfirmed: dict[tuple[int, int], tuple[float, float]] = {}
         # (service slot, node slot) -> (log sd of the job's recent frames about the model, frames)
         self.window_sd: dict[tuple[int, int], tuple[float, int]] = {}
+        # (service slot, node slot) -> frame height -> per-draw log deviation of the node's profile
+        # at that height from the model, less its mean over heights (the shape, not the level)
+        self.profile_shape: dict[tuple[int, int], dict[int, np.ndarray]] = {}
 
     def set_priors(self, nodes: Iterable[NodeInfo], services: Iterable[str]) -> None:
         """Prior means from what each node is (GPU, cores) and which services run."""
@@ -88,10 +98,38 @@ class ServiceTimes:
         """`mu` [K, J, R, G, n] (modified in place) plus each (stage, node)'s recent-window correction."""
         for k, svc in enumerate(c.services):
             for j, node in enumerate(c.nodes):
-                hit = self.window_delta.get((self.svc_slot(svc), self.node_slot(node)))
+                key = (self.svc_slot(svc), self.node_slot(node))
+                hit = self.window_delta.get(key)
                 if hit is not None:
                     mu[k, j] += hit[0][:n]
+                shape = self.profile_shape.get(key)
+                if shape:
+                    for r, (_, _, height) in enumerate(c.res):
+                        if height in shape:
+                            mu[k, j, r] += shape[height][:n]
         return mu
+
+    def _profile_shapes(self, observations: list[Observation], services: dict[str, str], snap: Snapshot,
+                        d: dict[str, np.ndarray]) -> None:
+        """profile_shape from the node profile's rows (source "profile") of each (service, node)."""
+        self.profile_shape.clear()
+        by_key: dict[tuple[str, str], list[Observation]] = {}
+        for o in observations:
+            if o.source == "profile" and o.service_s > 0 and o.stage in services:
+                by_key.setdefault((services[o.stage], o.node), []).append(o)
+        for (svc, node), rows in by_key.items():
+            heights = sorted({o.height for o in rows})
+            if len(heights) < 2:
+                continue
+            resid = {h: np.mean([np.log(o.service_s) - self.at_observation(d, snap, svc, o)
+                                 for o in rows if o.height == h], axis=0) for h in heights}
+            level = np.mean(list(resid.values()), axis=0)
+            self.profile_shape[(self.svc_slot(svc), self.node_slot(node))] = {h: r - level for h, r in resid.items()}
+
+    def shape_at(self, svc: str, o: Observation) -> np.ndarray | float:
+        """The profile's shape at an observation's height (0 where the node has none)."""
+        shape = self.profile_shape.get((self.svc_slot(svc), self.node_slot(o.node)))
+        return shape.get(o.height, 0.0) if shape else 0.0
 
     def load_slope(self, d: dict[str, np.ndarray], gpu: np.ndarray) -> np.ndarray:
         """[J, n] coefficient of -log(1 - load) per node."""
@@ -119,6 +157,7 @@ class ServiceTimes:
         if self.window_delta and next(iter(self.window_delta.values()))[2] != snap.version:
             self.window_delta.clear()
             self.window_sd.clear()
+        self._profile_shapes(observations, services, snap, d)
         # The job's recent measured stages per (service, node), newest first: observations come
         # oldest first, so read from the end. A tracked plan's 2-s window holds one or two
         # detected frames: one slow frame must not swing every plan's P(delay).
@@ -133,7 +172,7 @@ class ServiceTimes:
         for (svc, node), group in recent.items():
             key = (self.svc_slot(svc), self.node_slot(node))
             y = np.log([o.service_s for o in group])
-            mu = np.stack([self.at_observation(d, snap, svc, o) for o in group])   # [m, n]
+            mu = np.stack([self.at_observation(d, snap, svc, o) + self.shape_at(svc, o) for o in group])  # [m, n]
             resid = (y[:, None] - mu).mean(axis=0)                                  # [n]
             m = len(group)
             latest = np.array([o.ts >= newest - 1e-9 for o in group])

@@ -82,3 +82,29 @@ def test_tracking_more_frames_never_scores_above_detecting_them():
     assert np.array_equal(capped[:, 0], f1.reshape(3, 4, N)[:, 0])
     assert np.array_equal(capped[0, 1], f1[0])
     assert np.array_equal(job_accuracy.more_detection_never_worse(f1, 1), f1)
+
+
+def _shrunk(job, height: int, fps: float, ntracking: int) -> float:
+    """The planner's E[F1] at one config: the job's fit, then its profiled cells."""
+    from types import SimpleNamespace
+
+    x = job_accuracy.covariate_rows([len(GRADES) - 1], [height], 576, [fps], 10.0, [90], [ntracking])
+    f1 = job_accuracy.f1_draws(job_accuracy.pooled_logit(_pooled_draws(), x).T, x, job)
+    c = SimpleNamespace(height=np.array([height]), fps=np.array([fps]), ntrack=np.array([ntracking]),
+                        quality=np.array([90]), src_fps=10.0)
+    return float(job_accuracy.shrink_to_cells(c, np.arange(1), f1, job).mean())
+
+
+def test_segments_that_agree_on_a_cell_are_believed_and_segments_that_scatter_less_so():
+    """vtest.avi: 10-frame segments score a config within ~0.06 of each other, Megamind.avi's
+    within ~0.2; the noise a job's cells are read with is its own spread between segments."""
+    def segments(f1s: list[float]) -> list[Observation]:
+        return [o for t, f1 in enumerate(f1s) for o in _segment(1.0 + 3 * t, {360: 0.5, 480: f1, 576: 0.95})]
+
+    d = _pooled_draws()
+    steady = job_accuracy.fit(segments([0.86, 0.84, 0.85]), d, 576, 10.0)
+    scattered = job_accuracy.fit(segments([1.0, 0.6, 0.95]), d, 576, 10.0)
+    assert steady.obs_sd_f < job_accuracy.CELL_OBS_SD_F < scattered.obs_sd_f
+    # 480p at 10 fps, no tracking: the model alone says ~0.88 (pooled) vs the measured 0.85
+    pooled = _predicted(None, 480)
+    assert abs(_shrunk(steady, 480, 10.0, 0) - 0.85) < abs(pooled - 0.85) / 2
