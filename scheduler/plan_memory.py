@@ -12,7 +12,10 @@ to it for 13 more. What a plan's own frames did is better evidence than the mode
 other plans, while it is recent and nothing has shifted since:
 - proven: PROVEN_FRAMES or more frames, none over the bound, the 95th percentile within
   PROVEN_DELAY_SHARE of it -> the plan counts as meeting the bound;
-- late: at least LATE_FRAMES of its frames over the bound -> it is ruled out.
+- late: at least LATE_FRAMES of its frames over the bound -> it is ruled out, and so is every
+  plan that detects at least as many frames a second at the same resolution, grade and nodes:
+  the same frames, arriving as often or more. (A slow node, D = 0.5 s: 720p@5fps track 2 was late
+  on 6 frames, and 8 s later the model sent the job to 720p@10fps track 4, late on 6 more.)
 A plan is (height, kept-frame rate, ntracking, grade, node of each stage); its memory ends
 MEMORY_S after its last frame, or at a shift (nodes, constraint, a confirmed slowdown), which
 forgets everything.
@@ -102,13 +105,22 @@ def matching(c, key: PlanKey) -> np.ndarray:
                           & (c.mapping == np.array(mapping)).all(axis=1))
 
 
+def at_least_as_loaded(c, key: PlanKey) -> np.ndarray:
+    """Indices of the candidates of c at the plan `key`'s resolution, grade and nodes that detect
+    at least as many frames a second."""
+    h, rate, k, g, mapping = key
+    detected = c.fps / (1 + c.ntrack)
+    return np.flatnonzero((c.height == h) & (detected >= rate / (1 + k) - 1e-9) & (c.grade_idx == g)
+                          & (c.mapping == np.array(mapping)).all(axis=1))
+
+
 def remembered_candidates(memory: PlanMemory, c, delay_bound: float, now_ts: float) -> dict[str, np.ndarray]:
     """Candidate indices of c per verdict (PROVEN, LATE) of the plans in memory."""
     out: dict[str, list[np.ndarray]] = {}
     for key, verdict in memory.verdicts(delay_bound, now_ts).items():
-        out.setdefault(verdict, []).append(matching(c, key))
+        out.setdefault(verdict, []).append(at_least_as_loaded(c, key) if verdict == LATE else matching(c, key))
     return {v: np.concatenate(idx) for v, idx in out.items()}
 
 
-__all__ = ["LATE", "LATE_FRAMES", "MEMORY_S", "PROVEN", "PlanMemory", "PlanRecord", "matching", "plan_key",
+__all__ = ["LATE", "LATE_FRAMES", "MEMORY_S", "PROVEN", "PlanMemory", "PlanRecord", "at_least_as_loaded", "matching", "plan_key",
            "remembered_candidates"]

@@ -105,3 +105,25 @@ def test_a_plan_whose_frames_were_late_is_not_chosen_again_soon():
                                                       _frames(10, 40, 11.5, 0.04, 0.005, 1))
     assert then != every
     assert fresh == every, "without the memory, the fast frames since make it look safe (the test's premise)"
+
+
+def test_a_late_plan_rules_out_the_plans_that_detect_as_often_or_more_at_its_resolution():
+    """A slow node, D = 0.5 s: 720p@5fps track 2 had 6 frames late; 720p@10fps track 4 detects
+    2 frames a second to its 1.7 and must not be tried next, nor 720p@2fps (2 a second); 480p,
+    720p@1fps and 720p@5fps track 4 (1 a second) stay open."""
+    from scheduler.plan_memory import plan_key, remembered_candidates
+
+    inp = person_input().model_copy(update={"constraint": UserConstraint(delay=0.5)})
+    c = knobs.build_candidates(inp)
+    src = len(c.res) - 1
+
+    def index(res_idx: int, fps: float, ntracking: int) -> int:
+        return int(np.flatnonzero((c.res_idx == res_idx) & np.isclose(c.fps, fps) & (c.ntrack == ntracking)
+                                  & (c.quality == 90))[0])
+
+    late = index(src, 5, 2)
+    m = PlanMemory()
+    m.record(plan_key(c, late), _delays(*[0.6] * LATE_FRAMES), newest_ts=100.0)
+    ruled_out = set(remembered_candidates(m, c, 0.5, 100.0)[LATE].tolist())
+    assert {late, index(src, 10, 4), index(src, 10, 0), index(src, 5, 0), index(src, 2, 0)} <= ruled_out
+    assert not {index(src, 1, 0), index(src, 5, 4), index(src - 1, 10, 4)} & ruled_out
