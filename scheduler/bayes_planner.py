@@ -66,6 +66,7 @@ from scheduler.delay import (
 )
 from scheduler.interface import Plan, PlanningInput
 from scheduler.job_accuracy import JobAccuracy
+from scheduler.observations import measured_frames
 from scheduler.plan_reason import explain
 from scheduler.plan_memory import LATE, PROVEN, plan_key, remembered_candidates
 from scheduler.plan_probe import CONTINUE, PROBE_EVERY, PROBE_F1_GAIN, probe_candidate
@@ -76,6 +77,7 @@ from scheduler.service_times import ServiceTimes
 log = logging.getLogger(__name__)
 
 AIM_MARGIN = 0.01        # aim this far above the accuracy goal: E[F1] near the goal is a coin toss
+COLD_FRAMES = 20         # a job's measured frames before, without a scored segment, it may load a node more
 MAX_WINDOW_FRAMES = 30
 
 
@@ -367,6 +369,14 @@ class BayesPlanner:
         # that the first window removes: ask for less certainty rather than start at 1 fps.
         need = self.cold_delay_prob if snap.source == "prior" else self.delay_prob
         feasible = p_ok >= need
+        if st.accuracy is None and last is not None and measured_frames(inp.observations) < COLD_FRAMES:
+            # A job's first seconds: no plan that loads the node more than the running one until
+            # its first segment is scored or its frames say enough. That segment is scored beside
+            # the frames and slows them ~1.4x on a small node, which the first few latency
+            # observations do not show. (A slow node, D = 0.5 s: from 480p@5fps track 2 to 10 fps
+            # track 4 at 2 s on 3 observations; its frames queued, and at 6 s no plan looked
+            # feasible: 360p@1fps for 16 s, F1 0.77.)
+            feasible &= peak[short] <= peak[last] + 1e-9
         if inp.constraint.accuracy > 0 and (feasible & (ef1 >= inp.constraint.accuracy)).any():
             feasible &= ef1 >= inp.constraint.accuracy
         if feasible.any():

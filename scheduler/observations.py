@@ -34,6 +34,11 @@ def recent_window(observations: list[Observation], accept: Callable[[Observation
         yield o
 
 
+def measured_frames(observations: list[Observation]) -> int:
+    """Processed frames a job has measured (its stages share a sequence number)."""
+    return len({o.seq for o in observations if o.source == "frame" and o.service_s > 0})
+
+
 def segment_observations(stage: str, node: str, grade: str | None, rows: Iterable[dict[str, Any]],
                          src_width: int, src_height: int, src_fps: float, ts: float) -> list[Observation]:
     out = []

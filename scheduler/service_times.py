@@ -13,8 +13,10 @@ And per (service, node, frame height), the shape of the node's `vdag profile` ac
 resolutions: log service time is linear in log pixels in the model, and a node's is not (the
 person detector at 360p / 480p / 576p: 0.19 / 0.32 / 0.50 s on a slow node, 0.07 / 0.11 / 0.16 s
 on a fast one); with the profile's one row per resolution beside hundreds of a job's 480p
-frames, the pooled slope put 576p at ~0.43 s on the slow node, under D = 0.5 s with the
-detected frames' window mean, and every 576p plan it chose had its detected frames late.
+frames, the pooled slope put 576p at ~0.43 s on the slow node where the profile said 0.50, and
+the 576p plans it then chose had detected frames late at D = 0.5 s. (With the shape, 576p
+frames under a job's own load still ran 0.44-0.52 s against a profile of 0.44-0.45 there; what
+a plan's own frames did is scheduler/plan_memory.py's.)
 """
 from __future__ import annotations
 

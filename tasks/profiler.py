@@ -23,7 +23,8 @@ the seconds a segment was being scored (Megamind.avi, 480p at 10 fps: 0.074-0.08
 then 0.117 s, and 22 frames past D = 0.5 s; vtest.avi the same at the source resolution). So
 while this worker process runs a frame the child is stopped (SIGSTOP), and continues when no
 frame runs: it scores on idle capacity only, more slowly the busier the frames keep the node.
-A job's first (urgent) segment is not stopped: accuracy learned in seconds is worth more then.
+A job's first (urgent) segment is not stopped: accuracy learned in seconds is worth more then
+(and it is shorter, services/generator.py: it still slows the frames while it lasts).
 Only the first: a second one, unstopped too, slowed the 480p frames from 0.31 to 0.48-0.56 s
 for four seconds and 25 frames went past D = 0.5 s (vtest.avi, slow 2-core host; measured while
 OpenVINO still pinned both processes to one core, see services/runtimes.py; three unstopped,
