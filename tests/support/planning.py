@@ -1,7 +1,7 @@
 """A person-detection job's planning input on a 2-core CPU node, for the planner tests of both tiers."""
 from __future__ import annotations
 
-from scheduler.interface import NodeInfo, PlanningInput, SourceInfo, UserConstraint
+from scheduler.interface import NodeInfo, Observation, PlanningInput, SourceInfo, UserConstraint
 from services.dag import dag_from_pipeline
 
 PERSON_DAG = ["person_detection", "object_count", "render"]
@@ -12,3 +12,14 @@ def person_input(nodes=None, **kw) -> PlanningInput:
                          nodes=nodes or [NodeInfo(name="cpu", cpu_count=2, n_process=1)],
                          source=SourceInfo(width=768, height=576, fps=10, node="cpu"),
                          constraint=UserConstraint(delay=1.0), **kw)
+
+
+# The person detector on a slow 2-core node (bench.adaptive_real --cpu-share 0.8): 576p costs
+# more than its pixels say, measured from 360p and 480p. Height -> (width, seconds a frame).
+SLOW_NODE_PROFILE = {360: (480, 0.19), 480: (640, 0.32), 576: (768, 0.50)}
+
+
+def slow_node_profile_rows() -> list[Observation]:
+    """That node's `vdag profile` as the planner receives it (latency rows, ts 0)."""
+    return [Observation(stage="person_detection", node="cpu", width=w, height=h, service_s=s, ts=0.0,
+                        source="profile") for h, (w, s) in SLOW_NODE_PROFILE.items()]

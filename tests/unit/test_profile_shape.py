@@ -9,16 +9,9 @@ from scheduler import knobs
 from scheduler.bayes import BayesModel
 from scheduler.bayes_planner import BayesPlanner
 from scheduler.interface import Observation, UserConstraint
-from tests.support.planning import person_input
+from tests.support.planning import SLOW_NODE_PROFILE, person_input, slow_node_profile_rows
 
-# The person detector on a slow 2-core node (bench.adaptive_real --cpu-share 0.8): 576p costs
-# more than its pixels say, measured from 360p and 480p.
-PROFILE = {360: (480, 0.19), 480: (640, 0.32), 576: (768, 0.50)}
-
-
-def _profile_rows() -> list[Observation]:
-    return [Observation(stage="person_detection", node="cpu", width=w, height=h, service_s=s, ts=0.0, source="profile")
-            for h, (w, s) in PROFILE.items()]
+PROFILE = SLOW_NODE_PROFILE
 
 
 def _frames_at_480p(n: int = 40) -> list[Observation]:
@@ -49,7 +42,7 @@ def _predicted_service_s(observations: list[Observation]) -> dict[int, float]:
 
 
 def test_a_resolution_the_job_has_not_run_costs_what_the_node_profile_says_relative_to_the_one_it_runs():
-    shaped = _predicted_service_s(_profile_rows() + _frames_at_480p())
+    shaped = _predicted_service_s(slow_node_profile_rows() + _frames_at_480p())
     assert abs(shaped[480] - 0.32) < 0.03, shaped
     # 0.50 s measured by the profile, 0.32 x 0.50 / 0.32 from the job's own 480p level
     assert 0.46 <= shaped[576] <= 0.55, shaped
@@ -58,5 +51,5 @@ def test_a_resolution_the_job_has_not_run_costs_what_the_node_profile_says_relat
 
 def test_without_a_profile_the_pixel_slope_alone_decides():
     plain = _predicted_service_s(_frames_at_480p())
-    shaped = _predicted_service_s(_profile_rows() + _frames_at_480p())
+    shaped = _predicted_service_s(slow_node_profile_rows() + _frames_at_480p())
     assert plain[576] < shaped[576] - 0.03, (plain, shaped)

@@ -1,0 +1,45 @@
+"""A job's first seconds (scheduler.bayes_planner.COLD_FRAMES): until its first segment is
+scored or enough frames are measured, the planner does not load the node more than the running
+plan does; the first segment is scored beside the frames and slows them where nothing shows it."""
+from __future__ import annotations
+
+import numpy as np
+
+from scheduler import bayes_planner, knobs
+from scheduler.bayes import BayesModel
+from scheduler.bayes_planner import BayesPlanner
+from scheduler.interface import Observation, UserConstraint
+from tests.support.planning import person_input, slow_node_profile_rows
+
+
+def _frames_480p_5fps_track2(n: int) -> list[Observation]:
+    out = []
+    for i in range(n):
+        ts = 10.0 + 0.6 * i
+        out += [Observation(stage="person_detection", node="cpu", width=640, height=480, fps=5, ntracking=2,
+                            quality=90, service_s=0.30, queue_s=0.005, ts=ts, seq=i),
+                Observation(stage="object_count", node="cpu", width=640, height=480, fps=5, ntracking=2,
+                            quality=90, service_s=4e-5, queue_s=0.001, ts=ts, seq=i)]
+    return out
+
+
+def _next_plan_detections_per_s(n_frames: int) -> tuple[float, float]:
+    """(running, chosen) detected frames per second on a slow node at D = 0.5 s."""
+    inp = person_input().model_copy(update={"constraint": UserConstraint(delay=0.5)})
+    c = knobs.build_candidates(inp)
+    running = int(np.flatnonzero((c.height == 480) & np.isclose(c.fps, 5) & (c.ntrack == 2) & (c.quality == 90))[0])
+    plan = knobs.to_plan(c, running, inp.nodes, "bayes", "running")
+    p = BayesPlanner(BayesModel(), background=False, seed=3)
+    m = inp.model_copy(update={"observations": slow_node_profile_rows() + _frames_480p_5fps_track2(n_frames), "last_plan": plan})
+    p.plan(m)
+    p.refresh_gaussian()
+    chosen = p.plan(m).video_conf
+    return 5.0 / 3, chosen.fps / (1 + chosen.ntracking)
+
+
+def test_three_frames_in_no_heavier_plan(monkeypatch):
+    running, chosen = _next_plan_detections_per_s(3)
+    assert chosen <= running + 1e-9
+    monkeypatch.setattr(bayes_planner, "COLD_FRAMES", 0)  # the premise: without the guard it would
+    running, unguarded = _next_plan_detections_per_s(3)
+    assert unguarded > running
