@@ -10,11 +10,8 @@ Decision (per job, a few ms, all numpy over the posterior draws):
    margin: accuracy counts first, compute only breaks ties once the aim is reached, and not
    at all before the job's own accuracy has been measured.
 3. Feasible = P(delay <= D) >= delay_prob (and E[F1] >= the user's accuracy when some
-   candidate reaches it). Keep the last plan when it is within `keep_margin` of the best,
-   its P(delay <= D) read `keep_delay_slack` higher (stability; not an explored plan, which
-   runs one window and then must win, and not during a shift), else jump
-   straight to the best (no knob-by-knob climbing). Nothing feasible: the plan most likely to
-   meet the delay.
+   candidate reaches it); scheduler/plan_choice.py picks among them: shift, probe, bounded
+   exploration, keep (stability), else straight to the best (no knob-by-knob climbing).
 
 Between posterior refreshes the draws are recalibrated per job: service times by the job's
 recent frames (scheduler/service_times.py), accuracy by a per-job fit to its profiled F1,
@@ -24,12 +21,7 @@ the first window's measurements remove most of that uncertainty. Decisions run w
 BLAS on one thread (bayes.blas_single): small matrices, contended cores.
 A shift (constraint change, a node gone or added, a measured window far outside the
 predictive) drops the job's older observations on the affected nodes, asks the refresher to
-run now, and disables keep and exploration for a few rounds. Exploration is bounded: at most
-one Thompson-sampled plan per job every `explore_every` rounds, only among near-best plans
-with P(delay <= D) >= explore_delay_prob, and, while the best plan itself is that safe, only
-toward plans expected to be about as accurate (`explore_f1_slack`): a cheaper, less accurate
-plan can win no more than the compute tie-break, and every frame of its window pays its F1 gap
-(vtest.avi, D = 1 s: exploring track 1 beside the source config cost 0.01-0.03 F1 per window).
+run now, and disables keep and exploration for a few rounds.
 No node is planned past 97 % utilisation with the job's own work read 15 % higher
 (scheduler/delay.py; 5 % when the running plan's own frames show it holds there). A plan the
 job ran recently is judged by what its own frames did (scheduler/plan_memory.py): proven
@@ -69,7 +61,8 @@ from scheduler.job_accuracy import JobAccuracy
 from scheduler.observations import measured_frames
 from scheduler.plan_reason import explain
 from scheduler.plan_memory import LATE, PROVEN, plan_key, remembered_candidates
-from scheduler.plan_probe import CONTINUE, PROBE_EVERY, PROBE_F1_GAIN, probe_candidate
+from scheduler.plan_choice import ChoicePolicy, Shortlisted, choose, shortlist_plans
+from scheduler.plan_probe import CONTINUE, PROBE_EVERY, probe_candidate
 from scheduler.planner_state import CandidateArrays, JobState
 from scheduler.posterior_refresher import PosteriorRefresher
 from scheduler.service_times import ServiceTimes
@@ -117,10 +110,10 @@ class BayesPlanner:
         L = self.model.layout
         self.delay_prob, self.n_draws, self.shortlist = delay_prob, n_draws, shortlist
         self.cold_delay_prob = cold_delay_prob
-        self.keep_margin, self.explore_margin = keep_margin, explore_margin
         self.keep_delay_slack = keep_delay_slack
-        self.explore_every, self.explore_delay_prob = explore_every, explore_delay_prob
-        self.explore_f1_slack = explore_f1_slack
+        self.choice = ChoicePolicy(explore_every=explore_every, explore_delay_prob=explore_delay_prob,
+                                   explore_margin=explore_margin, explore_f1_slack=explore_f1_slack,
+                                   keep_margin=keep_margin)
         self.aim_margin, self.window_s, self.shift_cooldown = aim_margin, window_s, shift_cooldown
         self.times = ServiceTimes(L)
         self.svc_slot, self.node_slot = self.times.svc_slot, self.times.node_slot
@@ -324,7 +317,7 @@ class BayesPlanner:
         # source config's 0.98, measured 0.93-0.95), and the guess would decide every early window.
         cost_weight = 1.0 if st.accuracy is not None else 0.0
         u_mean = knobs.utility(ef1_all, cost_weight * S.cost, d_mean <= D, aim)
-        short = self._shortlist(d_mean, u_mean, D, last, remembered.get(PROVEN))
+        short = shortlist_plans(d_mean, u_mean, D, last, self.shortlist, remembered.get(PROVEN))
         probe = last if probing == CONTINUE else None
         if probing is None and not in_shift and st.accuracy is not None and snap.source != "prior" \
                 and st.rounds - st.probe.last_round >= PROBE_EVERY and last is not None \
@@ -379,42 +372,11 @@ class BayesPlanner:
             feasible &= peak[short] <= peak[last] + 1e-9
         if inp.constraint.accuracy > 0 and (feasible & (ef1 >= inp.constraint.accuracy)).any():
             feasible &= ef1 >= inp.constraint.accuracy
-        if feasible.any():
-            best = int(np.argmax(np.where(feasible, eu, -np.inf)))
-            safe = feasible & (p_ok >= self.explore_delay_prob) & (eu >= eu[best] - self.explore_margin)
-            if p_ok[best] >= self.explore_delay_prob:
-                safe &= ef1 >= ef1[best] - self.explore_f1_slack
-            pos_probe = int(np.flatnonzero(short == probe)[0]) if probe is not None and not in_shift else None
-            if pos_probe is not None and not (probing == CONTINUE or (
-                    not feasible[pos_probe] and ef1[pos_probe] >= ef1[best] + PROBE_F1_GAIN)):
-                pos_probe = None
-            if in_shift:
-                pick, why = best, f"shift: {st.shift_why}" if shift or st.shift_why else "best"
-            elif pos_probe is not None:
-                # Before exploring: a probe's gain is bigger, and both would run the next window.
-                if probing != CONTINUE:
-                    st.probe.start(plan_key(c, probe), st.rounds)
-                pick = pos_probe
-                why = f"probe, round {st.probe.rounds}: ruled out by the model, its own frames will say"
-            elif st.rounds - st.last_explore >= self.explore_every and safe.sum() > 1 and st.rounds > 0:
-                # One posterior draw (Thompson): which near-best, safe plan would be best if it were true.
-                d_star = int(self._rng.integers(n))
-                ts_u = knobs.utility(f1[:, d_star], cost_weight * cost, delay[:, d_star] <= D, aim)
-                pick, why = int(np.argmax(np.where(safe, ts_u, -np.inf))), "explore"
-                st.last_explore = st.rounds
-            elif (pos_last is not None and feasible[pos_last] and st.last_explore != st.rounds - 1
-                  and eu[pos_last] >= eu[best] - self.keep_margin):
-                # An explored plan ran for its window; it stays only if it now scores best.
-                pick, why = pos_last, "keep"
-            else:
-                pick, why = best, "best"
-        else:
-            # Nothing is likely enough: among the plans nearly as likely to meet the delay as the
-            # likeliest, the most useful (not the slowest-rate plan that is only marginally safer).
-            near = p_ok >= p_ok.max() - 0.05
-            pick = int(np.argmax(np.where(near, eu, -np.inf))) if p_ok.max() > 0 else \
-                int(np.argmin(np.median(delay, axis=1)))
-            why = "no plan meets the delay bound; most likely to"
+        pos_probe = int(np.flatnonzero(short == probe)[0]) if probe is not None and not in_shift else None
+        pick, why = choose(Shortlisted(feasible, p_ok, eu, ef1, f1, cost, delay), self.choice, st, self._rng, D=D,
+                           aim=aim, cost_weight=cost_weight, pos_last=pos_last, pos_probe=pos_probe,
+                           probing=probing, probe_key=plan_key(c, probe) if probe is not None else None,
+                           in_shift=in_shift, shift=shift)
         st.rounds += 1
         i = int(short[pick])
         if proven[pick] and p_raw[pick] < self.delay_prob:
@@ -429,15 +391,3 @@ class BayesPlanner:
         """F1 draws per grid row [rows, n] with the job's correction; the pooled part once per posterior."""
         eta = S.cached("f1_logits", version, lambda: job_accuracy.pooled_logit(d, S.acc_x).T)  # [rows, n]
         return job_accuracy.f1_draws(eta, S.acc_x, job)
-
-    def _shortlist(self, d_mean: np.ndarray, u_mean: np.ndarray, D: float, last: int | None,
-                   proven: np.ndarray | None = None) -> np.ndarray:
-        ok = np.flatnonzero(d_mean <= 1.25 * D)
-        if len(ok) > self.shortlist:
-            top = ok[np.argpartition(-u_mean[ok], self.shortlist)[: self.shortlist]]
-        else:
-            top = ok
-        fastest = np.argpartition(d_mean, 8)[:8] if len(d_mean) > 8 else np.arange(len(d_mean))
-        extra = [last] if last is not None else []
-        proven = np.zeros(0, np.int64) if proven is None else proven
-        return np.unique(np.concatenate([top, fastest, np.array(extra, dtype=np.int64), proven])).astype(np.int64)
