@@ -200,6 +200,15 @@ def measured_wait_scale(frames: list[tuple[float, float]], predicted_wait_s: flo
     return float(np.clip(scale, *WAIT_SCALE_RANGE))
 
 
+def in_time_unqueued(frames: list[tuple[float, float]], delay_bound: float, min_frames: int,
+                     wait_share: float = 0.25) -> bool:
+    """Whether the running plan's recent (wait, delay) frames, `min_frames` at least, were all
+    within the bound, 90 % of them waiting no more than `wait_share` of it: slow, perhaps, but
+    not queueing (a queue near the bound is a node past its capacity, which the model judges)."""
+    return (len(frames) >= min_frames and max(d for _, d in frames) <= delay_bound
+            and float(np.percentile([w for w, _ in frames], 90)) <= wait_share * delay_bound)
+
+
 def proven_within(frames: list[tuple[float, float]], delay_bound: float) -> bool:
     """Whether the running plan's recent frames show it meets the bound with room to spare:
     PROVEN_FRAMES of them at least, their 95th-percentile delay within PROVEN_DELAY_SHARE of it."""

@@ -1,6 +1,8 @@
-"""A job's first seconds (scheduler.bayes_planner.COLD_FRAMES): until its first segment is
-scored or enough frames are measured, the planner does not load the node more than the running
-plan does; the first segment is scored beside the frames and slows them where nothing shows it."""
+"""A job's first seconds: the first segment is scored beside the frames and slows them where
+nothing shows it. Until that segment is scored or enough frames are measured
+(scheduler.bayes_planner.COLD_FRAMES), the planner does not load the node more than the running
+plan does; until it is scored, a running plan whose frames are all in time stays
+(COLD_HOLD_FRAMES)."""
 from __future__ import annotations
 
 import numpy as np
@@ -43,3 +45,33 @@ def test_three_frames_in_no_heavier_plan(monkeypatch):
     monkeypatch.setattr(bayes_planner, "COLD_FRAMES", 0)  # the premise: without the guard it would
     running, unguarded = _next_plan_detections_per_s(3)
     assert unguarded > running
+
+
+def _chosen_after(frames: list[Observation]):
+    inp = person_input().model_copy(update={"constraint": UserConstraint(delay=0.5)})
+    c = knobs.build_candidates(inp)
+    running = int(np.flatnonzero((c.height == 480) & np.isclose(c.fps, 5) & (c.ntrack == 2) & (c.quality == 90))[0])
+    plan = knobs.to_plan(c, running, inp.nodes, "bayes", "running")
+    p = BayesPlanner(BayesModel(), background=False, seed=3)
+    m = inp.model_copy(update={"observations": slow_node_profile_rows() + frames, "last_plan": plan})
+    p.plan(m)
+    p.refresh_gaussian()
+    return p.plan(m)
+
+
+def _slowed(frames: list[Observation], service_s: float) -> list[Observation]:
+    return [o.model_copy(update={"service_s": service_s}) if o.stage == "person_detection" else o for o in frames]
+
+
+def test_before_its_first_segment_a_plan_whose_frames_are_in_time_holds(monkeypatch):
+    """25 frames of 480p@5fps track 2 slowed to 0.47 s by the first segment scored beside them,
+    none over D = 0.5 s, no accuracy measured yet: the plan stays."""
+    frames = _slowed(_frames_480p_5fps_track2(25), 0.47)
+    held = _chosen_after(frames)
+    assert (held.video_conf.resolution, held.video_conf.fps, held.video_conf.ntracking) == ("480p", 5, 2), held.reason
+    monkeypatch.setattr(bayes_planner, "COLD_HOLD_FRAMES", 10**6)  # the premise: the model alone would leave it
+    left = _chosen_after(frames).video_conf
+    assert (left.resolution, left.fps, left.ntracking) != ("480p", 5, 2)
+    monkeypatch.setattr(bayes_planner, "COLD_HOLD_FRAMES", 5)
+    late = _chosen_after(_slowed(_frames_480p_5fps_track2(25), 0.47)[:-2] + _slowed(_frames_480p_5fps_track2(25), 0.6)[-2:])
+    assert (late.video_conf.resolution, late.video_conf.fps, late.video_conf.ntracking) != ("480p", 5, 2)  # one late frame ends the hold
