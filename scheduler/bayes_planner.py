@@ -53,7 +53,6 @@ from scheduler.delay import (
     plan_delay,
     in_time_unqueued,
     proven_within,
-    running_plan_frame_map,
     running_wait_scale,
     transfer_s,
 )
@@ -298,10 +297,9 @@ class BayesPlanner:
             st.memory.forget()
             st.probe.forget()
         if last is not None:
-            by_frame, newest = running_plan_frame_map(inp.observations, set(c.stages), int(c.res[c.res_idx[last]][2]),
-                                                      float(c.fps[last]), int(c.ntrack[last]), c.src_fps)
-            frames = list(by_frame.values())
-            st.memory.record(plan_key(c, last), by_frame, newest)
+            shape = (int(c.res[c.res_idx[last]][2]), float(c.fps[last]), int(c.ntrack[last]))
+            frames = list(st.memory.record_ran(inp.observations, set(c.stages), c.src_fps, plan_key(c, last),
+                                               shape).values())
         now_ts = inp.observations[-1].ts if inp.observations else 0.0
         probing = st.probe.judge(st.memory, plan_key(c, last) if last is not None else None, D, now_ts)
         remembered = remembered_candidates(st.memory, c, D, now_ts)

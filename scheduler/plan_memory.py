@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from scheduler.delay import PROVEN_DELAY_SHARE, PROVEN_FRAMES
+from scheduler.delay import PROVEN_DELAY_SHARE, PROVEN_FRAMES, running_plan_frame_map
 
 MEMORY_S = 60.0      # seconds of observation time a plan's record holds after its last frame
 KEEP_FRAMES = 40     # frames per plan: its latest run, not its whole history
 LATE_FRAMES = 3      # frames over the bound that rule a plan out (one is a hiccup, e.g. a GC)
+RECENT_PLANS = 4     # plans left lately whose frames are still recorded: their last ones land after the switch
 
 PlanKey = tuple[int, float, int, int, tuple[int, ...]]
 PROVEN, LATE = "proven", "late"
@@ -48,6 +49,26 @@ class PlanMemory:
 
     def __init__(self) -> None:
         self.records: dict[PlanKey, PlanRecord] = {}
+        self.ran: OrderedDict[PlanKey, tuple[int, float, int]] = OrderedDict()  # key -> (height, rate, ntracking)
+
+    def record_ran(self, observations: list, stages: set[str], src_fps: float, running: PlanKey,
+                   shape: tuple[int, float, int]) -> dict:
+        """Record the recent frames of the running plan (`shape`: height, kept-frame rate,
+        ntracking) and of the RECENT_PLANS it followed, and return the running plan's frame map
+        (delay.running_plan_frame_map). A plan's last frames are measured after the job has left
+        it: a slow node, Megamind.avi, D = 0.5 s, 720p@10fps track 4 was left on its second late
+        frame, the third was never recorded, and 4 s later it ran again for 20 more late frames."""
+        self.ran.pop(running, None)
+        self.ran[running] = shape
+        while len(self.ran) > RECENT_PLANS + 1:
+            self.ran.popitem(last=False)
+        out: dict = {}
+        for key, (height, rate, ntracking) in self.ran.items():
+            frames, newest = running_plan_frame_map(observations, stages, height, rate, ntracking, src_fps)
+            self.record(key, frames, newest)
+            if key == running:
+                out = frames
+        return out
 
     def record(self, key: PlanKey, frames: dict, newest_ts: float) -> None:
         """frames: frame key -> (wait, delay) of the plan's recent frames (delay.running_plan_frame_map).
@@ -68,6 +89,7 @@ class PlanMemory:
 
     def forget(self) -> None:
         self.records.clear()
+        self.ran.clear()
 
     def verdict(self, key: PlanKey, delay_bound: float, now_ts: float) -> str | None:
         rec = self.records.get(key)

@@ -127,3 +127,21 @@ def test_a_late_plan_rules_out_the_plans_that_detect_as_often_or_more_at_its_res
     ruled_out = set(remembered_candidates(m, c, 0.5, 100.0)[LATE].tolist())
     assert {late, index(src, 10, 4), index(src, 10, 0), index(src, 5, 0), index(src, 2, 0)} <= ruled_out
     assert not {index(src, 1, 0), index(src, 5, 4), index(src - 1, 10, 4)} & ruled_out
+
+
+def _detected(seq: int, height: int, rate: float, ntracking: int, delay: float, ts: float) -> Observation:
+    return Observation(stage="person_detection", node="cpu", width=height * 4 // 3, height=height, fps=rate,
+                       ntracking=ntracking, quality=90, service_s=delay, queue_s=0.0, ts=ts, seq=seq)
+
+
+def test_a_plans_frames_that_land_after_the_switch_still_count():
+    """Left on its second late frame, a plan whose third arrives after the switch is ruled out."""
+    m = PlanMemory()
+    old, new = (720, 10.0, 4, 0, (0,)), (360, 15.0, 4, 0, (0,))
+    obs = [_detected(i, 720, 10.0, 4, 0.6, 20.0 + i) for i in range(2)]
+    m.record_ran(obs, {"person_detection"}, 24.0, old, (720, 10.0, 4))
+    assert m.verdict(old, 0.5, 21.0) is None  # two late frames: a hiccup so far
+    obs += [_detected(2, 720, 10.0, 4, 0.6, 22.0), _detected(3, 360, 15.0, 4, 0.2, 22.5)]
+    running = m.record_ran(obs, {"person_detection"}, 24.0, new, (360, 15.0, 4))
+    assert list(running) == [3]
+    assert m.verdict(old, 0.5, 22.5) == LATE
