@@ -156,21 +156,29 @@ def plan_delay(
     return delay, peak
 
 
+def plan_frame_maps(observations: list[Observation], stages: set[str], shapes, src_fps: float) -> dict:
+    """Per plan shape (height, kept-frame rate, ntracking): ({frame: (wait, delay)}, newest time
+    stamp) of its recent frames (observations.recent_window), in one pass: queue_s and queue_s +
+    service_s summed over the frame's stages. A frame is its sequence number; observations
+    without one (the simulator's) group by time stamp."""
+    found: dict = {shape: ({}, 0.0) for shape in shapes}
+    for o in recent_window(observations, lambda o: o.source == "frame" and o.service_s > 0 and o.stage in stages):
+        for shape in found:
+            height, rate, ntracking = shape
+            if o.height == height and o.ntracking == ntracking and abs((o.fps or src_fps) - rate) < 1e-6:
+                frames, newest = found[shape]
+                w = frames.setdefault(o.seq if o.seq is not None else o.ts, [0.0, 0.0])
+                w[0] += o.queue_s
+                w[1] += o.queue_s + o.service_s
+                found[shape] = (frames, max(newest, o.ts))
+    return {shape: ({k: (w, d) for k, (w, d) in frames.items()}, newest) for shape, (frames, newest) in found.items()}
+
+
 def running_plan_frame_map(observations: list[Observation], stages: set[str], height: int, rate: float,
                            ntracking: int, src_fps: float) -> tuple[dict, float]:
-    """({frame: (wait, delay)}, newest time stamp) of the running plan's recent frames
-    (observations.recent_window): queue_s and queue_s + service_s summed over the frame's
-    stages. A frame is its sequence number; observations without one (the simulator's) group
-    by time stamp."""
-    frames: dict[float, list[float]] = {}
-    newest = 0.0
-    for o in recent_window(observations, lambda o: o.source == "frame" and o.service_s > 0 and o.stage in stages):
-        if o.height == height and o.ntracking == ntracking and abs((o.fps or src_fps) - rate) < 1e-6:
-            w = frames.setdefault(o.seq if o.seq is not None else o.ts, [0.0, 0.0])
-            w[0] += o.queue_s
-            w[1] += o.queue_s + o.service_s
-            newest = max(newest, o.ts)
-    return {k: (w, d) for k, (w, d) in frames.items()}, newest
+    """plan_frame_maps of the running plan alone."""
+    shape = (height, rate, ntracking)
+    return plan_frame_maps(observations, stages, [shape], src_fps)[shape]
 
 
 def running_plan_frames(observations: list[Observation], stages: set[str], height: int, rate: float,

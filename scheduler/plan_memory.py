@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from scheduler.delay import PROVEN_DELAY_SHARE, PROVEN_FRAMES, running_plan_frame_map
+from scheduler.delay import PROVEN_DELAY_SHARE, PROVEN_FRAMES, plan_frame_maps
 
 MEMORY_S = 60.0      # seconds of observation time a plan's record holds after its last frame
 KEEP_FRAMES = 40     # frames per plan: its latest run, not its whole history
@@ -55,23 +55,20 @@ class PlanMemory:
                    shape: tuple[int, float, int]) -> dict:
         """Record the recent frames of the running plan (`shape`: height, kept-frame rate,
         ntracking) and of the RECENT_PLANS it followed, and return the running plan's frame map
-        (delay.running_plan_frame_map). A plan's last frames are measured after the job has left
+        (delay.plan_frame_maps, one pass for them all). A plan's last frames are measured after the job has left
         it: a slow node, Megamind.avi, D = 0.5 s, 720p@10fps track 4 was left on its second late
         frame, the third was never recorded, and 4 s later it ran again for 20 more late frames."""
         self.ran.pop(running, None)
         self.ran[running] = shape
         while len(self.ran) > RECENT_PLANS + 1:
             self.ran.popitem(last=False)
-        out: dict = {}
-        for key, (height, rate, ntracking) in self.ran.items():
-            frames, newest = running_plan_frame_map(observations, stages, height, rate, ntracking, src_fps)
-            self.record(key, frames, newest)
-            if key == running:
-                out = frames
-        return out
+        maps = plan_frame_maps(observations, stages, set(self.ran.values()), src_fps)
+        for key, plan_shape in self.ran.items():
+            self.record(key, *maps[plan_shape])
+        return maps[shape][0]
 
     def record(self, key: PlanKey, frames: dict, newest_ts: float) -> None:
-        """frames: frame key -> (wait, delay) of the plan's recent frames (delay.running_plan_frame_map).
+        """frames: frame key -> (wait, delay) of the plan's recent frames (delay.plan_frame_maps).
         Only numbered frames count: observations without a sequence number (the simulator's) are
         grouped by time stamp there, i.e. a whole window read as one frame, whose summed delay
         would rule every plan out after three windows (simulator, person detector on CPUs: oracle
