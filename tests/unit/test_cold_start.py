@@ -25,29 +25,8 @@ def _frames_480p_5fps_track2(n: int) -> list[Observation]:
     return out
 
 
-def _next_plan_detections_per_s(n_frames: int) -> tuple[float, float]:
-    """(running, chosen) detected frames per second on a slow node at D = 0.5 s."""
-    inp = person_input().model_copy(update={"constraint": UserConstraint(delay=0.5)})
-    c = knobs.build_candidates(inp)
-    running = int(np.flatnonzero((c.height == 480) & np.isclose(c.fps, 5) & (c.ntrack == 2) & (c.quality == 90))[0])
-    plan = knobs.to_plan(c, running, inp.nodes, "bayes", "running")
-    p = BayesPlanner(BayesModel(), background=False, seed=3)
-    m = inp.model_copy(update={"observations": slow_node_profile_rows() + _frames_480p_5fps_track2(n_frames), "last_plan": plan})
-    p.plan(m)
-    p.refresh_gaussian()
-    chosen = p.plan(m).video_conf
-    return 5.0 / 3, chosen.fps / (1 + chosen.ntracking)
-
-
-def test_three_frames_in_no_heavier_plan(monkeypatch):
-    running, chosen = _next_plan_detections_per_s(3)
-    assert chosen <= running + 1e-9
-    monkeypatch.setattr(bayes_planner, "COLD_FRAMES", 0)  # the premise: without the guard it would
-    running, unguarded = _next_plan_detections_per_s(3)
-    assert unguarded > running
-
-
 def _chosen_after(frames: list[Observation]):
+    """The plan after 480p@5fps track 2 has run these frames on a slow node, D = 0.5 s."""
     inp = person_input().model_copy(update={"constraint": UserConstraint(delay=0.5)})
     c = knobs.build_candidates(inp)
     running = int(np.flatnonzero((c.height == 480) & np.isclose(c.fps, 5) & (c.ntrack == 2) & (c.quality == 90))[0])
@@ -57,6 +36,20 @@ def _chosen_after(frames: list[Observation]):
     p.plan(m)
     p.refresh_gaussian()
     return p.plan(m)
+
+
+def _next_plan_detections_per_s(n_frames: int) -> tuple[float, float]:
+    """(running, chosen) detected frames per second on a slow node at D = 0.5 s."""
+    chosen = _chosen_after(_frames_480p_5fps_track2(n_frames)).video_conf
+    return 5.0 / 3, chosen.fps / (1 + chosen.ntracking)
+
+
+def test_three_frames_in_no_heavier_plan(monkeypatch):
+    running, chosen = _next_plan_detections_per_s(3)
+    assert chosen <= running + 1e-9
+    monkeypatch.setattr(bayes_planner, "COLD_FRAMES", 0)  # the premise: without the guard it would
+    running, unguarded = _next_plan_detections_per_s(3)
+    assert unguarded > running
 
 
 def _slowed(frames: list[Observation], service_s: float) -> list[Observation]:
