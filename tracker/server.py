@@ -16,7 +16,7 @@ from tracker.cluster.elasticity import EXTENSION as ELASTICITY
 from tracker.cluster.elasticity import ElasticityController, ElasticPolicy
 from tracker.cluster.heartbeat import NODE_TIMEOUT_S, NodeUpkeep
 from tracker.cluster.nodes import register_local_node
-from tracker.runtime import Runtime
+from tracker.runtime.runtime import Runtime
 from tracker.store import Store
 from tracker.store.db import is_sqlite, is_sqlite_memory
 from tracker.web.app import create_app

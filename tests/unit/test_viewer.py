@@ -254,10 +254,10 @@ def test_ten_concurrent_http_viewers_get_every_frame(
         assert len(request_threads() - before) == 10  # one server thread per viewer, none in the hub
         published = []
         t0 = time.monotonic()
-        for seq in range(100):  # ~20 fps, distinct frames
+        for seq in range(60):  # ~25 fps, distinct frames
             hub.publish(JOB, seq, fake_jpeg(seq))
             published.append(seq)
-            time.sleep(max(0.0, t0 + (seq + 1) * 0.05 - time.monotonic()))
+            time.sleep(max(0.0, t0 + (seq + 1) * 0.04 - time.monotonic()))
         time.sleep(0.2)
         hub.close_job(JOB)
         for c in clients:
@@ -268,7 +268,7 @@ def test_ten_concurrent_http_viewers_get_every_frame(
             assert c.status == 200 and c.content_type.startswith("multipart/x-mixed-replace")
             assert c.ended_cleanly
             received = set(c.seqs) & set(published)
-            assert len(received) >= 95, f"{c.path}: {len(received)} of 100 frames"
+            assert len(received) >= 57, f"{c.path}: {len(received)} of 60 frames"
             assert c.seqs == sorted(c.seqs), "frames out of order"
         assert wait_until(lambda: hub.subscriber_count() == 0, 5)
         assert wait_until(lambda: request_threads() <= before, 5), request_threads() - before

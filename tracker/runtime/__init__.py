@@ -1,5 +1,5 @@
 """What runs jobs on a tracker, in rooms: generators (what an edge runs too), the aggregator,
-the node-load estimator, planning inputs, and job control (every state transition)."""
-from tracker.runtime.runtime import Runtime
+the node-load estimator, planning inputs, and job control (every state transition).
 
-__all__ = ["Runtime"]
+Nothing is imported here: the API front imports job control's types alone, and the rest
+(the aggregator pulls in scipy) is only for the process that runs jobs."""
