@@ -47,6 +47,7 @@ from scheduler.delay import (
     PACED_CV2,
     PLAN_OWN_MARGIN,
     PROVEN_OWN_MARGIN,
+    PlanShape,
     in_time_unqueued,
     measured_own_load,
     node_arrays,
@@ -297,9 +298,8 @@ class BayesPlanner:
             st.memory.forget()
             st.probe.forget()
         if last is not None:
-            shape = (int(c.res[c.res_idx[last]][2]), float(c.fps[last]), int(c.ntrack[last]))
             frames = list(st.memory.record_ran(inp.observations, set(c.stages), c.src_fps, plan_key(c, last),
-                                               shape).values())
+                                               PlanShape.of(c, last)).values())
         now_ts = inp.observations[-1].ts if inp.observations else 0.0
         probing = st.probe.judge(st.memory, plan_key(c, last) if last is not None else None, D, now_ts)
         remembered = remembered_candidates(st.memory, c, D, now_ts)

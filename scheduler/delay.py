@@ -16,11 +16,14 @@ Shared by the Bayesian planner (service times = posterior draws) and the simulat
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from scheduler.interface import NodeInfo, Observation
 from scheduler.knobs import Candidates
 from scheduler.observations import recent_window
+from services.video_conf import GRADES
 
 DEFAULT_BW = 12.5e6      # bytes/s (100 Mbit/s) when a link has no measurement
 RHO_MAX = 0.97
@@ -156,16 +159,45 @@ def plan_delay(
     return delay, peak
 
 
+@dataclass(frozen=True)
+class PlanShape:
+    """What tells a plan's frames apart among a job's observations: resolution, kept-frame rate,
+    ntracking, and where each stage ran (`placement`: stage -> node and grade, the grade None for
+    a stage without one; empty = any placement). JPEG quality is left out, as in plan_memory's
+    PlanKey: plans that differ only in quality are one plan there. Without the placement, the
+    frames of a plan that moved its detector to another node at the same resolution and rate
+    were read as the new plan's: a late edge plan ruled out the cloud plan that replaced it."""
+    height: int
+    rate: float
+    ntracking: int
+    placement: tuple[tuple[str, str, str | None], ...] = ()
+
+    @classmethod
+    def of(cls, c: Candidates, i: int) -> "PlanShape":
+        """Candidate i of c."""
+        grade = GRADES[int(c.grade_idx[i])]
+        return cls(int(c.res[c.res_idx[i]][2]), float(c.fps[i]), int(c.ntrack[i]),
+                   tuple((stage, c.nodes[int(c.mapping[i, k])], grade if c.tunable[k] else None)
+                         for k, stage in enumerate(c.stages)))
+
+    def matches(self, o: Observation, src_fps: float) -> bool:
+        if o.height != self.height or o.ntracking != self.ntracking or abs((o.fps or src_fps) - self.rate) >= 1e-6:
+            return False
+        for stage, node, grade in self.placement:
+            if stage == o.stage:
+                return o.node == node and o.grade == grade
+        return True
+
+
 def plan_frame_maps(observations: list[Observation], stages: set[str], shapes, src_fps: float) -> dict:
-    """Per plan shape (height, kept-frame rate, ntracking): ({frame: (wait, delay)}, newest time
-    stamp) of its recent frames (observations.recent_window), in one pass: queue_s and queue_s +
-    service_s summed over the frame's stages. A frame is its sequence number; observations
-    without one (the simulator's) group by time stamp."""
+    """Per PlanShape: ({frame: (wait, delay)}, newest time stamp) of its recent frames
+    (observations.recent_window), in one pass: queue_s and queue_s + service_s summed over the
+    frame's stages. A frame is its sequence number; observations without one (the simulator's)
+    group by time stamp."""
     found: dict = {shape: ({}, 0.0) for shape in shapes}
     for o in recent_window(observations, lambda o: o.source == "frame" and o.service_s > 0 and o.stage in stages):
         for shape in found:
-            height, rate, ntracking = shape
-            if o.height == height and o.ntracking == ntracking and abs((o.fps or src_fps) - rate) < 1e-6:
+            if shape.matches(o, src_fps):
                 frames, newest = found[shape]
                 w = frames.setdefault(o.seq if o.seq is not None else o.ts, [0.0, 0.0])
                 w[0] += o.queue_s
@@ -174,17 +206,10 @@ def plan_frame_maps(observations: list[Observation], stages: set[str], shapes, s
     return {shape: ({k: (w, d) for k, (w, d) in frames.items()}, newest) for shape, (frames, newest) in found.items()}
 
 
-def running_plan_frame_map(observations: list[Observation], stages: set[str], height: int, rate: float,
-                           ntracking: int, src_fps: float) -> tuple[dict, float]:
-    """plan_frame_maps of the running plan alone."""
-    shape = (height, rate, ntracking)
-    return plan_frame_maps(observations, stages, [shape], src_fps)[shape]
-
-
-def running_plan_frames(observations: list[Observation], stages: set[str], height: int, rate: float,
-                        ntracking: int, src_fps: float) -> list[tuple[float, float]]:
-    """(wait, delay) of each of the running plan's recent frames (running_plan_frame_map)."""
-    return list(running_plan_frame_map(observations, stages, height, rate, ntracking, src_fps)[0].values())
+def running_plan_frames(observations: list[Observation], stages: set[str], shape: PlanShape,
+                        src_fps: float) -> list[tuple[float, float]]:
+    """(wait, delay) of each of the running plan's recent frames (plan_frame_maps)."""
+    return list(plan_frame_maps(observations, stages, [shape], src_fps)[shape][0].values())
 
 
 def measured_wait_scale(frames: list[tuple[float, float]], predicted_wait_s: float) -> float:

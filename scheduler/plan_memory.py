@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from scheduler.delay import PROVEN_DELAY_SHARE, PROVEN_FRAMES, plan_frame_maps
+from scheduler.delay import PROVEN_DELAY_SHARE, PROVEN_FRAMES, PlanShape, plan_frame_maps
 
 MEMORY_S = 60.0      # seconds of observation time a plan's record holds after its last frame
 KEEP_FRAMES = 40     # frames per plan: its latest run, not its whole history
@@ -49,12 +49,12 @@ class PlanMemory:
 
     def __init__(self) -> None:
         self.records: dict[PlanKey, PlanRecord] = {}
-        self.ran: OrderedDict[PlanKey, tuple[int, float, int]] = OrderedDict()  # key -> (height, rate, ntracking)
+        self.ran: OrderedDict[PlanKey, PlanShape] = OrderedDict()  # what tells each one's frames apart
 
     def record_ran(self, observations: list, stages: set[str], src_fps: float, running: PlanKey,
-                   shape: tuple[int, float, int]) -> dict:
-        """Record the recent frames of the running plan (`shape`: height, kept-frame rate,
-        ntracking) and of the RECENT_PLANS it followed, and return the running plan's frame map
+                   shape: PlanShape) -> dict:
+        """Record the recent frames of the running plan (`shape`: delay.PlanShape) and of the
+        RECENT_PLANS it followed, and return the running plan's frame map
         (delay.plan_frame_maps, one pass for them all). A plan's last frames are measured after the job has left
         it: a slow node, Megamind.avi, D = 0.5 s, 720p@10fps track 4 was left on its second late
         frame, the third was never recorded, and 4 s later it ran again for 20 more late frames."""

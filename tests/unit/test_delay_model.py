@@ -12,7 +12,8 @@ import pytest
 from scheduler import knobs
 from scheduler.bayes import BayesModel
 from scheduler.bayes_planner import BayesPlanner
-from scheduler.delay import PROVEN_DELAY_SHARE, PROVEN_FRAMES, measured_wait_scale, proven_within, running_plan_frames
+from scheduler.delay import (PROVEN_DELAY_SHARE, PROVEN_FRAMES, PlanShape, measured_wait_scale, proven_within,
+                             running_plan_frames)
 from scheduler.interface import Observation, UserConstraint
 from tests.support.planning import person_input
 
@@ -32,7 +33,7 @@ def _frames(n: int, wait_s: float, height: int = 576, ntracking: int = 2, t0: fl
 
 def measured_wait_scale_of(observations: list[Observation], predicted_wait_s: float) -> float:
     """The wait scale of the running plan 576p @ 5 fps, track 2, from a 10-fps source."""
-    return measured_wait_scale(running_plan_frames(observations, STAGES, 576, 5.0, 2, 10.0), predicted_wait_s)
+    return measured_wait_scale(running_plan_frames(observations, STAGES, PlanShape(576, 5.0, 2), 10.0), predicted_wait_s)
 
 
 def test_frames_that_wait_less_than_predicted_shrink_the_wait_and_more_frames_shrink_it_further():
@@ -65,17 +66,17 @@ def test_a_frame_is_its_sequence_number_not_the_flush_that_stored_it():
     """The aggregator stamps every frame of a stored batch with the same time: three frames
     that each waited 0.1 s are three waits of 0.1 s, not one of 0.3 s."""
     batch = [o.model_copy(update={"ts": 100.0}) for o in _frames(3, 0.1)]
-    assert running_plan_frames(batch, STAGES, 576, 5.0, 2, 10.0) == [pytest.approx((0.1, 0.47004))] * 3
-    assert running_plan_frames(batch, STAGES, 576, 10.0, 2, 10.0) == [], "another frame rate is another plan"
+    assert running_plan_frames(batch, STAGES, PlanShape(576, 5.0, 2), 10.0) == [pytest.approx((0.1, 0.47004))] * 3
+    assert running_plan_frames(batch, STAGES, PlanShape(576, 10.0, 2), 10.0) == [], "another frame rate is another plan"
 
 
 def test_a_plan_is_proven_by_enough_frames_well_within_the_bound():
-    fine = running_plan_frames(_frames(PROVEN_FRAMES, 0.02, svc_s=0.09, gap_s=0.2), STAGES, 576, 5.0, 2, 10.0)
+    fine = running_plan_frames(_frames(PROVEN_FRAMES, 0.02, svc_s=0.09, gap_s=0.2), STAGES, PlanShape(576, 5.0, 2), 10.0)
     assert proven_within(fine, delay_bound=0.5)
     assert not proven_within(fine[:-1], delay_bound=0.5), "too few frames"
     assert not proven_within(fine, delay_bound=0.11 / PROVEN_DELAY_SHARE - 0.01), "too close to the bound"
     bursty = _frames(PROVEN_FRAMES, 0.02, svc_s=0.09, gap_s=0.2) + _frames(3, 0.6, svc_s=0.09, t0=103.0)
-    assert not proven_within(running_plan_frames(bursty, STAGES, 576, 5.0, 2, 10.0), delay_bound=0.5)
+    assert not proven_within(running_plan_frames(bursty, STAGES, PlanShape(576, 5.0, 2), 10.0), delay_bound=0.5)
 
 
 def _detector_frames(n: int, svc_s: float, wait_s: float, rate: float = 10.0, ntracking: int = 0) -> list[Observation]:
@@ -193,3 +194,28 @@ def test_the_jobs_own_measured_load_is_not_read_as_other_jobs_work_after_a_switc
     idle, measured = decide(0.0, 0.0), decide(0.72, 0.72)
     assert measured.video_conf == idle.video_conf and p_delay(measured) == p_delay(idle), measured.reason
     assert measured.video_conf.resolution != "360p", measured.reason  # the estimate's reading chose 360p@1fps
+
+
+def test_a_candidates_shape_matches_the_observations_its_plan_produces_and_no_other_placement():
+    """The aggregator labels a frame's observations with the plan's node and grade per stage
+    (tracker.runtime.aggregator); PlanShape.of must read a candidate the same way, for a
+    tunable detector on two nodes."""
+    from scheduler import knobs
+    from scheduler.interface import NodeInfo, PlanningInput, SourceInfo, UserConstraint
+    from services.dag import dag_from_pipeline
+
+    nodes = [NodeInfo(name="edge", cpu_count=2), NodeInfo(name="cloud", role="cloud", cpu_count=8)]
+    inp = PlanningInput(job_uid="y", dag=dag_from_pipeline(["yolo_detection", "object_count"]), nodes=nodes,
+                        source=SourceInfo(width=768, height=576, fps=10, node="edge"), constraint=UserConstraint(delay=1.0))
+    c = knobs.build_candidates(inp)
+    shapes = {}
+    for i in range(0, len(c), max(1, len(c) // 60)):
+        plan = knobs.to_plan(c, i, nodes, "test", "")
+        observed = [Observation(stage=stage, node=m.node, grade=m.grade, width=768, height=int(c.height[i]),
+                                fps=float(c.fps[i]), ntracking=plan.video_conf.ntracking, service_s=0.1)
+                    for stage, m in plan.flow_mapping.items()]
+        shape = PlanShape.of(c, i)
+        assert all(shape.matches(o, c.src_fps) for o in observed), (shape, observed)
+        shapes.setdefault(shape, set()).add(tuple((o.node, o.grade) for o in observed))
+    assert all(len(placements) == 1 for placements in shapes.values()), "one shape, one placement"
+    assert len({s.placement for s in shapes}) > 2, "the sample covers several nodes and grades"

@@ -7,6 +7,7 @@ import numpy as np
 from scheduler import knobs
 from scheduler.bayes import BayesModel
 from scheduler.bayes_planner import BayesPlanner
+from scheduler.delay import PlanShape
 from scheduler.interface import Observation, UserConstraint
 from scheduler.plan_memory import LATE, LATE_FRAMES, MEMORY_S, PROVEN, PlanMemory
 from tests.support.planning import person_input
@@ -129,8 +130,9 @@ def test_a_late_plan_rules_out_the_plans_that_detect_as_often_or_more_at_its_res
     assert not {index(src, 1, 0), index(src, 5, 4), index(src - 1, 10, 4)} & ruled_out
 
 
-def _detected(seq: int, height: int, rate: float, ntracking: int, delay: float, ts: float) -> Observation:
-    return Observation(stage="person_detection", node="cpu", width=height * 4 // 3, height=height, fps=rate,
+def _detected(seq: int, height: int, rate: float, ntracking: int, delay: float, ts: float,
+              node: str = "cpu") -> Observation:
+    return Observation(stage="person_detection", node=node, width=height * 4 // 3, height=height, fps=rate,
                        ntracking=ntracking, quality=90, service_s=delay, queue_s=0.0, ts=ts, seq=seq)
 
 
@@ -139,9 +141,30 @@ def test_a_plans_frames_that_land_after_the_switch_still_count():
     m = PlanMemory()
     old, new = (720, 10.0, 4, 0, (0,)), (360, 15.0, 4, 0, (0,))
     obs = [_detected(i, 720, 10.0, 4, 0.6, 20.0 + i) for i in range(2)]
-    m.record_ran(obs, {"person_detection"}, 24.0, old, (720, 10.0, 4))
+    m.record_ran(obs, {"person_detection"}, 24.0, old, PlanShape(720, 10.0, 4))
     assert m.verdict(old, 0.5, 21.0) is None  # two late frames: a hiccup so far
     obs += [_detected(2, 720, 10.0, 4, 0.6, 22.0), _detected(3, 360, 15.0, 4, 0.2, 22.5)]
-    running = m.record_ran(obs, {"person_detection"}, 24.0, new, (360, 15.0, 4))
+    running = m.record_ran(obs, {"person_detection"}, 24.0, new, PlanShape(360, 15.0, 4))
     assert list(running) == [3]
     assert m.verdict(old, 0.5, 22.5) == LATE
+
+
+def test_a_plan_on_another_node_is_not_judged_by_the_frames_of_the_one_it_replaced():
+    """Same resolution, rate and tracking, detector moved from the edge to the cloud: the edge
+    plan's late frames rule out the edge plan, not the cloud plan that replaced it."""
+    m = PlanMemory()
+    edge, cloud = (720, 10.0, 4, 0, (0,)), (720, 10.0, 4, 0, (1,))
+    on_edge = PlanShape(720, 10.0, 4, (("person_detection", "edge", None),))
+    on_cloud = PlanShape(720, 10.0, 4, (("person_detection", "cloud", None),))
+    obs = [_detected(i, 720, 10.0, 4, 0.6, 20.0 + 0.2 * i, node="edge") for i in range(LATE_FRAMES)]
+    m.record_ran(obs, {"person_detection"}, 24.0, edge, on_edge)
+    obs += [_detected(LATE_FRAMES + i, 720, 10.0, 4, 0.1, 21.0 + 0.2 * i, node="cloud") for i in range(3)]
+    running = m.record_ran(obs, {"person_detection"}, 24.0, cloud, on_cloud)
+    assert sorted(running) == [LATE_FRAMES, LATE_FRAMES + 1, LATE_FRAMES + 2]
+    assert m.verdict(edge, 0.5, 21.5) == LATE
+    assert m.verdict(cloud, 0.5, 21.5) is None
+    # The premise: without the placement both plans are one shape and the cloud plan inherits the late frames.
+    blind = PlanMemory()
+    blind.record_ran(obs[:LATE_FRAMES], {"person_detection"}, 24.0, edge, PlanShape(720, 10.0, 4))
+    blind.record_ran(obs, {"person_detection"}, 24.0, cloud, PlanShape(720, 10.0, 4))
+    assert blind.verdict(cloud, 0.5, 21.5) == LATE
