@@ -215,15 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         delete_queues(f"vdag.node.{node}")
     rows = []
-    round_ = lambda x: round(x, 2)  # noqa: E731
     for n in counts:
-        fps = {arm: median([x["fps"] for x in rounds if x["generators"] == n and x["arm"] == arm])
-               for arm in ("threads", "processes")}
-        cores = {arm: median([x["cores"] for x in rounds if x["generators"] == n and x["arm"] == arm])
-                 for arm in ("threads", "processes")}
-        rows.append({"generators": n, "threads_fps": round_(fps["threads"]), "processes_fps": round_(fps["processes"]),
-                     "threads_over_processes": round(fps["threads"] / fps["processes"], 3),
-                     "threads_cores": round_(cores["threads"]), "processes_cores": round_(cores["processes"])})
+        def med(key: str, arm: str) -> float:
+            return round(median([x[key] for x in rounds if x["generators"] == n and x["arm"] == arm]), 2)
+
+        rows.append({"generators": n, "threads_fps": med("fps", "threads"), "processes_fps": med("fps", "processes"),
+                     "threads_over_processes": round(med("fps", "threads") / med("fps", "processes"), 3),
+                     "threads_cores": med("cores", "threads"), "processes_cores": med("cores", "processes")})
     data = {"machine": machine(), "setup": f"vtest.avi per generator, {RESOLUTION} JPEG q{QUALITY}, pace 0, Celery "
             "publish to RabbitMQ (unconsumed queue); median of rounds, arms interleaved",
             "one_generator": gil, "tracker_threads": split, "scaling": rows, "rounds": rounds}
