@@ -89,7 +89,7 @@ def bare_predict_fps(frames: list, weights: str) -> tuple[float, float]:
 def bench_inference(cfg: dict, tmp: Path, log_dir: Path) -> dict:
     import torch
 
-    from services.models import trained_person_weights
+    from services.weights import trained_person_weights
 
     weights = trained_person_weights() or "yolo11n.yaml"
     clip = write_clip(tmp / f"infer-{cfg['infer_frames']}.avi", cfg["infer_frames"])

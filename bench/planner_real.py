@@ -154,7 +154,8 @@ def golden_detections(indices: set[int]) -> dict[int, list[dict]]:
     import torch
 
     from services.detection import _person_label, detect
-    from services.models import default_cache, trained_person_weights
+    from services.models import default_cache
+    from services.weights import trained_person_weights
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     weights = trained_person_weights()

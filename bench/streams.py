@@ -40,7 +40,7 @@ RESOLUTION, SOURCE_FPS, D_S, LATE_SHARE = "360p", 10.0, 1.0, 0.05
 def _bare_fps(threads: int, tmp: Path) -> float:
     from bench.throughput import BareLoop
     from services.detection import default_imgsz
-    from services.models import resolve_weights
+    from services.weights import resolve_weights
     from services.runtimes import choose_runtime
 
     frames = read_frames(VTEST, RESOLUTION, limit=60)[::3]

@@ -58,7 +58,7 @@ PIPE_RESOLUTION = "360p"
 
 
 def _models() -> list[tuple[str, str]]:
-    from services.models import resolve_weights, trained_person_weights
+    from services.weights import resolve_weights, trained_person_weights
 
     person = trained_person_weights()
     return ([("person", person)] if person else []) + [("yolo11n", resolve_weights("yolo11n.pt"))]
@@ -118,7 +118,7 @@ def bench_batch_ceiling(cfg: dict, threads: int, exports: Path, best: str, batch
     runtime (the two call sizes alternate in rounds). The pipeline's batching_gain is bounded by
     this, less the per-frame work outside predict that batching does not share."""
     from bench.batching import RESOLUTION
-    from services.models import resolve_weights
+    from services.weights import resolve_weights
 
     frames = read_frames(VTEST, RESOLUTION, limit=cfg["frames"] * batch * 2)[::2]
     out = {}
@@ -136,7 +136,7 @@ def bench_batch_ceiling(cfg: dict, threads: int, exports: Path, best: str, batch
 
 def bench_worker(cfg: dict, threads: int, exports: Path, best: str, tmp: Path, log_dir: Path) -> dict:
     from services.detection import default_imgsz
-    from services.models import trained_person_weights
+    from services.weights import trained_person_weights
 
     weights = trained_person_weights() or "yolo11n.yaml"
     clip = write_clip(tmp / "pipe.avi", cfg["pipe_frames"])

@@ -98,7 +98,7 @@ def run(frames: list[np.ndarray], golden: list[list[dict]], ntracking: int, reso
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.adaptive_real import read_video
+    from bench.adaptive_videos import read_video
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=60.0)

@@ -13,15 +13,9 @@ from typing import Any, Callable, Literal, Mapping
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from services.models import (
-    LoadedModel,
-    ModelCache,
-    check_weights_name,
-    coco_names,
-    default_cache,
-    trained_person_weights,
-)
+from services.models import LoadedModel, ModelCache, default_cache
 from services.registry import Service, ServiceContext, register
+from services.weights import check_weights_name, coco_names, trained_person_weights
 
 Grade = Literal["n", "s", "m", "l", "x"]
 Vehicle = Literal["car", "bus", "truck", "motorcycle", "bicycle"]

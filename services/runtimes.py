@@ -130,7 +130,7 @@ def export(weights: str, runtime: str, root: Path, device: str = "cpu") -> Path:
 def _ultralytics_export(weights: str, runtime: str, work: Path, device: str) -> Path:
     from ultralytics import YOLO
 
-    from services.models import coco_names
+    from services.weights import coco_names
 
     # ultralytics writes the export beside its source file: give it a copy in `work`.
     source = work / (Path(weights).stem + ".pt")

@@ -26,7 +26,8 @@ def service_context(settings: Settings) -> ServiceContext:
     with _lock:
         if _context is None or _context_pid != os.getpid():
             from services.batching import PredictBatcher
-            from services.models import ModelCache, pick_device, trained_person_weights
+            from services.models import ModelCache, pick_device
+            from services.weights import trained_person_weights
             from services.tracking import TrackStore
 
             batcher = None

@@ -12,7 +12,8 @@ from services import runtimes
 from services.accuracy import box_iou
 from services.batching import PredictBatcher
 from services.detection import _person_label, detect
-from services.models import LoadedModel, ModelCache, take_last_inference, trained_person_weights
+from services.models import LoadedModel, ModelCache, take_last_inference
+from services.weights import trained_person_weights
 from tests.support.pipeline import VTEST
 
 pytestmark = [

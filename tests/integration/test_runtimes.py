@@ -8,7 +8,8 @@ import pytest
 from services import runtimes
 from services.accuracy import box_iou, f1_score
 from services.detection import _person_label, detect
-from services.models import LoadedModel, ModelCache, set_torch_threads, trained_person_weights
+from services.models import LoadedModel, ModelCache, set_torch_threads
+from services.weights import trained_person_weights
 from tests.support.pipeline import VTEST
 
 pytestmark = [

@@ -14,9 +14,10 @@ from services.counting import count_detections
 from services.dag import DagSpec
 from services.detection import VEHICLES, default_imgsz
 from services.faces import FaceDetectionParams, align_face, detect_faces
-from services.models import ModelCache, coco_names, pick_device, resolve_weights, trained_person_weights
+from services.models import ModelCache, pick_device
 from services.registry import ServiceContext, UnknownService, get_service
 from services.video_conf import decode_jpeg, encode_jpeg
+from services.weights import coco_names, resolve_weights, trained_person_weights
 
 DATA = Path("/usr/share/doc/opencv-doc/examples/data")
 VTEST = DATA / "vtest.avi"

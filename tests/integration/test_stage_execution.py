@@ -28,7 +28,7 @@ def frame():
 
 @pytest.fixture(scope="module")
 def ctx():
-    from services.models import trained_person_weights
+    from services.weights import trained_person_weights
 
     return ServiceContext(device="cpu", models=ModelCache(), person_weights=trained_person_weights())
 
@@ -96,7 +96,7 @@ def _frames(start: int, n: int) -> list:
 
 
 def test_tracked_frames_get_boxes_from_the_tracker_and_counts_from_every_stage():
-    from services.models import trained_person_weights
+    from services.weights import trained_person_weights
     from services.tracking import TrackStore
 
     ctx = ServiceContext(device="cpu", models=ModelCache(), person_weights=trained_person_weights(),
@@ -130,7 +130,7 @@ def test_frames_run_together_by_a_threads_pool_are_tracked_from_their_detected_f
     import threading
     import time
 
-    from services.models import trained_person_weights
+    from services.weights import trained_person_weights
     from services.tracking import TrackStore
 
     ctx = ServiceContext(device="cpu", models=ModelCache(), person_weights=trained_person_weights(),
@@ -179,7 +179,9 @@ def test_inference_keeps_the_configured_torch_threads(frame):
 
     import torch
 
-    from services.models import set_torch_threads, trained_person_weights
+    from services.models import set_torch_threads
+
+    from services.weights import trained_person_weights
 
     want = os.cpu_count() or 1
     set_torch_threads(want)

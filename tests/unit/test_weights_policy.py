@@ -11,10 +11,11 @@ import pytest
 
 from services.codec import Envelope, Hop
 from services.dag import DagSpec
-from services.models import ModelCache, coco_names, resolve_weights, shipped_model_yaml, user_weights
+from services.models import ModelCache
 from services.registry import ServiceContext, get_service
 from services.settings import Settings, settings_from_env
 from services.video_conf import encode_jpeg
+from services.weights import coco_names, resolve_weights, shipped_model_yaml, user_weights
 from tasks.stage import execute_hop
 from tracker.runtime.job_control import RecordedEffects
 from tracker.web.app import create_app

@@ -10,8 +10,9 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from services import runtimes
-from services.models import pick_device, resolve_weights, trained_person_weights
+from services.models import pick_device
 from services.settings import settings_from_env
+from services.weights import resolve_weights, trained_person_weights
 
 
 def run_export(args: argparse.Namespace) -> int:
