@@ -1,6 +1,6 @@
 """Is one tracker process the bound on how many streams a node generates? Threads vs processes.
 
-    .venv/bin/python -m bench.generator_scaling          # ~1 min; needs RabbitMQ
+    .venv/bin/python -m bench.generator_scaling          # ~1.5 min; needs RabbitMQ
 
 Issue 12 (item 4) asks that generators not be bound by one Python process. This measures how
 far one process goes before that matters: N generators, each the real `FrameGenerator` on
