@@ -14,6 +14,12 @@ from typing import Any
 from services.codec import Envelope
 from services.records import FrameRecord, StageRecord
 
+# The tracker stores received frames in batches: after FLUSH_EVERY_S, or sooner once FLUSH_BATCH
+# are pending. So up to FLUSH_BATCH received frames may be unstored when a tracker dies, which
+# a restarted generator's sequence numbers allow for (tracker/runtime/resume.py).
+FLUSH_EVERY_S = 0.1
+FLUSH_BATCH = 32
+
 
 def _jsonable(value: Any) -> Any:
     """Outputs go to a JSON column; bytes (images) are dropped, the viewer gets them instead."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 from services.accuracy import box_iou
 
@@ -79,10 +80,6 @@ class LineCounter:
                 for j, d in enumerate(out):
                     if d.get("cls") == t.cls:
                         cost[i, j] = 1.0 - box_iou(t.box, d["box"])
-            # Imported here: scipy costs a quarter second at import, and the API front process
-            # imports this module (through the resume rules) without ever matching a box.
-            from scipy.optimize import linear_sum_assignment
-
             rows, cols = linear_sum_assignment(cost)
             for i, j in zip(rows, cols):
                 if cost[i, j] <= 1.0 - MATCH_IOU:

@@ -2,7 +2,7 @@
 the old process may have used, and how numbers are reserved before use."""
 from __future__ import annotations
 
-from tracker.runtime.aggregator import FLUSH_BATCH
+from services.aggregator import FLUSH_BATCH
 from tracker.runtime.resume import RETRY_S, SeqReservation, resume_point
 
 

@@ -13,7 +13,8 @@ from typing import Callable
 
 from scheduler.interface import Observation, Plan, UserConstraint
 from scheduler.observations import segment_observations
-from services.aggregator import ReorderBuffer, profile_rows, record_from_envelope, rendered_jpeg
+from services.aggregator import (FLUSH_BATCH, FLUSH_EVERY_S, ReorderBuffer, profile_rows, record_from_envelope,
+                                rendered_jpeg)
 from services.codec import Envelope
 from services.dag import DagSpec
 from services.line_count import JobCounts
@@ -25,8 +26,6 @@ from tracker.store.jobs import JobNotFound
 
 log = logging.getLogger(__name__)
 
-FLUSH_EVERY_S = 0.1
-FLUSH_BATCH = 32  # frames pending that trigger a flush before FLUSH_EVERY_S
 CONSTRAINT_TTL_S = 2.0  # how long a job's delay bound is cached for SLO counting
 # While the store is away, received frames wait here (their generator slots are already free)
 # and are retried with backoff; past this many the oldest are dropped and counted.

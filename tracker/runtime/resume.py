@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from tracker.runtime.aggregator import FLUSH_BATCH
+from services.aggregator import FLUSH_BATCH
 
 log = logging.getLogger(__name__)
 
