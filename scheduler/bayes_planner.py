@@ -107,12 +107,10 @@ class BayesPlanner:
     ) -> None:
         self.model = model or BayesModel()
         self.tracking = tracking  # False: ntracking stays 0 (the "bayes without tracking" baseline)
-        if not tracking:
-            self.name = "bayes-notrack"
+        self.name = "bayes" if tracking else "bayes-notrack"
         L = self.model.layout
         self.delay_prob, self.n_draws, self.shortlist = delay_prob, n_draws, shortlist
-        self.cold_delay_prob = cold_delay_prob
-        self.keep_delay_slack = keep_delay_slack
+        self.cold_delay_prob, self.keep_delay_slack = cold_delay_prob, keep_delay_slack
         self.choice = ChoicePolicy(explore_every=explore_every, explore_delay_prob=explore_delay_prob,
                                    explore_margin=explore_margin, explore_f1_slack=explore_f1_slack,
                                    keep_margin=keep_margin)
@@ -205,6 +203,9 @@ class BayesPlanner:
         # Accuracy: this job's profiled F1 vs the pooled model (scheduler/job_accuracy.py).
         acc = self.posterior.accuracy_observations(inp.job_uid)
         st.accuracy = job_accuracy.fit(acc, d, float(inp.source.height), float(inp.source.fps))
+        scored = [o.ts for o in acc if o.source == "segment"]
+        if scored:
+            st.memory.first_segment_scored(min(scored))
         return surprised
 
     def _detect_shift(self, inp: PlanningInput, st: JobState, c: knobs.Candidates, surprised: list[str]) -> str:

@@ -16,6 +16,7 @@ Shared by the Bayesian planner (service times = posterior draws) and the simulat
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -189,21 +190,25 @@ class PlanShape:
         return True
 
 
-def plan_frame_maps(observations: list[Observation], stages: set[str], shapes, src_fps: float) -> dict:
+def plan_frame_maps(observations: list[Observation], stages: set[str], shapes, src_fps: float,
+                    started_after: float = -math.inf) -> dict:
     """Per PlanShape: ({frame: (wait, delay)}, newest time stamp) of its recent frames
     (observations.recent_window), in one pass: queue_s and queue_s + service_s summed over the
     frame's stages. A frame is its sequence number; observations without one (the simulator's)
-    group by time stamp."""
+    group by time stamp. Frames that started (time stamp less delay) before `started_after` are
+    left out."""
     found: dict = {shape: ({}, 0.0) for shape in shapes}
     for o in recent_window(observations, lambda o: o.source == "frame" and o.service_s > 0 and o.stage in stages):
         for shape in found:
             if shape.matches(o, src_fps):
                 frames, newest = found[shape]
-                w = frames.setdefault(o.seq if o.seq is not None else o.ts, [0.0, 0.0])
+                w = frames.setdefault(o.seq if o.seq is not None else o.ts, [0.0, 0.0, o.ts])
                 w[0] += o.queue_s
                 w[1] += o.queue_s + o.service_s
+                w[2] = max(w[2], o.ts)
                 found[shape] = (frames, max(newest, o.ts))
-    return {shape: ({k: (w, d) for k, (w, d) in frames.items()}, newest) for shape, (frames, newest) in found.items()}
+    return {shape: ({k: (w, d) for k, (w, d, ts) in frames.items() if ts - d >= started_after}, newest)
+            for shape, (frames, newest) in found.items()}
 
 
 def running_plan_frames(observations: list[Observation], stages: set[str], shape: PlanShape,

@@ -18,10 +18,15 @@ other plans, while it is recent and nothing has shifted since:
   on 6 frames, and 8 s later the model sent the job to 720p@10fps track 4, late on 6 more.)
 A plan is (height, kept-frame rate, ntracking, grade, node of each stage); its memory ends
 MEMORY_S after its last frame, or at a shift (nodes, constraint, a confirmed slowdown), which
-forgets everything.
+forgets everything. A job's first profiling segment is scored beside its frames, not stopped for
+them (tasks/profiler.py), and on a small node slows them while it runs: once it is scored, the
+frames that started before are forgotten and not recorded again. (A slow node, Megamind.avi,
+D = 1 s: frames at 2.0-4.6 s were 1.1-1.5 s late beside it, which ruled out 480p and 720p at
+their rates, and the job ran 360p at E[F1] 0.70-0.74 from 12 s to 34 s.)
 """
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -50,6 +55,14 @@ class PlanMemory:
     def __init__(self) -> None:
         self.records: dict[PlanKey, PlanRecord] = {}
         self.ran: OrderedDict[PlanKey, PlanShape] = OrderedDict()  # what tells each one's frames apart
+        self.started_after = -math.inf  # frames that started before are not recorded
+
+    def first_segment_scored(self, ts: float) -> None:
+        """The job's first profiling segment was scored at `ts`: what its frames did beside it is
+        forgotten (once; later segments are stopped while frames run)."""
+        if self.started_after == -math.inf:
+            self.forget()
+            self.started_after = ts
 
     def record_ran(self, observations: list, stages: set[str], src_fps: float, running: PlanKey,
                    shape: PlanShape) -> dict:
@@ -62,7 +75,7 @@ class PlanMemory:
         self.ran[running] = shape
         while len(self.ran) > RECENT_PLANS + 1:
             self.ran.popitem(last=False)
-        maps = plan_frame_maps(observations, stages, set(self.ran.values()), src_fps)
+        maps = plan_frame_maps(observations, stages, set(self.ran.values()), src_fps, self.started_after)
         for key, plan_shape in self.ran.items():
             self.record(key, *maps[plan_shape])
         return maps[shape][0]

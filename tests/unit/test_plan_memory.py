@@ -168,3 +168,48 @@ def test_a_plan_on_another_node_is_not_judged_by_the_frames_of_the_one_it_replac
     blind.record_ran(obs[:LATE_FRAMES], {"person_detection"}, 24.0, edge, PlanShape(720, 10.0, 4))
     blind.record_ran(obs, {"person_detection"}, 24.0, cloud, PlanShape(720, 10.0, 4))
     assert blind.verdict(cloud, 0.5, 21.5) == LATE
+
+
+def test_frames_that_ran_beside_the_first_scored_segment_are_forgotten_once_it_is_scored():
+    """The first segment is scored unstopped beside the frames: a plan late while it ran is
+    not ruled out by those frames once it is scored; frames that start after it still count,
+    and a later segment (stopped while frames run) forgets nothing."""
+    m = PlanMemory()
+    late = (720, 10.0, 4, 0, (0,))
+    shape = PlanShape(720, 10.0, 4)
+    obs = [_detected(i, 720, 10.0, 4, 1.2, 3.0 + 0.2 * i) for i in range(LATE_FRAMES)]
+    m.record_ran(obs, {"person_detection"}, 24.0, late, shape)
+    assert m.verdict(late, 1.0, 4.0) == LATE
+    m.first_segment_scored(3.5)
+    m.record_ran(obs, {"person_detection"}, 24.0, late, shape)
+    assert m.verdict(late, 1.0, 4.0) is None, "started before the segment was scored: not read again"
+    obs += [_detected(LATE_FRAMES + i, 720, 10.0, 4, 1.2, 5.0 + 0.2 * i) for i in range(LATE_FRAMES)]
+    m.first_segment_scored(5.5)
+    m.record_ran(obs, {"person_detection"}, 24.0, late, shape)
+    assert m.verdict(late, 1.0, 6.0) == LATE, "started after it: late on their own"
+
+
+def test_a_plan_late_beside_the_first_segment_is_chosen_again_once_it_is_scored():
+    """Megamind.avi on a slow node, D = 1 s: frames late while the first segment was scored
+    ruled out 480p and 720p, and the job ran 360p from 12 s to 34 s. The same late frames
+    with the segment scored before they started still rule the plan out."""
+    inp = person_input().model_copy(update={"constraint": UserConstraint(delay=1.0)})
+    c = knobs.build_candidates(inp)
+    every, tracked = _source_plan(c, 0), _source_plan(c, 1)
+    late_frames = _frames(0, 10, 10.0, 0.07, 1.2, 0)
+    fast_frames = _frames(10, 40, 11.5, 0.04, 0.005, 1)
+    chosen = {}
+    for scored_at in (11.2, 5.0):
+        segment = [o.model_copy(update={"ts": scored_at}) for o in _scored_segment()]
+        p = BayesPlanner(BayesModel(), background=False, seed=3)
+        _decide(p, inp, c, late_frames + segment, every)
+        chosen[scored_at] = _decide(p, inp, c, late_frames + segment + fast_frames, tracked)
+    assert chosen[11.2] == every
+    assert chosen[5.0] != every, "late after the segment was scored: ruled out (the test's premise)"
+
+
+def _scored_segment() -> list[Observation]:
+    """Profiled F1 of the source resolution: every frame 0.97, tracking every other 0.93."""
+    return [Observation(stage="person_detection", node="cpu", width=768, height=576, fps=fps, ntracking=k, quality=q,
+                        service_s=0.0, ts=0.0, accuracy=f1, source="segment")
+            for fps, k, f1 in ((0.0, 0, 0.97), (0.0, 1, 0.93), (5.0, 0, 0.92)) for q in (60, 90)]
