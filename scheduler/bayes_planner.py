@@ -6,9 +6,9 @@ Decision (per job, a few ms, all numpy over the posterior draws):
 2. For those, draw the *window-mean* frame delay (what the SLO counts: parameter uncertainty
    plus the noise of a mean of the window's frames) and F1 from the posterior:
    P(delay <= D) and expected utility. Utility = E[min(F1, aim)] (+ a little above it)
-   - COST_WEIGHT x compute share, where aim = the accuracy goal (user's, else 0.99) plus a
-   margin: accuracy counts first, compute only breaks ties once the aim is reached, and not
-   at all before the job's own accuracy has been measured.
+   - a weight x compute share, where aim = the accuracy goal (user's, else 0.99) plus a
+   margin: accuracy counts first, compute once the aim is reached and below it only breaks
+   near-exact ties (knobs.utility), not at all before the job's accuracy is measured.
 3. Feasible = P(delay <= D) >= delay_prob (and E[F1] >= the user's accuracy when some
    candidate reaches it); scheduler/plan_choice.py picks among them: shift, probe, bounded
    exploration, keep (stability), else straight to the best (no knob-by-knob climbing).
@@ -278,9 +278,9 @@ class BayesPlanner:
         slow = np.exp(t.load_slope(d, t.node_gpu[j_idx]) * bayes.load_term(bg)[:, None])   # [J, n]
         mean_t = mean_t * slow[None, :, None, None, :]
         tbar = mean_t.mean(axis=-1)
-        f1_rows = job_accuracy.shrink_to_cells(c, S.rows, self._f1_draws(d, S, snap.version, st.accuracy),
-                                               st.accuracy)  # [rows, n]
-        f1_rows = job_accuracy.more_detection_never_worse(f1_rows, c.n_track)
+        fitted = self._f1_draws(d, S, snap.version, st.accuracy)  # [rows, n]
+        f1_rows = job_accuracy.more_detection_never_worse(job_accuracy.shrink_to_cells(c, S.rows, fitted, st.accuracy),
+                                                          c, fitted)
         ef1_all = f1_rows.mean(axis=1)[S.grid]  # E[F1] of every candidate
         nbytes_all = S.nbytes * self.posterior.bytes_ratio
 

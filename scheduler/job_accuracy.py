@@ -176,16 +176,32 @@ def shrink_to_cells(c: knobs.Candidates, rows: np.ndarray, f1: np.ndarray, job: 
     return np.exp(np.minimum(eta, 0.0))
 
 
-def more_detection_never_worse(f1_rows: np.ndarray, n_track: int) -> np.ndarray:
-    """[rows, n] per draw: a config's F1 capped by the same config tracking fewer of its kept frames
-    (ntracking is the grid's innermost axis, ascending): tracked boxes approximate what the
-    detector would have found there. Without the cap, a profiled cell measured low moves only
-    itself, and its untried tracking sibling looks better than detecting every frame (vtest.avi:
-    source track 1 at E[F1] 0.969 beside source 0.958 after one segment)."""
-    if n_track <= 1:
-        return f1_rows
-    by_track = f1_rows.reshape(-1, n_track, f1_rows.shape[-1])
-    return np.minimum.accumulate(by_track, axis=1).reshape(f1_rows.shape)
+def more_detection_never_worse(f1_rows: np.ndarray, c: knobs.Candidates, fitted: np.ndarray | None = None) -> np.ndarray:
+    """[rows, n] per draw: a config's F1 capped by the same config keeping more frames a second,
+    and then by the same config tracking fewer of its kept frames: detected boxes are what held
+    and tracked boxes approximate. Without the caps, a profiled cell measured low moves only
+    itself, and its untried siblings look better than detecting every frame (vtest.avi: source
+    track 1 at E[F1] 0.969 beside source 0.958 after one segment).
+    With `fitted` (the job's model before its profiled cells, shrink_to_cells), what the cells
+    add is capped the same way, so a cell's own scores never narrow the gap the model sees
+    between keeping fewer frames and more: one six-frame segment on a fast node scored every
+    frame 0.83 and 5 a second 0.88; capped at equal, the job detected half its frames for 10 s."""
+    if fitted is not None:
+        fitted = np.maximum(fitted, 1e-6)
+        f1_rows = np.minimum(_capped(f1_rows / fitted, c) * fitted, 1.0)
+    return _capped(f1_rows, c)
+
+
+def _capped(rows: np.ndarray, c: knobs.Candidates) -> np.ndarray:
+    """rows capped by the same config keeping more frames a second, then by the same config
+    tracking fewer of its kept frames."""
+    n = rows.shape[-1]
+    rate = c.fps[:: c.n_map]                    # per grid row: res x fps x grade x quality x ntracking
+    by_fps = rows.reshape(len(c.res), len(np.unique(rate)), -1, n)
+    faster_first = np.argsort(-rate.reshape(by_fps.shape[:3])[0, :, 0], kind="stable")
+    capped = np.empty_like(by_fps)
+    capped[:, faster_first] = np.minimum.accumulate(by_fps[:, faster_first], axis=1)
+    return np.minimum.accumulate(capped.reshape(-1, c.n_track, n), axis=1).reshape(rows.shape)
 
 
 __all__ = ["CELL_MODEL_SD", "CELL_OBS_PRIOR_DOF", "CELL_OBS_SD_F", "JOB_ACC_SD", "SEG_ACC_SD", "JobAccuracy", "covariate_rows", "covariates", "f1_draws",

@@ -382,14 +382,19 @@ def describe(c: Candidates, i: int) -> str:
 # D: on vtest.avi with OpenVINO, static 0.977 vs bayes 0.932.)
 ACCURACY_TARGET = 0.99
 ABOVE_TARGET_SLOPE = 0.02
-# Compute breaks ties: at 0.05, halving compute was worth 0.025 F1, and with the golden config
-# fitting D the planner tracked every other frame (vtest.avi: 0.934 measured vs static 0.977).
+# Compute breaks ties, below the target only near-exact ones: at 0.05 the planner tracked every
+# other frame where the golden config fit D (vtest.avi: 0.934 vs static 0.977); at 0.01 halving
+# compute was worth 0.005 F1, less than segments tell apart (a fast node: half of vtest's frames
+# detected for 10 s, 0.971 vs 0.977; Megamind.avi at 480p for 26 s, 0.910 vs notrack 0.923).
 COST_WEIGHT = 0.01
+COST_WEIGHT_BELOW_TARGET = 0.001
 
 
 def utility(f1: np.ndarray, cost_share: np.ndarray, delay_ok: np.ndarray, target: float = ACCURACY_TARGET) -> np.ndarray:
     """Per-window utility: F1 counts fully up to the target and little beyond it; compute costs
-    a little; a window that misses the delay SLO is worth nothing (its frames arrive late)."""
+    a little once the target is reached, next to nothing before; a window that misses the delay
+    SLO is worth nothing (its frames arrive late)."""
     f1 = np.asarray(f1, float)
-    u = np.minimum(f1, target) + ABOVE_TARGET_SLOPE * np.maximum(f1 - target, 0) - COST_WEIGHT * np.asarray(cost_share)
+    weight = np.where(f1 >= target, COST_WEIGHT, COST_WEIGHT_BELOW_TARGET)
+    u = np.minimum(f1, target) + ABOVE_TARGET_SLOPE * np.maximum(f1 - target, 0) - weight * np.asarray(cost_share)
     return np.where(delay_ok, u, 0.0)

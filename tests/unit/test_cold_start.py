@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scheduler import bayes_planner, knobs
+from scheduler import bayes_planner, job_accuracy, knobs
 from scheduler.bayes import BayesModel
 from scheduler.bayes_planner import BayesPlanner
 from scheduler.interface import Observation, UserConstraint
@@ -68,3 +68,44 @@ def test_before_its_first_segment_a_plan_whose_frames_are_in_time_holds(monkeypa
     monkeypatch.setattr(bayes_planner, "COLD_HOLD_FRAMES", 5)
     late = _chosen_after(_slowed(_frames_480p_5fps_track2(25), 0.47)[:-2] + _slowed(_frames_480p_5fps_track2(25), 0.6)[-2:])
     assert (late.video_conf.resolution, late.video_conf.fps, late.video_conf.ntracking) != ("480p", 5, 2)  # one late frame ends the hold
+
+
+def _first_segment(ts: float, every: float, half: float) -> list[Observation]:
+    """A six-frame first segment at the source resolution: every frame detected, and 5 a second
+    with and without tracking (each at two JPEG qualities)."""
+    return [Observation(stage="person_detection", node="cpu", width=768, height=576, fps=fps, ntracking=k, quality=q,
+                        service_s=0.0, ts=ts, accuracy=f1, source="segment")
+            for fps, k, f1 in ((0.0, 0, every), (0.0, 1, half), (5.0, 0, half)) for q in (60, 90)]
+
+
+def _fast_frames(n: int) -> list[Observation]:
+    """Every source frame detected at 576p on a fast node: 0.06 s each, nothing queued."""
+    return [Observation(stage=stage, node="cpu", width=768, height=576, fps=0, ntracking=0, quality=90,
+                        service_s=svc, queue_s=0.005, ts=10.0 + 0.1 * i, seq=i)
+            for i in range(n) for stage, svc in (("person_detection", 0.06), ("object_count", 4e-5))]
+
+
+def _detections_per_s_after(segments: list[Observation]) -> float:
+    inp = person_input().model_copy(update={"constraint": UserConstraint(delay=1.0)})
+    c = knobs.build_candidates(inp)
+    running = int(np.flatnonzero((c.res_idx == len(c.res) - 1) & (c.fps == c.src_fps) & (c.ntrack == 0)
+                                 & (c.quality == 90))[0])
+    p = BayesPlanner(BayesModel(), background=False, seed=3)
+    m = inp.model_copy(update={"observations": _fast_frames(40) + segments,
+                               "last_plan": knobs.to_plan(c, running, inp.nodes, "bayes", "running")})
+    p.plan(m)
+    p.refresh_gaussian()
+    chosen = p.plan(m).video_conf
+    return (chosen.fps or c.src_fps) / (1 + chosen.ntracking)
+
+
+def test_one_noisy_segment_does_not_trade_detections_away(monkeypatch):
+    """A fast node, vtest.avi: six frames scored detecting 5 a second (0.88) above detecting all
+    10 (0.83), and the job detected half its frames for 10 s. A cell's own scores do not narrow
+    the gap the job's model sees between keeping fewer frames and more."""
+    segment = _first_segment(11.0, every=0.83, half=0.88)
+    assert _detections_per_s_after(segment) == 10
+    plain = job_accuracy.more_detection_never_worse
+    # The premise: capped only at equal, both read 0.83 and the cheaper one runs.
+    monkeypatch.setattr(job_accuracy, "more_detection_never_worse", lambda f1, c, fitted=None: plain(f1, c))
+    assert _detections_per_s_after(segment) < 10

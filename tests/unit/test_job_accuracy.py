@@ -4,9 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scheduler import job_accuracy
+from scheduler import job_accuracy, knobs
 from scheduler.interface import Observation
 from services.video_conf import GRADES
+from tests.support.planning import person_input
 
 N = 64
 
@@ -71,17 +72,29 @@ def test_the_pooled_model_counts_a_segment_row_as_a_tenth_of_an_observation():
     assert np.abs(m_seg - prior).sum() < np.abs(m_frame - prior).sum()
 
 
-def test_tracking_more_frames_never_scores_above_detecting_them():
-    """Rows ordered as the planner's grid (ntracking innermost: 0, 1, 2, 4): per draw, each
-    tracking level is capped by the levels that detect more; detection-only rows stay."""
+def test_keeping_or_detecting_fewer_frames_never_scores_above_more():
+    """Per draw, a config's F1 is capped by the same config keeping more frames a second, then by
+    the same config tracking fewer of its kept frames; the fastest detection-only rows stay. (A
+    fast node, vtest.avi: a six-frame first segment scored every frame 0.83 and 5 a second 0.88.)"""
+    c = knobs.build_candidates(person_input())
+    rows = np.arange(len(c) // c.n_map) * c.n_map
     rng = np.random.default_rng(0)
-    f1 = rng.uniform(0.5, 1.0, size=(3 * 4, N))
-    f1[1] = f1[0] + 0.05          # an untried track-1 sibling the model rates above its measured parent
-    capped = job_accuracy.more_detection_never_worse(f1.copy(), 4).reshape(3, 4, N)
-    assert np.all(np.diff(capped, axis=1) <= 0)
-    assert np.array_equal(capped[:, 0], f1.reshape(3, 4, N)[:, 0])
-    assert np.array_equal(capped[0, 1], f1[0])
-    assert np.array_equal(job_accuracy.more_detection_never_worse(f1, 1), f1)
+    f1 = rng.uniform(0.5, 1.0, size=(len(rows), N))
+    res, rate, grade, q, k = (a[rows] for a in (c.res_idx, c.fps, c.grade_idx, c.quality, c.ntrack))
+    fastest = rate.max()
+    slower = np.flatnonzero((rate < fastest) & (k == 0))[0]
+    f1[slower] = 1.0                # an untried 5-fps sibling the segment rated above detecting every frame
+    capped = job_accuracy.more_detection_never_worse(f1.copy(), c)
+    for i in range(len(rows)):
+        same = (res == res[i]) & (grade == grade[i]) & (q == q[i])
+        assert np.all(capped[i] <= capped[same & (rate > rate[i]) & (k == k[i])] + 1e-12)
+        assert np.all(capped[i] <= capped[same & (rate == rate[i]) & (k < k[i])] + 1e-12)
+    top = (rate == fastest) & (k == 0)
+    assert np.array_equal(capped[top], f1[top])
+    assert np.all(capped[slower] < 1.0)
+    untracked = knobs.build_candidates(person_input(), tracking=False)
+    f1 = rng.uniform(0.5, 1.0, size=(len(untracked) // untracked.n_map, N))
+    assert job_accuracy.more_detection_never_worse(f1, untracked).shape == f1.shape
 
 
 def _shrunk(job, height: int, fps: float, ntracking: int) -> float:
@@ -108,3 +121,16 @@ def test_segments_that_agree_on_a_cell_are_believed_and_segments_that_scatter_le
     # 480p at 10 fps, no tracking: the model alone says ~0.88 (pooled) vs the measured 0.85
     pooled = _predicted(None, 480)
     assert abs(_shrunk(steady, 480, 10.0, 0) - 0.85) < abs(pooled - 0.85) / 2
+
+
+def test_below_the_target_compute_breaks_only_near_exact_ties():
+    """Halving compute is worth 0.005 F1 once the target is reached, 0.0005 below it: less than
+    a job's segments tell apart there (a fast node: half of vtest's frames detected for 10 s)."""
+    target = knobs.ACCURACY_TARGET
+    below = knobs.utility(np.array([0.950, 0.949]), np.array([1.0, 0.5]), np.array([True, True]), target)
+    assert below[0] > below[1], "0.001 F1 below the target outweighs half the compute"
+    tie = knobs.utility(np.array([0.95, 0.95]), np.array([1.0, 0.5]), np.array([True, True]), target)
+    assert tie[1] > tie[0], "an exact tie goes to the cheaper plan"
+    above = knobs.utility(np.array([0.999, 0.996]), np.array([1.0, 0.5]), np.array([True, True]), target)
+    assert above[1] > above[0], "past the target, compute counts"
+    assert knobs.utility(np.array([0.99]), np.array([0.1]), np.array([False]), target)[0] == 0.0
