@@ -23,3 +23,12 @@ def slow_node_profile_rows() -> list[Observation]:
     """That node's `vdag profile` as the planner receives it (latency rows, ts 0)."""
     return [Observation(stage="person_detection", node="cpu", width=w, height=h, service_s=s, ts=0.0,
                         source="profile") for h, (w, s) in SLOW_NODE_PROFILE.items()]
+
+
+def source_segment(ts: float, every: float = 0.97, track1: float = 0.93, half: float = 0.92) -> list[Observation]:
+    """A scored profiling segment of person_input's source resolution at time stamp ts: F1 of
+    detecting every frame, of tracking every other one, and of keeping 5 frames a second (each
+    at two JPEG qualities)."""
+    return [Observation(stage="person_detection", node="cpu", width=768, height=576, fps=fps, ntracking=k, quality=q,
+                        service_s=0.0, ts=ts, accuracy=f1, source="segment")
+            for fps, k, f1 in ((0.0, 0, every), (0.0, 1, track1), (5.0, 0, half)) for q in (60, 90)]

@@ -11,7 +11,7 @@ from scheduler import bayes_planner, job_accuracy, knobs
 from scheduler.bayes import BayesModel
 from scheduler.bayes_planner import BayesPlanner
 from scheduler.interface import Observation, UserConstraint
-from tests.support.planning import person_input, slow_node_profile_rows
+from tests.support.planning import person_input, slow_node_profile_rows, source_segment
 
 
 def _frames_480p_5fps_track2(n: int) -> list[Observation]:
@@ -70,14 +70,6 @@ def test_before_its_first_segment_a_plan_whose_frames_are_in_time_holds(monkeypa
     assert (late.video_conf.resolution, late.video_conf.fps, late.video_conf.ntracking) != ("480p", 5, 2)  # one late frame ends the hold
 
 
-def _first_segment(ts: float, every: float, half: float) -> list[Observation]:
-    """A six-frame first segment at the source resolution: every frame detected, and 5 a second
-    with and without tracking (each at two JPEG qualities)."""
-    return [Observation(stage="person_detection", node="cpu", width=768, height=576, fps=fps, ntracking=k, quality=q,
-                        service_s=0.0, ts=ts, accuracy=f1, source="segment")
-            for fps, k, f1 in ((0.0, 0, every), (0.0, 1, half), (5.0, 0, half)) for q in (60, 90)]
-
-
 def _fast_frames(n: int) -> list[Observation]:
     """Every source frame detected at 576p on a fast node: 0.06 s each, nothing queued."""
     return [Observation(stage=stage, node="cpu", width=768, height=576, fps=0, ntracking=0, quality=90,
@@ -103,7 +95,7 @@ def test_one_noisy_segment_does_not_trade_detections_away(monkeypatch):
     """A fast node, vtest.avi: six frames scored detecting 5 a second (0.88) above detecting all
     10 (0.83), and the job detected half its frames for 10 s. A cell's own scores do not narrow
     the gap the job's model sees between keeping fewer frames and more."""
-    segment = _first_segment(11.0, every=0.83, half=0.88)
+    segment = source_segment(11.0, every=0.83, track1=0.88, half=0.88)
     assert _detections_per_s_after(segment) == 10
     plain = job_accuracy.more_detection_never_worse
     # The premise: capped only at equal, both read 0.83 and the cheaper one runs.

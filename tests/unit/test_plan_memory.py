@@ -10,7 +10,7 @@ from scheduler.bayes_planner import BayesPlanner
 from scheduler.delay import PlanShape
 from scheduler.interface import Observation, UserConstraint
 from scheduler.plan_memory import LATE, LATE_FRAMES, MEMORY_S, PROVEN, PlanMemory
-from tests.support.planning import person_input
+from tests.support.planning import person_input, source_segment
 
 KEY = (576, 10.0, 0, 4, (0, 0, 0))
 
@@ -200,16 +200,10 @@ def test_a_plan_late_beside_the_first_segment_is_chosen_again_once_it_is_scored(
     fast_frames = _frames(10, 40, 11.5, 0.04, 0.005, 1)
     chosen = {}
     for scored_at in (11.2, 5.0):
-        segment = [o.model_copy(update={"ts": scored_at}) for o in _scored_segment()]
+        segment = source_segment(scored_at)
         p = BayesPlanner(BayesModel(), background=False, seed=3)
         _decide(p, inp, c, late_frames + segment, every)
         chosen[scored_at] = _decide(p, inp, c, late_frames + segment + fast_frames, tracked)
     assert chosen[11.2] == every
     assert chosen[5.0] != every, "late after the segment was scored: ruled out (the test's premise)"
 
-
-def _scored_segment() -> list[Observation]:
-    """Profiled F1 of the source resolution: every frame 0.97, tracking every other 0.93."""
-    return [Observation(stage="person_detection", node="cpu", width=768, height=576, fps=fps, ntracking=k, quality=q,
-                        service_s=0.0, ts=0.0, accuracy=f1, source="segment")
-            for fps, k, f1 in ((0.0, 0, 0.97), (0.0, 1, 0.93), (5.0, 0, 0.92)) for q in (60, 90)]

@@ -7,11 +7,11 @@ import numpy as np
 from scheduler import knobs
 from scheduler.bayes import BayesModel
 from scheduler.bayes_planner import BayesPlanner
-from scheduler.interface import Observation, UserConstraint
+from scheduler.interface import UserConstraint
 from scheduler.plan_memory import PlanMemory
 from scheduler.plan_probe import (BACKOFF_S, CONTINUE, FAILED, PROBE_EVERY, PROBE_ROUNDS, PROVED, ProbeState,
                                   probe_delay_s)
-from tests.support.planning import person_input
+from tests.support.planning import person_input, source_segment
 from tests.unit.test_plan_memory import KEY, _delays, _frames, _source_plan
 
 OTHER = (576, 10.0, 1, 4, (0, 0, 0))
@@ -49,13 +49,6 @@ def test_the_bound_on_what_a_probe_may_cost_if_the_model_is_right():
     np.testing.assert_allclose(worst, [0.2, 0.3, 1.0])  # frames ahead: 1, 2 near full, 3 + a backlog over it
 
 
-def _segments(ts: float) -> list[Observation]:
-    """Profiled F1 of the source resolution: every frame 0.97, tracking every other 0.93."""
-    return [Observation(stage="person_detection", node="cpu", width=768, height=576, fps=fps, ntracking=k, quality=q,
-                        service_s=0.0, ts=ts, accuracy=f1, source="segment")
-            for fps, k, f1 in ((0.0, 0, 0.97), (0.0, 1, 0.93), (5.0, 0, 0.92)) for q in (60, 90)]
-
-
 def _plan(p: BayesPlanner, inp, c, observations, running: int):
     measured = inp.model_copy(update={"observations": observations,
                                       "last_plan": knobs.to_plan(c, running, inp.nodes, p.name, "running")})
@@ -69,7 +62,7 @@ def _probing_planner():
     c = knobs.build_candidates(inp)
     every, tracked = _source_plan(c, 0), _source_plan(c, 1)
     p = BayesPlanner(BayesModel(), background=False, seed=3)
-    seen = _segments(1.0) + _frames(0, 40, 10.0, 0.10, 0.01, 1)
+    seen = source_segment(1.0) + _frames(0, 40, 10.0, 0.10, 0.01, 1)
     return p, inp, c, every, tracked, seen
 
 
