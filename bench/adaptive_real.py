@@ -295,10 +295,11 @@ def bench_video(name: str, source: Path, planners: list[str], delays: list[float
 
 def report(data: dict) -> None:
     for video, v in data["videos"].items():
-        print(f"\n{video}: frame-level F1 vs golden over every source frame, late = stored frames over D")
-        print(f"{'run':<22}{'frame_f1':>10}{'late':>8}{'fps_out':>9}{'compute':>9}{'tracked':>9}{'p95 s':>8}  calib")
+        print(f"\n{video}: frame-level F1 vs golden over every source frame, late = stored frames over D, "
+              f"live = F1 a viewer D behind the source sees")
+        print(f"{'run':<22}{'frame_f1':>10}{'live':>7}{'late':>8}{'fps_out':>9}{'compute':>9}{'tracked':>9}{'p95 s':>8}  calib")
         for key, s in v["runs"].items():
-            print(f"{key:<22}{s['frame_f1']:>10.3f}{s['late_share']:>8.3f}{s['fps_out']:>9.2f}"
+            print(f"{key:<22}{s['frame_f1']:>10.3f}{s.get('frame_f1_live', float('nan')):>7.3f}{s['late_share']:>8.3f}{s['fps_out']:>9.2f}"
                   f"{(s['compute_ratio'] or 0):>9.2f}{s.get('frames_tracked', 0):>9}{s.get('delay_p95_s', 0):>8.2f}"
                   f"  {s.get('calibration_abs_err', '')}")
     print(f"\ncalibration_abs_err {data['calibration_abs_err']}  first_posterior_s {data['first_posterior_s']}  "
@@ -309,7 +310,7 @@ def report(data: dict) -> None:
 def summarise(data: dict) -> None:
     """The top-level keys: every run's headline numbers, the bayes runs' calibration and first posterior."""
     data["runs"] = {(k if name == "vtest" else f"{name}:{k}"): {
-        key: s[key] for key in ("frame_f1", "late_share", "fps_out", "compute_ratio")}
+        key: s[key] for key in ("frame_f1", "frame_f1_live", "late_share", "fps_out", "compute_ratio") if key in s}
         for name, v in data["videos"].items() for k, s in v["runs"].items()}
     bayes = [s for v in data["videos"].values() for k, s in v["runs"].items() if k.startswith("bayes@")]
     cal = [s["calibration_abs_err"] for s in bayes if s.get("calibration_abs_err") is not None]

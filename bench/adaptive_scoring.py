@@ -1,7 +1,14 @@
 """How bench/adaptive_real.py scores a run: frame-level F1 over every source frame (the boxes
 shown for it: the newest stored result at or before it), late frames, 2-s windows, the
 calibration of the planner's predicted E[F1] against them, and the time to its first
-posterior from real observations."""
+posterior from real observations.
+
+Beside it, `frame_f1_live`: what a viewer that plays the stream D seconds behind the source
+sees. Source frame i is shown at t_i + D with the newest result of a frame at or before it
+that had arrived by then; a late result is not shown for its own frame, only carried to
+frames after it. `frame_f1` counts a late result as if it had come in time, so a config that
+is late on most frames (golden on a node too slow for it) keeps the F1 of its detections;
+the live figure charges it what its viewer loses."""
 from __future__ import annotations
 
 import re
@@ -22,15 +29,8 @@ def score(run: dict, golden: list[list[dict]], src_fps: float, delay: float, gol
     if not frames:
         return {"frame_f1": 0.0, "late_share": 1.0, "fps_out": 0.0, "compute_ratio": None}
     last_idx = min(len(golden) - 1, int(round(frames[-1]["capture_ts"] * src_fps)))
-    shown: list[list[dict]] = []
-    j = 0
-    current: list[dict] = []
-    for i in range(last_idx + 1):  # every source frame: the newest result at or before it
-        while j < len(frames) and int(round(frames[j]["capture_ts"] * src_fps)) <= i:
-            current = (frames[j]["outputs"].get("detect") or {}).get("detections") or []
-            j += 1
-        shown.append(current)
-    per_frame = [frame_level_f1([s], [g]) for s, g in zip(shown, golden)]
+    per_frame = [frame_level_f1([s], [g]) for s, g in zip(shown_per_source_frame(frames, last_idx + 1, src_fps), golden)]
+    live = [frame_level_f1([s], [g]) for s, g in zip(shown_per_source_frame(frames, last_idx + 1, src_fps, delay), golden)]
     lat = [r["latency_s"] for r in frames]
     video_s = (last_idx + 1) / src_fps
     detect_s = sum(s["service_s"] for r in frames for s in r["stages"] if s["stage"] == "detect")
@@ -42,6 +42,7 @@ def score(run: dict, golden: list[list[dict]], src_fps: float, delay: float, gol
             windows.append((float(w0), float(np.mean(per_frame[lo:hi]))))
     return {
         "frame_f1": round(float(np.mean(per_frame)), 4),
+        "frame_f1_live": round(float(np.mean(live)), 4),
         "late_share": round(sum(x > delay for x in lat) / len(lat), 4),
         "fps_out": round(len(frames) / video_s, 2),
         "compute_ratio": round(golden_detect_s * src_fps / (detect_s / video_s), 2) if detect_s else None,
@@ -59,6 +60,27 @@ def score(run: dict, golden: list[list[dict]], src_fps: float, delay: float, gol
         "plans": [{"t_s": round(_ts(p["created_at"]) - run["t_submit"], 1), **p["video_conf"],
                    "reason": p["reason"]} for p in run["plans"]],
     }
+
+
+def shown_per_source_frame(frames: list[dict], n: int, src_fps: float, delay: float | None = None) -> list[list[dict]]:
+    """The detections shown for each of the first n source frames: the newest result at or
+    before the frame; with `delay`, the newest one that had also arrived by the frame's
+    deadline (capture + delay; a result arrives at its capture + latency_s, both in the
+    paced source's time). `frames`: stored results sorted by capture_ts."""
+    idx = [int(round(r["capture_ts"] * src_fps)) for r in frames]
+    boxes = [(r["outputs"].get("detect") or {}).get("detections") or [] for r in frames]
+    arrived = [r["capture_ts"] + r["latency_s"] for r in frames]
+    shown: list[list[dict]] = []
+    j = 0  # results of frames at or before i: frames[:j]
+    for i in range(n):
+        while j < len(frames) and idx[j] <= i:
+            j += 1
+        k = j - 1
+        if delay is not None:
+            while k >= 0 and arrived[k] > i / src_fps + delay:
+                k -= 1
+        shown.append(boxes[k] if k >= 0 else [])
+    return shown
 
 
 def _ts(iso: str) -> float:
