@@ -66,11 +66,6 @@ class Settings(BaseSettings):
     profile_segment_frames: int = Field(10, ge=2, le=64, description="source frames per profiling segment")
     profile_nice: int = Field(19, ge=0, le=19, description=(
         "niceness of the process that scores profiling segments: 19 = only what the frames leave idle"))
-    profile_max_wait_s: float = Field(10.0, ge=0, description=(
-        "a later profiling segment is stopped while frames run only until it has waited this long "
-        "since it was handed over; then it is scored beside them, at its niceness. On a node whose "
-        "frames keep its worker busy (a slow 2-core host: 85-97 % of a core) stopping at every frame "
-        "held a job's second segment for over 40 s: one segment a minute to learn accuracy from"))
     profile_first_nice: int = Field(10, ge=0, le=19, description=(
         "its niceness while it scores a job's first segment: until it is scored the planner has no "
         "accuracy from the video (at 19 on a busy node the first one took 15-20 s for a few s of CPU)"))

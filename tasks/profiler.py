@@ -31,11 +31,6 @@ OpenVINO still pinned both processes to one core, see services/runtimes.py; thre
 tried after that fix, gave no better calibration). Never stopping any segment, tried after that
 fix too (vtest.avi, worker on PyTorch as a slow node stand-in): 4 segments scored a minute
 instead of 2, but calibration no better (0.056 / 0.078 vs 0.051-0.084), so the stop stays.
-But not without bound: on a node whose frames keep its worker 85-97 % busy (a 2-core host with
-a 0.31-s detector at 480p) the child got 0.04-0.19 of a core, a job's second segment was still
-being scored 40 s after it came and its accuracy rested on one segment a minute (calibration
-0.13-0.16 on vtest.avi). A segment stopped longer than `profile_max_wait_s` since it was handed
-over is scored beside the frames from then on, at its niceness.
 The child dies with the worker (PR_SET_PDEATHSIG), stopped or not.
 """
 from __future__ import annotations
@@ -91,7 +86,7 @@ class SegmentProfiler:
     """The worker side: submit() never blocks; results reach `publish` from a reader thread."""
 
     def __init__(self, settings: Settings, publish: Callable[[Envelope], None], nice: int = NICE,
-                 urgent_nice: int | None = None, max_wait_s: float | None = None) -> None:
+                 urgent_nice: int | None = None) -> None:
         self.settings = settings
         self.publish = publish
         self.nice = nice
@@ -107,7 +102,6 @@ class SegmentProfiler:
         self.skipped = 0
         self._since = 0.0  # when the segment being scored was handed over
         self._urgent_now = False  # the segment being scored is a job's first: never stopped
-        self.max_wait_s = settings.profile_max_wait_s if max_wait_s is None else max_wait_s
         self._frames = 0          # frames this worker process is running now
         self._stopped = False     # the child is stopped (SIGSTOP) while they run
         self.stops = 0
@@ -183,19 +177,15 @@ class SegmentProfiler:
         self._busy.set()
         self._urgent_now = bool(env.urgent)
         self._since = time.monotonic()
-        self._signal_locked(stop=self._frames > 0 and self._may_stop_locked())
+        self._signal_locked(stop=self._frames > 0 and not self._urgent_now)
         return proc
-
-    def _may_stop_locked(self) -> bool:
-        """The segment being scored can wait for the frames: not a job's first, not overdue."""
-        return not self._urgent_now and time.monotonic() - self._since < self.max_wait_s
 
     def frame_started(self) -> None:
         """A frame runs in this worker process: stop a child scoring a segment that can wait."""
         with self._lock:
             self._frames += 1
-            if self._busy.is_set():
-                self._signal_locked(stop=self._may_stop_locked())
+            if self._busy.is_set() and not self._urgent_now:
+                self._signal_locked(stop=True)
 
     def frame_done(self) -> None:
         with self._lock:
