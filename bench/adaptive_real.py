@@ -297,9 +297,11 @@ def report(data: dict) -> None:
     for video, v in data["videos"].items():
         print(f"\n{video}: frame-level F1 vs golden over every source frame, late = stored frames over D, "
               f"live = F1 a viewer D behind the source sees")
-        print(f"{'run':<22}{'frame_f1':>10}{'live':>7}{'late':>8}{'fps_out':>9}{'compute':>9}{'tracked':>9}{'p95 s':>8}  calib")
+        print(f"{'run':<22}{'frame_f1':>10}{'live':>7}{'late':>8}{'fps_out':>9}{'compute':>9}{'tracked':>9}"
+              f"{'p95 s':>8}  calib")
         for key, s in v["runs"].items():
-            print(f"{key:<22}{s['frame_f1']:>10.3f}{s.get('frame_f1_live', float('nan')):>7.3f}{s['late_share']:>8.3f}{s['fps_out']:>9.2f}"
+            live = s.get("frame_f1_live", float("nan"))  # runs scored before it existed have none
+            print(f"{key:<22}{s['frame_f1']:>10.3f}{live:>7.3f}{s['late_share']:>8.3f}{s['fps_out']:>9.2f}"
                   f"{(s['compute_ratio'] or 0):>9.2f}{s.get('frames_tracked', 0):>9}{s.get('delay_p95_s', 0):>8.2f}"
                   f"  {s.get('calibration_abs_err', '')}")
     print(f"\ncalibration_abs_err {data['calibration_abs_err']}  first_posterior_s {data['first_posterior_s']}  "

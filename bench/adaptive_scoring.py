@@ -29,8 +29,9 @@ def score(run: dict, golden: list[list[dict]], src_fps: float, delay: float, gol
     if not frames:
         return {"frame_f1": 0.0, "late_share": 1.0, "fps_out": 0.0, "compute_ratio": None}
     last_idx = min(len(golden) - 1, int(round(frames[-1]["capture_ts"] * src_fps)))
-    per_frame = [frame_level_f1([s], [g]) for s, g in zip(shown_per_source_frame(frames, last_idx + 1, src_fps), golden)]
-    live = [frame_level_f1([s], [g]) for s, g in zip(shown_per_source_frame(frames, last_idx + 1, src_fps, delay), golden)]
+    n = last_idx + 1
+    per_frame = [frame_level_f1([s], [g]) for s, g in zip(shown_per_source_frame(frames, n, src_fps), golden)]
+    live = [frame_level_f1([s], [g]) for s, g in zip(shown_per_source_frame(frames, n, src_fps, delay), golden)]
     lat = [r["latency_s"] for r in frames]
     video_s = (last_idx + 1) / src_fps
     detect_s = sum(s["service_s"] for r in frames for s in r["stages"] if s["stage"] == "detect")

@@ -62,14 +62,15 @@ def main(argv: list[str] | None = None) -> int:
         seg_golden = [detect(f) for f in segment]
         scored = score_segment(segment, detect, seg_golden, [args.resolution], [1], qualities=(QUALITY,))
         f1 = {r["ntracking"]: r["f1"] for r in scored}
+        same = slice(start, start + SEGMENT_FRAMES)
         rows.append({"start_s": round(start / fps, 1), "segment_track4": f1[NTRACKING], "segment_detect": f1[0],
-                     "live_same_frames": round(float(np.mean(live[start:start + SEGMENT_FRAMES])), 4),
-                     "segment_golden_vs_raw_golden": round(frame_level_f1(seg_golden, golden[start:start + SEGMENT_FRAMES]), 4)})
+                     "live_same_frames": round(float(np.mean(live[same])), 4),
+                     "segment_golden_vs_raw_golden": round(frame_level_f1(seg_golden, golden[same]), 4)})
     seg4 = [r["segment_track4"] for r in rows]
     result = {
         "machine": machine(),
-        "setup": f"vtest.avi {args.seconds:g} s, {args.resolution}, every frame kept, ntracking {NTRACKING}, q{QUALITY}; "
-                 f"a {SEGMENT_FRAMES}-frame segment every {args.every:g} s",
+        "setup": f"vtest.avi {args.seconds:g} s, {args.resolution}, every frame kept, ntracking {NTRACKING}, "
+                 f"q{QUALITY}; a {SEGMENT_FRAMES}-frame segment every {args.every:g} s",
         "live_f1": round(float(np.mean(live)), 4),
         "segment_track4_mean": round(float(np.mean(seg4)), 4),
         "segment_track4_sd": round(float(np.std(seg4, ddof=1)), 4),
