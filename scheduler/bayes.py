@@ -1,4 +1,4 @@
-"""The PyMC model of stage latency and job accuracy, compiled once with nutpie.
+"""The PyMC model of stage latency and job accuracy, sampled with nutpie (scheduler/nutpie_model.py).
 
 Latency (log-normal, per stage observation):
     log t = a0 + svc[s] + node[n] + sn[s, n] + (beta[s] + gpu * beta_gpu) * log(pixels / REF)
@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from scheduler import knobs
+from scheduler import knobs, nutpie_model
 from scheduler.bayes_priors import N_GRADES, PRIORS, Layout, Slots
 from scheduler.interface import Observation
 from services.video_conf import GRADES
@@ -208,7 +208,7 @@ class ModelData:
 def gaussian_snapshot(data: ModelData, layout: Layout, n: int = 256, seed: int = 0) -> Snapshot:
     """Draws from the Gaussian posterior of the coefficients at the plug-in noise scales (exact
     for the linear-Gaussian part, the noise scales fixed): milliseconds, no compiled model.
-    Used until the nutpie model is compiled (~25 s after start), so the first measurements
+    Used until the nutpie model is compiled (4-20 s after start), so the first measurements
     reach decisions at once instead of after the compile."""
     rng = np.random.default_rng(seed)
     a = data.arrays
@@ -302,8 +302,9 @@ STORED = ("theta", "sig", "theta_a", "sig_a")
 class BayesModel:
     """One compiled nutpie model. Not thread-safe: use from one thread at a time."""
 
-    def __init__(self, max_services: int = MAX_SERVICES, max_nodes: int = MAX_NODES) -> None:
+    def __init__(self, max_services: int = MAX_SERVICES, max_nodes: int = MAX_NODES, backend: str = "pyfunc") -> None:
         self.layout = Layout(max_services, max_nodes)
+        self.backend = backend  # scheduler/nutpie_model.py: how nutpie calls the model
         self._compiled = None
         self.compile_s: float | None = None
         self._lock = threading.Lock()
@@ -313,27 +314,22 @@ class BayesModel:
         return self._compiled is not None
 
     def compile(self) -> None:
-        import nutpie
-
         with self._lock:
             if self._compiled is not None:
                 return
             t0 = time.perf_counter()
             data = empty_data(self.layout, np.zeros(self.layout.S), np.zeros(self.layout.N))
-            self._compiled = nutpie.compile_pymc_model(build_pymc_model(data), var_names=list(STORED))
+            self._compiled = nutpie_model.compile_model(build_pymc_model(data), STORED, self.backend)
             self.compile_s = time.perf_counter() - t0
-            log.info("nutpie model compiled in %.1f s", self.compile_s)
+            log.info("nutpie model compiled in %.1f s (%s)", self.compile_s, self.backend)
 
     def sample(self, data: ModelData, draws: int = 100, tune: int = 150, chains: int = 2,
                seed: int = 0, keep: int = 256) -> Snapshot:
-        import nutpie
-
         self.compile()
         with self._lock:
             t0 = time.perf_counter()
-            compiled = self._compiled.with_data(**data.arrays)
-            trace = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, cores=chains,
-                                  seed=seed, progress_bar=False)
+            trace = nutpie_model.sample(self._compiled, data.arrays, draws=draws, tune=tune, chains=chains,
+                                        cores=chains, seed=seed, progress_bar=False)
             post = trace.posterior
             raw = {}
             for k in STORED:

@@ -1,7 +1,7 @@
 """The posterior every job's decisions read: an observation buffer fed by each job, and a
 background thread that turns it into immutable Snapshots.
 
-The model compiles on its own thread (~25 s); until then the refresher publishes the Gaussian
+The model compiles on its own thread (about 4 s, 15-20 s on a first start); until then the refresher publishes the Gaussian
 posterior at plug-in noise scales (bayes.gaussian_snapshot, milliseconds), so a tracker's first
 jobs do not plan on the prior for the whole compile. The compiled model is used by the
 refresher thread only (or by the caller of `refresh_now` when there is no refresher). The

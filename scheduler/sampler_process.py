@@ -1,7 +1,8 @@
 """The nutpie model in a process of its own, at low CPU priority.
 
-Compiling the model (44-75 s on a 2-core node) and sampling it hold the GIL for long
-stretches; inside the tracker that starved the generators and the aggregator (DESIGN.md
+Compiling the model (44-75 s on a 2-core node with nutpie's C callbacks; 15-20 s the first
+time and about 4 s after that with scheduler/nutpie_model.py) and sampling it hold the GIL for
+long stretches; inside the tracker that starved the generators and the aggregator (DESIGN.md
 s.7: the first-run demo ended before the compile did). Here the child process compiles and
 samples, niced, and the planner thread only waits on a pipe (which releases the GIL). Until
 the child is ready the planner keeps using the Gaussian posterior (bayes.gaussian_snapshot).
