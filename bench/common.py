@@ -35,14 +35,9 @@ TERMINAL = {"DONE", "FAILED", "CANCELLED"}
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from services.runtime_trial import cpu_model
+
+    cpu = cpu_model()
     try:
         import torch
 

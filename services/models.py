@@ -13,8 +13,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from services.runtime_trial import ChoiceFile, RuntimeTrial, host_key, size_key
 from services.weights import coco_names, resolve_weights, user_weights
 
 if TYPE_CHECKING:
@@ -43,22 +44,33 @@ def pick_device(setting: str = "auto") -> str:
 
 @dataclass
 class LoadedModel:
-    """One model instance and the lock that serialises its use.
+    """One model, in one runtime or more, and the lock that serialises its use.
 
     An ultralytics model keeps its predictor (and that predictor's state) on the instance,
-    so two threads predicting on one instance would interfere. `runtime` says what it runs
-    in now: a background export may move it from PyTorch to a faster runtime (`swap`).
+    so two threads predicting on one instance would interfere. `model` is the preferred
+    runtime's instance (the export once there is one), `runtime` the runtime of the last call.
+    A background export adds a runtime (`add_export`); with a `trial`, each input size is then
+    served by whichever runtime measured faster there (services/runtime_trial.py).
     """
 
     weights: str
     device: str
     model: Any
     runtime: str = "pytorch"
-    exported: Path | None = None  # what an exported model was loaded from
+    exported: Path | None = None  # what the preferred export was loaded from
     lock: threading.Lock = field(default_factory=threading.Lock)
     batcher: PredictBatcher | None = None  # shares predict calls between this process's tasks
-    _threads_set_up: bool = False
-    _threads_seen: int | None = None
+    trial: RuntimeTrial | None = None
+    _models: dict[str, Any] = field(default_factory=dict)  # runtime -> instance
+    _loaders: dict[str, Callable[[], Any]] = field(default_factory=dict)  # runtime -> load on first use
+    _exports: dict[str, Path] = field(default_factory=dict)
+    _set_up: set[str] = field(default_factory=set)  # runtimes whose threads are set up
+    _threads_seen: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._models.setdefault(self.runtime, self.model)
+        if self.exported is not None:
+            self._exports.setdefault(self.runtime, self.exported)
 
     @property
     def names(self) -> dict[int, str]:
@@ -71,39 +83,60 @@ class LoadedModel:
             result, size = self.batcher.predict(self, frame, **kwargs)
         else:
             result, size = self.predict_batch([frame], **kwargs)[0], 1
-        _last_inference.value = (self.runtime, self._threads_seen, size)
+        _last_inference.value = (self.runtime, self._threads_seen.get(self.runtime), size)
         return result
 
     def predict_batch(self, frames: Sequence[Any], **kwargs) -> list[Any]:
-        if self.runtime == "pytorch" and self.device.startswith("cuda"):
-            kwargs.setdefault("half", True)  # FP16 where TensorRT is absent
         with self.lock:
-            if self.runtime == "pytorch" and not self._threads_set_up:
+            size = size_key(kwargs.get("imgsz"), getattr(frames[0], "shape", None))
+            runtime = self.trial.pick(size, len(frames)) if self.trial is not None else self.runtime
+            model = self._instance(runtime)
+            if runtime == "pytorch" and self.device.startswith("cuda"):
+                kwargs.setdefault("half", True)  # FP16 where TensorRT is absent
+            if runtime == "pytorch" and runtime not in self._set_up:
                 # Observed inside predict, after ultralytics' predictor setup has had its say.
-                self.model.add_callback("on_predict_batch_start", self._observe_torch_threads)
-                self._threads_set_up = True
+                model.add_callback("on_predict_batch_start", self._observe_torch_threads)
+                self._set_up.add(runtime)
             source = frames[0] if len(frames) == 1 else list(frames)
-            results = self.model.predict(source, device=self.device, verbose=False, **kwargs)
+            t0 = time.perf_counter()
+            results = model.predict(source, device=self.device, verbose=False, **kwargs)
+            took = time.perf_counter() - t0
             keep_torch_threads()
-            if self.runtime == "openvino" and not self._threads_set_up:
+            if runtime == "openvino" and runtime not in self._set_up:
                 from services.runtimes import set_openvino_threads
 
                 # After the first predict: ultralytics builds the compiled model in its predictor.
-                if set_openvino_threads(self.model, self.exported, configured_threads()):
-                    self._threads_seen = configured_threads()
-                self._threads_set_up = True
+                if set_openvino_threads(model, self._exports[runtime], configured_threads()):
+                    self._threads_seen[runtime] = configured_threads()
+                self._set_up.add(runtime)
+            if self.trial is not None and len(frames) == 1:
+                self.trial.record(size, runtime, took)
+            self.runtime = runtime
             return list(results)
+
+    def _instance(self, runtime: str) -> Any:
+        if runtime not in self._models:
+            self._models[runtime] = self._loaders.pop(runtime)()
+        return self._models[runtime]
 
     def _observe_torch_threads(self, _predictor: Any) -> None:
         import torch
 
-        self._threads_seen = torch.get_num_threads()
+        self._threads_seen["pytorch"] = torch.get_num_threads()
 
-    def swap(self, model: Any, runtime: str, exported: Path) -> None:
-        """Serve from `model` from the next frame on (a finished background export)."""
+    def add_export(self, model: Any, runtime: str, exported: Path, trial: RuntimeTrial | None = None) -> None:
+        """Serve from `model` (a finished background export) from the next frame on; with a
+        `trial`, each size from whichever of it and PyTorch measures faster there."""
         with self.lock:
-            self.model, self.runtime, self.exported = model, runtime, exported
-            self._threads_set_up, self._threads_seen = False, None
+            if trial is None:  # nothing else will serve: free it
+                self._models.clear()
+            self._models[runtime], self._exports[runtime] = model, exported
+            self.model, self.runtime, self.exported, self.trial = model, runtime, exported, trial
+
+    def add_loader(self, runtime: str, load: Callable[[], Any]) -> None:
+        """A runtime to load when a trial first serves from it."""
+        with self.lock:
+            self._loaders[runtime] = load
 
 
 _last_inference = threading.local()
@@ -155,7 +188,8 @@ class ModelCache:
     """
 
     def __init__(self, models_dir: str | Path | None = _FROM_ENV, runtime: str = "pytorch",  # type: ignore[assignment]
-                 exports_dir: str | Path = "var/exports", batcher: PredictBatcher | None = None) -> None:
+                 exports_dir: str | Path = "var/exports", batcher: PredictBatcher | None = None,
+                 runtime_trials: bool = True) -> None:
         self._lock = threading.Lock()
         self._models: dict[tuple[str, str], LoadedModel] = {}
         self._models_dir = models_dir
@@ -163,6 +197,7 @@ class ModelCache:
         self.exports_dir = Path(exports_dir)
         self._exports: list[threading.Thread] = []
         self.batcher = batcher
+        self.runtime_trials = runtime_trials  # False: follow the decisions on file, time nothing
 
     @property
     def models_dir(self) -> Path | None:
@@ -202,19 +237,31 @@ class ModelCache:
         from services import runtimes
 
         runtime = runtimes.choose_runtime(self.runtime, device)
+        # "auto" measures the export against PyTorch at each size; a runtime named is kept.
+        tried = (self.runtime or "auto").strip().lower() == "auto"
         if runtime != "pytorch":
             root = runtimes.exports_dir(weights, self.exports_dir)
             found = runtimes.cached_export(weights, runtime, root)
             if found is not None:
                 log.info("loading model %s in %s from %s", weights, runtimes.label(runtime), found)
-                return LoadedModel(weights, device, runtimes.load_exported(found), runtime=runtime, exported=found)
+                loaded = LoadedModel(weights, device, runtimes.load_exported(found), runtime=runtime, exported=found)
+                if tried:
+                    loaded.add_loader("pytorch", lambda: _load_pytorch(weights, device))
+                    loaded.trial = _trial(weights, runtime, root, device, self.runtime_trials)
+                return loaded
         loaded = LoadedModel(weights=weights, device=device, model=_load_pytorch(weights, device))
         if runtime != "pytorch":
-            thread = threading.Thread(target=_export_then_swap, args=(loaded, runtime, root), daemon=True,
-                                      name=f"vdag-export-{Path(weights).stem}")
+            thread = threading.Thread(target=_export_then_add, daemon=True, name=f"vdag-export-{Path(weights).stem}",
+                                      args=(loaded, runtime, root, tried, self.runtime_trials))
             thread.start()
             self._exports.append(thread)
         return loaded
+
+    def trials_in_progress(self) -> bool:
+        """Whether a model is still timing its runtimes at a size it has served."""
+        with self._lock:
+            models = list(self._models.values())
+        return any(m.trial is not None and m.trial.in_progress() for m in models)
 
     def exports_pending(self) -> bool:
         return any(thread.is_alive() for thread in self._exports)
@@ -240,12 +287,20 @@ def _load_pytorch(weights: str, device: str) -> Any:
     return model
 
 
-def _export_then_swap(loaded: LoadedModel, runtime: str, root: Path) -> None:
+def _trial(weights: str, runtime: str, root: Path, device: str, explore: bool) -> RuntimeTrial:
+    from services import runtimes
+
+    choices = ChoiceFile(root, host_key(device, configured_threads()), runtimes.export_key(weights, runtime))
+    return RuntimeTrial([runtime, "pytorch"], decided=choices.load(), on_decide=choices.save, explore=explore)
+
+
+def _export_then_add(loaded: LoadedModel, runtime: str, root: Path, tried: bool, explore: bool) -> None:
     from services import runtimes
 
     try:
         path = runtimes.export_with_log(loaded.weights, runtime, root, loaded.device)
-        loaded.swap(runtimes.load_exported(path), runtime, path)
+        trial = _trial(loaded.weights, runtime, root, loaded.device, explore) if tried else None
+        loaded.add_export(runtimes.load_exported(path), runtime, path, trial)
     except Exception:  # a failed export costs speed, never the model
         log.exception("export of %s to %s failed; it stays on PyTorch", loaded.weights, runtimes.label(runtime))
 

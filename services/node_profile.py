@@ -20,6 +20,7 @@ from services.registry import ServiceContext, get_service
 from services.video_conf import resize_to, resolutions_below
 
 PROFILE_VERSION = 1
+MAX_TRIAL_CALLS = 16  # a runtime trial takes (rounds + 1) calls per runtime: 10 for two
 DEFAULT_SERVICES: tuple[tuple[str, str | None], ...] = (
     ("person_detection", None), ("yolo_detection", "n"), ("yolo_detection", "s"),
 )
@@ -39,6 +40,12 @@ def time_case(frames: list[np.ndarray], case: dict[str, Any], ctx: ServiceContex
     if ctx.models is not None:
         ctx.models.wait_for_exports()  # time the runtime a worker serves with, not PyTorch meanwhile
         service.run(small[0], {"image": b""}, params, ctx)
+        # With runtime "auto" the export and PyTorch take turns at a new size until one has
+        # measured faster there (services/runtime_trial.py, once per host): time the winner.
+        for i in range(MAX_TRIAL_CALLS):
+            if not ctx.models.trials_in_progress():
+                break
+            service.run(small[i % len(small)], {"image": b""}, params, ctx)
     times = []
     for i in range(repeats):
         t0 = time.perf_counter()

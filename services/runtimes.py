@@ -5,6 +5,7 @@ Every model first loads in PyTorch. With runtime "auto" a CPU worker then moves 
 OpenVINO (1.2-3x faster per frame, bench/throughput.py), a CUDA worker to TensorRT when it is
 installed, else PyTorch in FP16. An export is made once per (weights file hash, runtime,
 runtime version), in the background while PyTorch serves, or ahead with `vdag export`.
+Whether the export then serves a given input size is measured (services/runtime_trial.py).
 
 Exports have dynamic input shapes: ultralytics letterboxes a dynamic model like a PyTorch
 one (padding only to the stride, at the frame's own aspect), so one export serves every

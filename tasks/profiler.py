@@ -272,7 +272,7 @@ def main() -> int:
     sys.stdout = sys.stderr
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     settings = Settings.model_validate_json(sys.argv[1])  # the parent's settings, as they are
-    ctx = service_context(settings)
+    ctx = service_context(settings, runtime_trials=False)  # niced: its timings would mislead a trial
     if ctx.person_weights:  # the usual detector, loaded and set up before the first segment
         import numpy as np
 

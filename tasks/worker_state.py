@@ -21,7 +21,9 @@ _context: ServiceContext | None = None
 _context_pid: int | None = None
 
 
-def service_context(settings: Settings) -> ServiceContext:
+def service_context(settings: Settings, runtime_trials: bool = True) -> ServiceContext:
+    """This process's models and trackers. `runtime_trials=False`: follow the runtime choices
+    on file without timing any (services/runtime_trial.py), for the niced segment profiler."""
     global _context, _context_pid
     with _lock:
         if _context is None or _context_pid != os.getpid():
@@ -36,7 +38,8 @@ def service_context(settings: Settings) -> ServiceContext:
             _context = ServiceContext(
                 device=pick_device(settings.device),
                 models=ModelCache(models_dir=settings.models_dir, runtime=settings.runtime,
-                                  exports_dir=settings.data_dir / "exports", batcher=batcher),
+                                  exports_dir=settings.data_dir / "exports", batcher=batcher,
+                                  runtime_trials=runtime_trials),
                 person_weights=settings.person_weights or trained_person_weights(),
                 tracks=TrackStore(),
             )

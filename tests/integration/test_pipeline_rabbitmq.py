@@ -91,10 +91,15 @@ def test_vtest_two_workers_survive_kill_minus_9(cluster, node, tmp_path):
     assert all(w.startswith(f"{node}/") for w in workers_seen)
     pids = {r["stages"][0]["worker"].rsplit("/", 1)[1] for r in results}
     assert len(pids) >= 2, "both worker processes served frames"
-    # Once the export made at warm-up is in: the fastest runtime, on the thread count configured
-    # for a one-process pool (tasks.worker), as observed inside predict.
+    # Once the export made at warm-up is in and timed against PyTorch at this size
+    # (services/runtime_trial.py): each process serves from its winner, on the thread count
+    # configured for a one-process pool (tasks.worker), as observed inside predict.
     late = [r["stages"][0] for r in results[kept // 2:]]
-    assert {s["runtime"] for s in late} == {"openvino" if runtimes.installed("openvino") else "pytorch"}
+    served: dict[str, set] = {}
+    for s in late:
+        served.setdefault(s["worker"], set()).add(s["runtime"])
+    runtimes_here = {"openvino", "pytorch"} if runtimes.installed("openvino") else {"pytorch"}
+    assert all(len(r) == 1 and r <= runtimes_here for r in served.values()), served
     assert {s["threads"] for s in late} == {pool_torch_threads(1)}
 
 

@@ -121,3 +121,18 @@ def test_node_profile_times_each_resolution_and_round_trips(tmp_path):
     node_profile.save(profile, tmp_path)
     (tmp_path / "junk.json").write_text("{not json")
     assert node_profile.load_all(tmp_path)["edge-9"]["rows"] == rows
+
+
+def test_node_profile_times_the_runtime_each_size_settled_on(tmp_path):
+    pytest.importorskip("openvino")
+    from services.models import ModelCache
+    from services.registry import ServiceContext
+    from services.runtime_trial import CHOICES_FILE
+
+    models = ModelCache(runtime="auto", exports_dir=tmp_path)  # yolo11n.yaml exports here, not beside shared weights
+    ctx = ServiceContext(device="cpu", models=models, person_weights=None)
+    profile = node_profile.profile_node(_frames(3), ctx, "edge-9", repeats=2, services=(("yolo_detection", "n"),))
+    assert [r["height"] for r in profile["rows"]] == [360, 480, 576]
+    assert not models.trials_in_progress()  # each size was timed on its winner only
+    model = models.get("yolo11n.pt")
+    assert len(model.trial.decided()) == 3 and (tmp_path / CHOICES_FILE).is_file()

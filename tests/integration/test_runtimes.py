@@ -61,6 +61,9 @@ def test_openvino_finds_the_boxes_pytorch_finds(frames, exported, imgsz):
 
 
 def test_a_worker_cache_serves_pytorch_then_the_export_with_its_thread_count(frames, tmp_path):
+    from services.models import take_last_inference
+    from services.runtime_trial import CHOICES_FILE, size_key
+
     import openvino  # noqa: F401  (the runtime under test)
 
     set_torch_threads(1)
@@ -94,8 +97,24 @@ def test_a_worker_cache_serves_pytorch_then_the_export_with_its_thread_count(fra
     done.set()
     watcher.join()
     assert seen == {frozenset(os.sched_getaffinity(0))}, seen
+    # "auto": the export and PyTorch serve this size in turn until one has measured faster
+    size = size_key(320, frames[0].shape)
+    served = []
+    for frame in frames * 2:
+        if size in model.trial.decided():
+            break
+        detect(frame, model, conf=0.25, imgsz=320)
+        served.append(take_last_inference()[0])
+    winner = model.trial.decided()[size]
+    assert {"openvino", "pytorch"} <= set(served) and winner in {"openvino", "pytorch"}
+    detect(frames[0], model, conf=0.25, imgsz=320)
+    assert model.runtime == winner
+    assert (tmp_path / CHOICES_FILE).is_file()
     again = ModelCache(runtime="auto", exports_dir=tmp_path).get(weights, "cpu")
     assert again.runtime == "openvino"  # a new process loads the cached export directly
+    assert again.trial.decided() == {size: winner}  # and serves this size from the winner at once
+    named = ModelCache(runtime="openvino", exports_dir=tmp_path).get(weights, "cpu")
+    assert named.trial is None  # a runtime the operator names is kept
 
 
 def test_a_runtime_that_cannot_run_here_is_a_clear_error():
