@@ -17,7 +17,9 @@ Accuracy is frame-level (DESIGN.md s.6): the golden config (the trained person c
 source resolution) runs offline on every source frame; each source frame is scored with the
 boxes the run showed for it: those of the newest stored result at or before it (detected,
 tracked, or carried forward). `late_share` = stored frames over D. `calibration_abs_err` =
-mean |E[F1] the plan predicted - measured frame-level F1| over 2-s windows after 20 s (bayes).
+mean |E[F1] the plan predicted - measured frame-level F1| over 2-s windows after 20 s (bayes),
+split into `calibration_bias` (mean signed error) and `calibration_spread` (the windows' own
+spread around the run's mean: the part no prediction of one number per plan removes).
 Writes bench/results/adaptive_real.json and prints a table.
 """
 from __future__ import annotations
@@ -304,7 +306,8 @@ def report(data: dict) -> None:
             print(f"{key:<22}{s['frame_f1']:>10.3f}{live:>7.3f}{s['late_share']:>8.3f}{s['fps_out']:>9.2f}"
                   f"{(s['compute_ratio'] or 0):>9.2f}{s.get('frames_tracked', 0):>9}{s.get('delay_p95_s', 0):>8.2f}"
                   f"  {s.get('calibration_abs_err', '')}")
-    print(f"\ncalibration_abs_err {data['calibration_abs_err']}  first_posterior_s {data['first_posterior_s']}  "
+    print(f"\ncalibration_abs_err {data['calibration_abs_err']} (bias {data.get('calibration_bias')}, window spread "
+          f"{data.get('calibration_spread')})  first_posterior_s {data['first_posterior_s']}  "
           f"compile cold/cached {data['compile_s_cold']}/{data['compile_s_cached']} s")
     print(data["machine"])
 
@@ -318,6 +321,9 @@ def summarise(data: dict) -> None:
     cal = [s["calibration_abs_err"] for s in bayes if s.get("calibration_abs_err") is not None]
     first = [s["first_posterior_s"] for s in bayes if s.get("first_posterior_s") is not None]
     data["calibration_abs_err"] = round(float(np.mean(cal)), 4) if cal else None
+    for key in ("calibration_bias", "calibration_spread"):
+        parts = [s[key] for s in bayes if s.get(key) is not None]
+        data[key] = round(float(np.mean(parts)), 4) if parts else None
     data["first_posterior_s"] = round(float(np.max(first)), 2) if first else None
 
 

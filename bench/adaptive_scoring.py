@@ -120,7 +120,19 @@ def calibration(run: dict, summary: dict) -> float | None:
             errs.append(abs(predicted[-1] - measured))
             pairs.append((w0, predicted[-1], round(measured, 4)))
     summary["calibration_windows"] = pairs
+    summary.update(calibration_split(pairs))
     return round(float(np.mean(errs)), 4) if errs else None
+
+
+def calibration_split(pairs: list[tuple[float, float, float]]) -> dict:
+    """What the mean |error| is made of: `calibration_bias` = mean(predicted - measured), the
+    planner under- (< 0) or over-rating its plans; `calibration_spread` = mean |measured - their
+    mean|, what even a prediction of the run's exact mean F1 would be off by, window to window."""
+    if not pairs:
+        return {"calibration_bias": None, "calibration_spread": None}
+    predicted, measured = np.array([p[1] for p in pairs]), np.array([p[2] for p in pairs])
+    return {"calibration_bias": round(float(np.mean(predicted - measured)), 4),
+            "calibration_spread": round(float(np.mean(np.abs(measured - measured.mean()))), 4)}
 
 
 def first_posterior_s(run: dict) -> float | None:

@@ -1,5 +1,5 @@
 """What bench/adaptive_real.py shows for each source frame, in time and live behind the source."""
-from bench.adaptive_scoring import score, shown_per_source_frame
+from bench.adaptive_scoring import calibration_split, score, shown_per_source_frame
 
 FPS = 10.0
 
@@ -34,3 +34,12 @@ def test_live_f1_charges_late_frames_and_plain_f1_does_not():
     assert s["frame_f1"] == 1.0
     assert s["frame_f1_live"] == 0.5  # frames 2-3 are shown live with frame 1's box, which has moved
     assert s["late_share"] == 0.5
+
+
+def test_calibration_error_splits_into_bias_and_the_windows_spread():
+    # predicted 0.80 throughout; measured windows at 0.85 and 0.95 (mean 0.90)
+    split = calibration_split([(20.0, 0.80, 0.85), (22.0, 0.80, 0.95)])
+    assert split == {"calibration_bias": -0.1, "calibration_spread": 0.05}
+    noise_only = calibration_split([(20.0, 0.90, 0.85), (22.0, 0.90, 0.95)])
+    assert noise_only == {"calibration_bias": 0.0, "calibration_spread": 0.05}
+    assert calibration_split([]) == {"calibration_bias": None, "calibration_spread": None}
