@@ -7,7 +7,7 @@ Per backend, each in fresh processes on an empty PyTensor cache of its own:
 - compile_s_cold: the first start (numba compiles everything);
 - compile_s_cached: the next start, the same cache (what every tracker start after the first pays);
 - refresh_s_p50 / refresh_cpu_s_p50: wall and CPU seconds a posterior refresh takes while a
-  simulated cluster (scale_run's, `jobs` jobs) feeds the planner, one refresh a round;
+  simulated 4-edge cluster running `jobs` jobs feeds the planner, one refresh a round;
 - draws_digest: a hash of the last posterior's draws; equal digests = the same posterior.
 The tracker refreshes every 5 s in a niced process of its own (scheduler/sampler_process.py).
 """
@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -55,10 +56,8 @@ def _child(backend: str, rounds: int, jobs: int) -> dict:
             c0 = time.process_time()
             planner.refresh_now()
             cpu.append(time.process_time() - c0)
-        draws = planner.snapshot.draws
-        draws = draws if isinstance(draws, dict) else vars(draws)
         digest = hashlib.sha256()
-        for name, value in sorted(draws.items()):
+        for name, value in sorted(planner.snapshot.draws.items()):
             if isinstance(value, np.ndarray):
                 digest.update(name.encode() + np.round(value, 6).tobytes())
         out.update(refresh_s=[round(x, 3) for x in planner.refresh_times], refresh_cpu_s=[round(x, 3) for x in cpu],
@@ -80,6 +79,7 @@ def run_backend(backend: str, rounds: int, jobs: int) -> dict:
         row[f"compile_s_{key}"] = child.pop("compile_s")
         row.update(child)
         print(f"  {backend} {key}: compiled in {row[f'compile_s_{key}']} s", flush=True)
+    shutil.rmtree(cache, ignore_errors=True)
     row["refresh_s_p50"] = round(median(row["refresh_s"][1:]), 3)  # the first includes numba's first calls
     row["refresh_cpu_s_p50"] = round(median(row["refresh_cpu_s"][1:]), 3)
     return row

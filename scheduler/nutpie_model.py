@@ -3,10 +3,10 @@ nutpie's Python-function interface, so that a start after the first loads them f
 
 nutpie's own `compile_pymc_model` wraps pytensor's functions in numba C callbacks that numba
 cannot cache (they close over dynamic globals), so every tracker start compiled them again:
-17.6 s of a 25.9 s compile on a 2-core AMD host, 33 s on the slowest one, whether PyTensor's
-cache was warm or not. pytensor caches its own numba functions on disk (`numba__cache`, under
-`base_compiledir`); called from Python they are ready in about 1.4 s on every start after
-the first, for some more CPU a posterior (`python -m bench.sampler_backends` times both).
+20.1-20.2 s a start on a 2-core AMD host with PyTensor's cache warm (33 s on the slowest).
+pytensor caches its own numba functions on disk (`numba__cache`, under `base_compiledir`);
+called from Python, the model is ready in 4.1-4.2 s on every start after the first, with the
+same draws, for 1.45x the CPU a posterior (`python -m bench.sampler_backends`, two runs).
 
 This reads two helpers nutpie keeps private (`_make_functions`, `_prepare_dims_and_coords`,
 nutpie pinned in requirements.txt); if a nutpie release moves them, `compile_model` falls
