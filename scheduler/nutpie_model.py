@@ -63,9 +63,9 @@ class PyfuncModel:
 
         def make_expand(_seed1, _seed2, _chain):
             def expand(x):
-                values = expand_fn(x, *expand_args)
+                outputs = expand_fn(x, *expand_args)
                 return {n: np.asarray(v, dtype="float64", order="C").reshape(s)
-                        for n, v, s in zip(names, values, shapes, strict=True)}
+                        for n, v, s in zip(names, outputs, shapes, strict=True)}
             return expand
 
         return from_pyfunc(ndim=self.n_dim, make_logp_fn=make_logp, make_expand_fn=make_expand,
