@@ -26,11 +26,11 @@ log = logging.getLogger(__name__)
 # Detectors whose accuracy a profiling segment scores (the others have no golden config).
 SEGMENT_SERVICES = frozenset({"person_detection", "yolo_detection", "car_detection"})
 FAST_SEGMENTS = 3   # the first segments come 3x as often
-URGENT_SEGMENTS = 1  # and the first one is scored first, not on idle capacity only
-# ...and is shorter: scored beside the frames (tasks/profiler.py), it slows them while it lasts
-# (a slow 2-core node's detector at 480p: 0.31-0.35 s a frame before it, 0.36-0.56 s for the
-# 15 s it took) and the planner reads that as the node being slow. Six frames still hold a group
-# of every 10 and 5 fps plan the planner weighs first (ntracking up to 4 at 10 fps, 2 at 5 fps).
+# The first is shorter: scored beside the frames (a job's first `urgent_segments` are, see
+# tasks/profiler.py), it slows them while it lasts (a slow 2-core node's detector at 480p:
+# 0.31-0.35 s a frame before it, 0.36-0.56 s for the 15 s it took) and the planner reads that as
+# the node being slow. Six frames still hold a group of every 10 and 5 fps plan the planner
+# weighs first (ntracking up to 4 at 10 fps, 2 at 5 fps).
 URGENT_SEGMENT_FRAMES = 6
 
 
@@ -52,6 +52,9 @@ class ActivePlan:
     # source frames on which the worker scores candidate configs against the golden one.
     segment_every_s: float = 0.0
     segment_frames: int = 10
+    # The job's first segments are scored ahead of the frames, not on idle capacity only
+    # (Settings.profile_urgent_segments says why three).
+    urgent_segments: int = 1
 
 
 def _sees_what_golden_sees(plan: ActivePlan, shape, source_shape) -> bool:
@@ -314,8 +317,8 @@ class FrameGenerator:
                 return
             self._segment = []
         self._segment.append(encode_jpeg(image, SEGMENT_QUALITY))
-        urgent = self.stats.segments < URGENT_SEGMENTS
-        if len(self._segment) >= (min(URGENT_SEGMENT_FRAMES, plan.segment_frames) if urgent else plan.segment_frames):
+        first = self.stats.segments == 0
+        if len(self._segment) >= (min(URGENT_SEGMENT_FRAMES, plan.segment_frames) if first else plan.segment_frames):
             frames, self._segment = self._segment, None
             # The first few come faster: the planner learns the content's accuracy in seconds.
             every = plan.segment_every_s / (3 if self.stats.segments < FAST_SEGMENTS else 1)
@@ -332,7 +335,7 @@ class FrameGenerator:
                        enqueued_at=now, width=w, height=h, route=detector, origin=self.origin_node,
                        results_queue=self.results_queue, kind="profile", segment=frames,
                        segment_fps=self.source.info.fps or 10.0, golden_grade=plan.golden_grade,
-                       frame_bytes=sum(map(len, frames)), urgent=self.stats.segments < URGENT_SEGMENTS)
+                       frame_bytes=sum(map(len, frames)), urgent=self.stats.segments < plan.urgent_segments)
         try:
             self.dispatch(env)
             self.stats.segments += 1

@@ -23,14 +23,19 @@ the seconds a segment was being scored (Megamind.avi, 480p at 10 fps: 0.074-0.08
 then 0.117 s, and 22 frames past D = 0.5 s; vtest.avi the same at the source resolution). So
 while this worker process runs a frame the child is stopped (SIGSTOP), and continues when no
 frame runs: it scores on idle capacity only, more slowly the busier the frames keep the node.
-A job's first (urgent) segment is not stopped: accuracy learned in seconds is worth more then
-(and it is shorter, services/generator.py: it still slows the frames while it lasts).
-Only the first: a second one, unstopped too, slowed the 480p frames from 0.31 to 0.48-0.56 s
-for four seconds and 25 frames went past D = 0.5 s (vtest.avi, slow 2-core host; measured while
-OpenVINO still pinned both processes to one core, see services/runtimes.py; three unstopped,
-tried after that fix, gave no better calibration). Never stopping any segment, tried after that
-fix too (vtest.avi, worker on PyTorch as a slow node stand-in): 4 segments scored a minute
-instead of 2, but calibration no better (0.056 / 0.078 vs 0.051-0.084), so the stop stays.
+A job's first segments (`urgent`: Settings.profile_urgent_segments, three) are not stopped:
+accuracy learned in seconds is worth more then (the first is also shorter, services/generator.py:
+it still slows the frames while it lasts). With only the first unstopped, the others waited for
+idle moments that a busy node rarely has: Megamind.avi (24 fps, 2-core AMD host) had 2 of its 7
+segments scored in 60 s, the second 20 s after it was sent, and the planner ran 360p for 30 s
+on what two 0.4-s segments showed (F1 0.83-0.84; the one-time profile's 480p 0.87). With three,
+three were scored in the first 16 s: F1 0.865-0.889, 0 % late, and vtest.avi unchanged (0.946,
+0 % late); on that host at 0.7 of a CPU (bench/slow_node.py) bayes 0.858-0.932 with at most
+2.7 % late. (A second unstopped segment once slowed 480p frames from 0.31 to 0.48-0.56 s on a
+slow host, but that was while OpenVINO pinned both processes to one core, services/runtimes.py.)
+Never stopping any segment, tried after that fix (vtest.avi, worker on PyTorch as a slow node
+stand-in): 4 segments scored a minute instead of 2, calibration no better (0.056 / 0.078 vs
+0.051-0.084), so later segments stay stopped.
 The child dies with the worker (PR_SET_PDEATHSIG), stopped or not.
 """
 from __future__ import annotations

@@ -186,6 +186,21 @@ def test_generator_sends_profiling_segments_of_consecutive_source_frames():
     assert sum(e.kind == "frame" for e in sent) == 8  # the 2 fps frames are unaffected
 
 
+def test_a_jobs_first_segments_are_urgent_and_only_the_first_is_short():
+    """The first `urgent_segments` are scored ahead of the frames (tasks/profiler.py); only the
+    very first is cut to URGENT_SEGMENT_FRAMES, since it slows the frames longest."""
+    from services.generator import URGENT_SEGMENT_FRAMES
+
+    sent: list[Envelope] = []
+    hop = Hop(stage="detect", service="person_detection", node="cloud", inputs={"image": "generator.image"})
+    plan = ActivePlan(1, VideoConf(fps=2), (hop,), segment_every_s=2.0, segment_frames=8, urgent_segments=2)
+    FrameGenerator("j", ListSource(80), lambda: plan, sent.append, InFlightWindow(100), threading.Event(),
+                   pace=0).run()
+    segments = [e for e in sent if e.kind == "profile"]
+    assert [e.urgent for e in segments] == [True, True] + [False] * (len(segments) - 2) and len(segments) >= 4
+    assert [len(e.segment) for e in segments] == [URGENT_SEGMENT_FRAMES] + [8] * (len(segments) - 1)
+
+
 def _box(cx: float, cy: float, cls: str = "person") -> dict:
     return {"box": [cx - 0.05, cy - 0.1, cx + 0.05, cy + 0.1], "cls": cls, "conf": 0.9}
 

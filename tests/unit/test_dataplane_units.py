@@ -202,5 +202,6 @@ def test_accuracy_is_profiled_off_the_frame_path_where_segments_score_the_detect
     plan = Plan(video_conf=VideoConf(), flow_mapping={s.name: StageMapping(node="n") for s in dag.stages})
     active = active_plan(settings, dag, 1, plan, planned=True)
     assert (active.profile_every, active.segment_every_s) == (profile_every, segments)
+    assert active.urgent_segments == settings.profile_urgent_segments == 3
     fixed = active_plan(settings, dag, 1, plan, planned=False)
     assert (fixed.profile_every, fixed.segment_every_s) == (0, 0.0)

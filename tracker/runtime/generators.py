@@ -59,7 +59,8 @@ def active_plan(settings: Settings, dag: DagSpec, plan_id: int, plan: Plan, plan
                       profile_every=settings.profile_every if profiled and not segments else 0,
                       golden_grade=settings.golden_grade,
                       segment_every_s=settings.profile_segment_every_s if segments else 0.0,
-                      segment_frames=settings.profile_segment_frames)
+                      segment_frames=settings.profile_segment_frames,
+                      urgent_segments=settings.profile_urgent_segments)
 
 
 def renders(dag: DagSpec) -> bool:
