@@ -70,7 +70,7 @@ class Settings(BaseSettings):
         "a job's first this many segments are scored next and beside the frames, not on idle capacity "
         "only (the others wait while a frame runs): with one, Megamind.avi had 2 of its 7 segments scored "
         "in 60 s and the planner ran 360p from the second one, F1 0.83-0.84 against 0.87 for the one-time "
-        "profile's 480p; with three, three in the first 16 s, 0.87-0.89 (bench/adaptive_real.py)"))
+        "profile's 480p; with three, three in the first 16 s, 0.865-0.889 (bench/adaptive_real.py)"))
     profile_first_nice: int = Field(10, ge=0, le=19, description=(
         "its niceness while it scores a job's first segments: until they are scored the planner has "
         "little accuracy from the video (at 19 on a busy node the first one took 15-20 s for a few s of CPU)"))
