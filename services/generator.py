@@ -52,8 +52,8 @@ class ActivePlan:
     # source frames on which the worker scores candidate configs against the golden one.
     segment_every_s: float = 0.0
     segment_frames: int = 10
-    # The job's first segments are scored ahead of the frames, not on idle capacity only
-    # (Settings.profile_urgent_segments says why three).
+    # The job's first segments are scored ahead of the frames, not on idle capacity only; the
+    # tracker sets it from Settings.profile_urgent_segments (3, which says why), 1 = the first only.
     urgent_segments: int = 1
 
 
