@@ -193,6 +193,7 @@ def bench_plumbing(cfg: dict, tmp: Path, log_dir: Path) -> dict:
             groups = {"tracker": [os.getpid()], "worker": process_tree(worker.pid), "rabbit": rabbit_pids()}
             for _ in range(cfg["plumb_rounds"]):
                 raw, raw_cpu = raw_round_trip_fps(payloads)
+                raw_durable, raw_durable_cpu = raw_round_trip_fps(payloads, durable=True)
                 with CpuMeter(groups) as file_cpu:
                     uid, job = probe_pipeline(server, clip, node)
                 assert job["state"] == "DONE" and job["stats"]["frames_out"] == n, job
@@ -202,8 +203,10 @@ def bench_plumbing(cfg: dict, tmp: Path, log_dir: Path) -> dict:
                 assert job["state"] == "DONE" and job["stats"]["frames_out"] == n, job
                 mem = clock.fps(uid)
                 rounds.append({"raw_fps": raw, "pipeline_fps": pipe, "ratio": pipe / raw,
+                               "raw_durable_fps": raw_durable, "ratio_to_raw_durable": pipe / raw_durable,
                                "memory_source_fps": mem, "memory_source_ratio": mem / raw,
-                               "cpu_ms_per_frame": {"raw": raw_cpu, "pipeline": file_cpu.per_frame_ms(n),
+                               "cpu_ms_per_frame": {"raw": raw_cpu, "raw_durable": raw_durable_cpu,
+                                                    "pipeline": file_cpu.per_frame_ms(n),
                                                     "pipeline_memory_source": mem_cpu.per_frame_ms(n)}})
     finally:
         stop_process(worker)
@@ -211,6 +214,10 @@ def bench_plumbing(cfg: dict, tmp: Path, log_dir: Path) -> dict:
         "plumbing_ratio": median([r["ratio"] for r in rounds]),
         "plumbing_raw_fps": median([r["raw_fps"] for r in rounds]),
         "plumbing_pipeline_fps": median([r["pipeline_fps"] for r in rounds]),
+        # The pipeline's queues are durable (a broker restart redelivers the frames in them):
+        # the same raw round trip on durable queues says what that durability costs.
+        "plumbing_raw_durable_fps": median([r["raw_durable_fps"] for r in rounds]),
+        "plumbing_ratio_to_raw_durable": median([r["ratio_to_raw_durable"] for r in rounds]),
         "plumbing_memory_source_ratio": median([r["memory_source_ratio"] for r in rounds]),
         "plumbing_memory_source_fps": median([r["memory_source_fps"] for r in rounds]),
         "plumbing_cpu_ms_per_frame": rounds[len(rounds) // 2]["cpu_ms_per_frame"],

@@ -15,14 +15,14 @@ from bench.common import AMQP_URL, CpuMeter, delete_queues, rabbit_pids, unique_
 WINDOW = 8  # frames in flight: the pipeline's max_in_flight and the raw round trip's window
 
 
-def raw_consumer(url: str, q_in: str, q_out: str) -> None:
+def raw_consumer(url: str, q_in: str, q_out: str, durable: str = "transient") -> None:
     """The raw round trip's far end (a separate process): decode each JPEG, reply small."""
     import cv2
     import numpy as np
     from kombu import Connection, Consumer, Exchange, Producer, Queue
 
     ex = Exchange("vdag.rawbench", type="direct", durable=False)
-    qin = Queue(q_in, ex, routing_key=q_in, durable=False)
+    qin = Queue(q_in, ex, routing_key=q_in, durable=durable == "durable")
     with Connection(url) as conn:
         producer = Producer(conn.channel(), exchange=ex)
 
@@ -44,9 +44,11 @@ def raw_consumer(url: str, q_in: str, q_out: str) -> None:
                 conn.drain_events(timeout=60)
 
 
-def raw_round_trip_fps(payloads: list[bytes], window: int = WINDOW) -> tuple[float, dict]:
+def raw_round_trip_fps(payloads: list[bytes], window: int = WINDOW, durable: bool = False) -> tuple[float, dict]:
     """Raw kombu: publish each JPEG (at most `window` unanswered), a consumer process decodes it
-    and replies with a small msgpack map, this process collects the replies.
+    and replies with a small msgpack map, this process collects the replies. `durable`: on durable
+    queues, like the pipeline's (a broker restart keeps the frames in them), where RabbitMQ stores
+    every persistent message; on transient ones (the plumbing baseline) it keeps them in memory.
     Returns (frames/s, CPU ms per frame by process)."""
     import socket
     import subprocess
@@ -56,14 +58,15 @@ def raw_round_trip_fps(payloads: list[bytes], window: int = WINDOW) -> tuple[flo
     tag = unique_node("raw")
     q_in, q_out = f"{tag}.in", f"{tag}.out"
     ex = Exchange("vdag.rawbench", type="direct", durable=False)
-    qin = Queue(q_in, ex, routing_key=q_in, durable=False)
-    qout = Queue(q_out, ex, routing_key=q_out, durable=False)
+    qin = Queue(q_in, ex, routing_key=q_in, durable=durable)
+    qout = Queue(q_out, ex, routing_key=q_out, durable=durable)
     with Connection(AMQP_URL) as conn:
         ch = conn.channel()
         qin(ch).declare()
         qout(ch).declare()
     root = str(Path(__file__).resolve().parent.parent)
-    proc = subprocess.Popen([sys.executable, "-m", "bench.raw_kombu", AMQP_URL, q_in, q_out],
+    proc = subprocess.Popen([sys.executable, "-m", "bench.raw_kombu", AMQP_URL, q_in, q_out,
+                             "durable" if durable else "transient"],
                             cwd=root, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": root})
     try:
         assert proc.stdout.readline().strip() == b"ready"
@@ -101,4 +104,4 @@ def raw_round_trip_fps(payloads: list[bytes], window: int = WINDOW) -> tuple[flo
 
 
 if __name__ == "__main__":
-    raw_consumer(*sys.argv[1:4])
+    raw_consumer(*sys.argv[1:5])

@@ -12,7 +12,8 @@
    VDAG_TORCH_THREADS = cores) runs person_detection on 360p frames, the tracker in this process;
    its frames/s against the bare best-runtime loop on the same frames, rounds alternating. The
    thread count is what the worker saw inside predict (each stage timing carries it). Run again
-   with every core but one (the worker's default), where the plumbing has a core to itself.
+   with every core but one (the worker's default), where the plumbing has a core to itself, and
+   with a threads pool of 4 (several of the job's frames at once, sharing predict calls).
 3. plumbing_ratio: bench.pipeline's definition (frame_probe pipeline vs a raw kombu round trip).
 4. batching_gain: bench.batching, 4 concurrent jobs of YOLO11n at 320 on one worker, shared
    predict calls against one call per frame, in the best runtime and in PyTorch; beside it
@@ -134,7 +135,8 @@ def bench_batch_ceiling(cfg: dict, threads: int, exports: Path, best: str, batch
             "batching_bare": out}
 
 
-def bench_worker(cfg: dict, threads: int, exports: Path, best: str, tmp: Path, log_dir: Path) -> dict:
+def bench_worker(cfg: dict, threads: int, exports: Path, best: str, tmp: Path, log_dir: Path,
+                 pool: str = "prefork", concurrency: int = 1) -> dict:
     from services.detection import default_imgsz
     from services.weights import trained_person_weights
 
@@ -143,10 +145,10 @@ def bench_worker(cfg: dict, threads: int, exports: Path, best: str, tmp: Path, l
     frames = read_frames(clip, PIPE_RESOLUTION)
     bare = BareLoop(weights, best, threads, exports)  # also makes the export the worker loads
     node = unique_node("bt")
-    worker = start_worker(node, concurrency=1, log_path=log_dir / "worker.log",
+    worker = start_worker(node, pool=pool, concurrency=concurrency, log_path=log_dir / "worker.log",
                           extra_env={"VDAG_TORCH_THREADS": str(threads), "VDAG_PERSON_WEIGHTS": weights,
                                      "VDAG_RUNTIME": "auto"})
-    rounds, seen = [], []
+    rounds, seen, batches = [], [], []
     try:
         with rabbit_tracker(node, max_in_flight=8, workers=(worker,)) as (server, _):
             clock = ArrivalClock(server)
@@ -158,6 +160,7 @@ def bench_worker(cfg: dict, threads: int, exports: Path, best: str, tmp: Path, l
                 assert job["state"] == "DONE" and job["stats"]["frames_out"] == len(frames), job
                 stages = [s for r in all_results(server.app.test_client(), uid) for s in r["stages"]]
                 seen += [(s["runtime"], s["threads"]) for s in stages]
+                batches += [s.get("batch") or 1 for s in stages]
                 fps = clock.fps(uid)
                 rounds.append({"bare_fps": 1e3 / bare_ms, "pipeline_fps": fps, "ratio": fps * bare_ms / 1e3})
     finally:
@@ -172,8 +175,9 @@ def bench_worker(cfg: dict, threads: int, exports: Path, best: str, tmp: Path, l
         "inference_bare_best_fps": round(median([r["bare_fps"] for r in rounds]), 2),
         "inference_pipeline_fps": round(median([r["pipeline_fps"] for r in rounds]), 2),
         "inference_rounds": rounds,
+        "inference_batch_mean": round(sum(batches) / len(batches), 2) if batches else None,
         "inference_setup": f"{Path(weights).name} on {len(frames)} vtest frames at {PIPE_RESOLUTION}, "
-                           f"{threads} threads, 1 prefork worker process, window 8",
+                           f"{threads} threads, 1 worker process ({pool} pool of {concurrency}), window 8",
     }
 
 
@@ -207,9 +211,15 @@ def main(argv: list[str] | None = None) -> int:
         spare = bench_worker(cfg, threads - 1, tmp / "exports", best, tmp, tmp / "logs")
         result["spare_core"] = {k: spare[k] for k in ("threads_in_predict", "inference_ratio_best",
                                                       "inference_bare_best_fps", "inference_pipeline_fps")}
+    # A threads pool runs several of the job's frames at once: decoding and publishing overlap
+    # a predict call, and frames in flight together share one (services/batching.py).
+    pooled = bench_worker(cfg, threads, tmp / "exports", best, tmp, tmp / "logs", pool="threads", concurrency=4)
+    result["threads_pool"] = {k: pooled[k] for k in ("threads_in_predict", "inference_ratio_best", "inference_batch_mean",
+                                                     "inference_bare_best_fps", "inference_pipeline_fps")}
     plumb = bench_plumbing({**PIPE_QUICK, "plumb_frames": cfg["plumb_frames"], "plumb_rounds": cfg["plumb_rounds"]},
                            tmp, tmp / "logs")
-    result.update({k: plumb[k] for k in ("plumbing_ratio", "plumbing_raw_fps", "plumbing_pipeline_fps")})
+    result.update({k: plumb[k] for k in ("plumbing_ratio", "plumbing_raw_fps", "plumbing_pipeline_fps",
+                                         "plumbing_raw_durable_fps", "plumbing_ratio_to_raw_durable")})
     from bench.batching import bench_batching
 
     result.update(bench_batch_ceiling(cfg, threads, tmp / "exports", best))
@@ -233,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [(f"runtime_speedup {k}", v) for k, v in result["runtime_speedup"].items()]
     rows += [(k, v) for k, v in result.items() if isinstance(v, (int, float, str)) and k not in ("machine",)]
     rows += [(f"cores-1 threads: {k}", v) for k, v in result.get("spare_core", {}).items()]
+    rows += [(f"threads pool of 4: {k}", v) for k, v in result.get("threads_pool", {}).items()]
     print_table(f"vdag throughput bench ({result['mode']}) on {result['machine']}", rows)
     print("targets:", result["targets"])
     print(f"wrote {path}")
