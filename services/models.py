@@ -66,6 +66,7 @@ class LoadedModel:
     _exports: dict[str, Path] = field(default_factory=dict)
     _set_up: set[str] = field(default_factory=set)  # runtimes whose threads are set up
     _threads_seen: dict[str, int] = field(default_factory=dict)
+    _names: dict[int, str] | None = None  # the same in every runtime: exports carry the weights' names
 
     def __post_init__(self) -> None:
         self._models.setdefault(self.runtime, self.model)
@@ -74,7 +75,14 @@ class LoadedModel:
 
     @property
     def names(self) -> dict[int, str]:
-        return dict(self.model.names)
+        """The class names, read once under the lock. ultralytics sets up an exported model's
+        predictor on its first use, and its `names` read meanwhile from another thread fails
+        (a threads-pool worker lost its first frames after a background export that way)."""
+        if self._names is None:
+            with self.lock:
+                if self._names is None:
+                    self._names = dict(self.model.names)
+        return self._names
 
     def predict(self, frame, **kwargs) -> Any:
         """One frame's result; with a batcher, in one predict call with the frames that other
