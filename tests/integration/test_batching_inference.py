@@ -75,12 +75,14 @@ def test_batched_frames_get_the_boxes_they_get_alone(frames, tmp_path_factory):
         model.batcher = None
 
 
-
 @pytest.mark.skipif(not runtimes.installed("openvino"), reason="pip install openvino")
 def test_class_names_are_there_while_a_fresh_export_sets_itself_up(frames, tmp_path_factory):
     """ultralytics sets an exported model up on its first predict; a threads-pool task that asks
     for the class names meanwhile (the next frame after a background export) gets them."""
+    from ultralytics import YOLO
+
     weights = trained_person_weights()
+    want = YOLO(weights).names
     path = runtimes.export(weights, "openvino", tmp_path_factory.mktemp("fresh-exports"))
     model = LoadedModel(weights, "cpu", runtimes.load_exported(path), runtime="openvino", exported=path)
     first = threading.Thread(target=model.predict, args=(frames[0],), kwargs={"imgsz": 384, "conf": 0.25})
@@ -89,6 +91,4 @@ def test_class_names_are_there_while_a_fresh_export_sets_itself_up(frames, tmp_p
     while first.is_alive():
         seen.append(model.names)  # raised AttributeError while the predictor was half set up
     first.join()
-    from ultralytics import YOLO
-
-    assert seen and all(names == YOLO(weights).names for names in seen[:1] + seen[-1:])
+    assert seen and seen[0] == want and seen[-1] == want
