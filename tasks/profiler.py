@@ -49,6 +49,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from typing import BinaryIO, Callable
 
 from services.codec import BadEnvelope, Envelope, decode_envelope, encode_envelope
@@ -98,7 +99,9 @@ class SegmentProfiler:
         self.urgent_nice = nice if urgent_nice is None else urgent_nice
         self._nice_now = self.urgent_nice  # a new child's first segments are a job's first
         self._renice_refused = False
-        self._pending: Envelope | None = None  # an urgent segment waiting for the busy child
+        # Urgent segments waiting for the busy child, oldest first: at most a job's worth
+        # (profile_urgent_segments); past that the oldest is dropped and counted as skipped.
+        self._waiting: deque[Envelope] = deque()
         self._proc: subprocess.Popen | None = None
         self._busy = threading.Event()
         self._ready = threading.Event()  # the child has loaded its models (it said so)
@@ -155,26 +158,34 @@ class SegmentProfiler:
     def submit(self, env: Envelope) -> bool:
         """Hand a segment over and return at once: a writer thread feeds the child's pipe (a
         segment is larger than the pipe's buffer, and a child still loading its models reads
-        nothing yet). While one is being scored an urgent segment waits (the newest one) and is
-        scored next, whatever job the busy one is from; any other is skipped."""
+        nothing yet). While one is being scored urgent segments wait, in the order they came, and
+        are scored next, whatever job the busy one is from; any other is skipped. Where scoring
+        one takes longer than the seconds between a job's first segments (a slow host), keeping
+        only the newest lost the second of them to the third."""
         with self._lock:
             if self._busy.is_set():
                 if env.urgent:
-                    if self._pending is not None:
-                        self.skipped += 1
-                    self._pending = env
-                    log.info("segment of job %s waits for the one being scored (%.1f s so far)",
-                             env.job, time.monotonic() - self._since)
+                    self._wait_locked(env)
+                    log.info("segment of job %s waits for the one being scored (%.1f s so far, %d waiting)",
+                             env.job, time.monotonic() - self._since, len(self._waiting))
                     return True
                 self.skipped += 1
                 log.info("segment of job %s skipped: the previous one is still being scored (%.1f s so far)",
                          env.job, time.monotonic() - self._since)
                 return False
-            if self._pending is not None:  # left by a child that died while scoring
-                env, self._pending = (env if env.urgent else self._pending), None
+            if self._waiting:  # left by a child that died while scoring
+                if env.urgent:
+                    self._wait_locked(env)
+                env = self._waiting.popleft()
             proc = self._hand_over_locked(env)
         self._feed(proc, env)
         return True
+
+    def _wait_locked(self, env: Envelope) -> None:
+        if len(self._waiting) >= max(1, self.settings.profile_urgent_segments):
+            self._waiting.popleft()
+            self.skipped += 1
+        self._waiting.append(env)
 
     def _hand_over_locked(self, env: Envelope) -> subprocess.Popen:
         proc = self._start_locked()
@@ -233,11 +244,9 @@ class SegmentProfiler:
                 took = time.monotonic() - self._since
                 self._busy.clear()
                 self._signal_locked(stop=False)  # stopped as it answered: it must read the next one
-                waiting, self._pending = self._pending, None
-                if waiting is not None and payload is not None:
+                if self._waiting and payload is not None:
+                    waiting = self._waiting.popleft()
                     self._feed(self._hand_over_locked(waiting), waiting)
-                else:
-                    self._pending = waiting
             if payload is None:
                 return
             try:

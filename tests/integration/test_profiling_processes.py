@@ -78,13 +78,15 @@ def test_segment_profiler_scores_in_a_niced_child_and_never_blocks(tmp_path):
         assert _state(profiler._proc.pid) == "T", "another frame still runs"
         profiler.frame_done()
         assert _state(profiler._proc.pid) != "T"
-        # An urgent segment is not skipped behind a busy child: it is scored next.
-        later = env.model_copy(update={"urgent": True, "job": "k"})
-        assert profiler.submit(later) and profiler.skipped == 1
+        # Urgent segments are not skipped behind a busy child: they are scored next, in order
+        # (a newer one does not replace an older one that waits).
+        for job in ("k", "m"):
+            assert profiler.submit(env.model_copy(update={"urgent": True, "job": job}))
+        assert profiler.skipped == 1
         deadline = time.monotonic() + 240
-        while len(done) < 4 and time.monotonic() < deadline:
+        while len(done) < 5 and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert [e.job for e in done[2:]] == ["j", "k"]
+        assert [e.job for e in done[2:]] == ["j", "k", "m"]
     finally:
         profiler.close()
 
