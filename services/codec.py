@@ -76,6 +76,7 @@ class Envelope(BaseModel):
     kind: Literal["frame", "profile"] = "frame"
     segment: list[bytes] = Field(default_factory=list, max_length=64)
     segment_fps: float = 0.0
+    segment_golden_every: int = Field(1, ge=1, le=16)  # the golden config runs on every Nth (profiling.golden_stride)
     # A job's first segments: the planner has no accuracy from the video until one is scored,
     # so the worker scores them first and at a higher priority than idle capacity only.
     urgent: bool = False

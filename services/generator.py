@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 from services.codec import Envelope, Hop
-from services.profiling import SEGMENT_QUALITY
+from services.profiling import SEGMENT_QUALITY, golden_stride
 from services.read_ahead import ReadAhead
 from services.sources import SourceError, VideoSource
 from services.video_conf import FrameSkipper, VideoConf, encode_jpeg, resize_to
@@ -32,6 +32,7 @@ FAST_SEGMENTS = 3   # the first segments come 3x as often
 # the node being slow. Six frames still hold a group of every 10 and 5 fps plan the planner
 # weighs first (ntracking up to 4 at 10 fps, 2 at 5 fps).
 URGENT_SEGMENT_FRAMES = 6
+MAX_SEGMENT_FRAMES = 64  # source frames in one segment message (services.codec.Envelope)
 
 
 class DispatchUnavailable(RuntimeError):
@@ -48,8 +49,8 @@ class ActivePlan:
     route: tuple[Hop, ...]
     profile_every: int = 0  # mark every Nth detected frame for golden-config profiling; 0 = never
     golden_grade: str = "m"
-    # Chameleon-style profiling: every segment_every_s of video, send segment_frames consecutive
-    # source frames on which the worker scores candidate configs against the golden one.
+    # Chameleon-style profiling: every segment_every_s of video, send consecutive source frames
+    # on which the worker scores candidate configs against the golden one, run on segment_frames of them.
     segment_every_s: float = 0.0
     segment_frames: int = 10
     # The job's first segments are scored ahead of the frames, not on idle capacity only; the
@@ -306,8 +307,9 @@ class FrameGenerator:
 
     # -- profiling segments ---------------------------------------------------------------------
     def _collect_segment(self, image, ts: float, plan: ActivePlan) -> None:
-        """Every segment_every_s of video, the next segment_frames source frames (all of them,
-        kept or not: frame-level accuracy is scored on every source frame) go to a worker."""
+        """Every segment_every_s of video, the next consecutive source frames (all of them, kept
+        or not: tracking runs through them) go to a worker: enough for segment_frames of them to
+        be golden-scored at the source's golden stride (services/profiling.golden_stride)."""
         if not plan.segment_every_s or plan.segment_frames < 2:
             return
         if self._segment is None:
@@ -318,14 +320,16 @@ class FrameGenerator:
             self._segment = []
         self._segment.append(encode_jpeg(image, SEGMENT_QUALITY))
         first = self.stats.segments == 0
-        if len(self._segment) >= (min(URGENT_SEGMENT_FRAMES, plan.segment_frames) if first else plan.segment_frames):
+        golden = min(URGENT_SEGMENT_FRAMES, plan.segment_frames) if first else plan.segment_frames
+        golden_every = golden_stride(self.source.info.fps or 10.0)
+        if len(self._segment) >= min(MAX_SEGMENT_FRAMES, (golden - 1) * golden_every + 1):
             frames, self._segment = self._segment, None
             # The first few come faster: the planner learns the content's accuracy in seconds.
             every = plan.segment_every_s / (3 if self.stats.segments < FAST_SEGMENTS else 1)
             self._next_segment_ts = ts + every
-            self._send_segment(frames, ts, plan, image.shape)
+            self._send_segment(frames, ts, plan, image.shape, golden_every)
 
-    def _send_segment(self, frames: list[bytes], ts: float, plan: ActivePlan, shape) -> None:
+    def _send_segment(self, frames: list[bytes], ts: float, plan: ActivePlan, shape, golden_every: int) -> None:
         detector = [h for h in plan.route if h.service in SEGMENT_SERVICES][:1]
         if not detector:
             return
@@ -334,7 +338,8 @@ class FrameGenerator:
         env = Envelope(job=self.job_uid, seq=0, plan=plan.plan_id, capture_ts=ts, sent_at=now, read_at=now,
                        enqueued_at=now, width=w, height=h, route=detector, origin=self.origin_node,
                        results_queue=self.results_queue, kind="profile", segment=frames,
-                       segment_fps=self.source.info.fps or 10.0, golden_grade=plan.golden_grade,
+                       segment_fps=self.source.info.fps or 10.0, segment_golden_every=golden_every,
+                       golden_grade=plan.golden_grade,
                        frame_bytes=sum(map(len, frames)), urgent=self.stats.segments < plan.urgent_segments)
         try:
             self.dispatch(env)

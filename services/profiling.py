@@ -12,10 +12,19 @@ on *every* source frame, the boxes shown for it (detected, tracked, or carried f
 the last kept frame) against the golden boxes, averaged over groups starting at up to
 START_FRAMES frames of the segment. Cost: L golden detections, START_FRAMES per resolution,
 one per extra quality and some optical-flow steps — about 2L + 2 detector runs for L = 10.
+
+On a fast source the golden config runs on every `golden_every`-th frame only
+(`golden_stride`): a segment covers about a second of video whatever the source's rate, for
+the same golden cost. Ten consecutive frames of Megamind.avi (24 fps) are 0.4 s, and no plan
+at 5 fps tracking 2 or 4 (a source-frame step of 5, a group of 15 or 25 frames) fitted in one:
+on a slow node those are the plans it can afford, and the planner ran them on its pooled model
+alone (720p@5fps track 2 at E[F1] 0.71 where the profiled plans beside it measured 0.87-0.98).
+Frame-level F1 over the frames that have golden boxes estimates it over all of them.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import math
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -29,14 +38,20 @@ NTRACKING_LEVELS: tuple[int, ...] = (0, 1, 2, 4)
 # 0.017 lower again), at ~300 kB a 768x576 frame; PNG would be exact at 640 kB and 27 ms each.
 SEGMENT_QUALITY = 100
 START_FRAMES = 5  # detected frames per candidate resolution and segment (its groups' starts)
+GOLDEN_FPS = 10.0  # golden-scored frames per second of video in a segment, at most
 
 
-def frame_level_f1(shown: Sequence[Detections], golden: Sequence[Detections]) -> float:
+def golden_stride(src_fps: float) -> int:
+    """Every how many source frames a segment's golden config runs: 1 up to GOLDEN_FPS."""
+    return max(1, math.ceil(src_fps / GOLDEN_FPS - 1e-6)) if src_fps > 0 else 1
+
+
+def frame_level_f1(shown: Sequence[Detections], golden: Sequence[Optional[Detections]]) -> float:
     """Mean F1 over frames of what each frame shows against its golden boxes (one definition,
-    used by profiling, the benches and the simulator's truth)."""
-    if not golden:
-        return 1.0
-    return float(np.mean([f1_score(list(s), list(g)) for s, g in zip(shown, golden)]))
+    used by profiling, the benches and the simulator's truth). Frames whose golden entry is
+    None have no golden boxes and are not scored."""
+    scores = [f1_score(list(s), list(g)) for s, g in zip(shown, golden) if g is not None]
+    return float(np.mean(scores)) if scores else 1.0
 
 
 def shown_boxes(kept: Sequence[Detections], step: int, n_frames: int) -> list[Detections]:
@@ -53,7 +68,7 @@ def step_options(src_fps: float, fps_levels: Sequence[float]) -> list[int]:
 def score_segment(
     frames: Sequence[np.ndarray],
     detect: Callable[[np.ndarray], Detections],
-    golden: Sequence[Detections],
+    golden: Sequence[Optional[Detections]],
     resolutions: Sequence[str],
     steps: Sequence[int],
     ntracking_levels: Sequence[int] = NTRACKING_LEVELS,
@@ -67,26 +82,33 @@ def score_segment(
     leaves idle). At the best quality a candidate's groups (a detected frame and the frames its
     boxes are shown on) start at up to `starts` frames spread over the segment, and its F1 is
     their mean: one detection per resolution made a config's score one roll of the detector's
-    dice (Megamind.avi, three segments: 360p at 1.00 and 480p at 0.67 on the same frames)."""
+    dice (Megamind.avi, three segments: 360p at 1.00 and 480p at 0.67 on the same frames).
+    Frames whose golden entry is None are tracked through but not scored, and no group starts
+    on one."""
     n = len(frames)
     max_k = max(ntracking_levels)
-    stride = max(1, -(-n // max(1, starts)))
+    scored = [j for j, g in enumerate(golden) if g is not None]
+    all_starts = scored[::max(1, -(-len(scored) // max(1, starts)))]
     rows = []
     for res in resolutions:
-        resized = [resize_to(f, res) for f in frames]
+        resized: dict[int, np.ndarray] = {}
+
+        def sized(j: int) -> np.ndarray:
+            return resized[j] if j in resized else resized.setdefault(j, resize_to(frames[j], res))
+
         for q in qualities if res == resolutions[-1] else qualities[-1:]:
             coded: dict[int, np.ndarray] = {}  # source index -> the frame as the candidate gets it
             grays: dict[int, np.ndarray] = {}
 
             def frame(j: int) -> np.ndarray:
                 if j not in coded:
-                    coded[j] = resized[j] if q is None else decode_jpeg(encode_jpeg(resized[j], q))
+                    coded[j] = sized(j) if q is None else decode_jpeg(encode_jpeg(sized(j), q))
                 return coded[j]
 
             def gray(j: int) -> np.ndarray:
                 return grays[j] if j in grays else grays.setdefault(j, to_gray(frame(j)))
 
-            group_starts = range(0, n, stride) if q == qualities[-1] else range(1)
+            group_starts = all_starts if q == qualities[-1] else all_starts[:1]
             detected = {j: detect(frame(j)) for j in group_starts}
             for step in steps:
                 # Boxes on kept frames j, j+step, j+2*step, ... tracked frame to frame from j.
@@ -104,10 +126,11 @@ def score_segment(
                     scores = [frame_level_f1(shown_boxes(chain[: k + 1], step, span), golden[j: j + span])
                               for j, chain in chains.items() if j + span <= n and k < len(chain)]
                     if scores:
-                        rows.append({"resolution": res, "height": int(resized[0].shape[0]), "quality": q,
+                        rows.append({"resolution": res, "height": int(sized(0).shape[0]), "quality": q,
                                      "step": step, "ntracking": k, "f1": round(float(np.mean(scores)), 4),
                                      "frames": span * len(scores)})
     return rows
 
 
-__all__ = ["NTRACKING_LEVELS", "SEGMENT_QUALITY", "START_FRAMES", "frame_level_f1", "score_segment", "shown_boxes", "step_options"]
+__all__ = ["NTRACKING_LEVELS", "SEGMENT_QUALITY", "START_FRAMES", "frame_level_f1", "golden_stride", "score_segment",
+           "shown_boxes", "step_options"]

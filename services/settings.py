@@ -63,7 +63,9 @@ class Settings(BaseSettings):
         "every this many seconds of video (the first three 3x as often), score candidate configs against "
         "the golden one on a short segment of consecutive source frames (frame-level F1, "
         "services/profiling.py), on idle capacity; 0 = off"))
-    profile_segment_frames: int = Field(10, ge=2, le=64, description="source frames per profiling segment")
+    profile_segment_frames: int = Field(10, ge=2, le=64, description=(
+        "golden-scored frames per profiling segment: consecutive source frames up to 10 fps, every "
+        "Nth of a faster source (a segment of a 24 fps source is 28 frames, 1.2 s)"))
     profile_nice: int = Field(19, ge=0, le=19, description=(
         "niceness of the process that scores profiling segments: 19 = only what the frames leave idle"))
     profile_urgent_segments: int = Field(3, ge=1, le=10, description=(

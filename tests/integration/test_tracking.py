@@ -89,6 +89,30 @@ def test_segment_scores_rank_tracking_above_skipping_on_motion():
     assert all(r["step"] * (r["ntracking"] + 1) <= 10 for r in rows)
 
 
+def test_a_segment_golden_scored_on_every_third_frame_scores_groups_that_span_it():
+    """A fast source's segment is ~1 s of frames with golden boxes on every third (the golden
+    cost of 10 frames): a 5-frame step tracking 4 fits in it, groups start on golden frames
+    only, and frames without golden boxes are tracked through but not scored."""
+    frames, exact = _scene(28, speed=1.0)
+    golden = [g if i % 3 == 0 else None for i, g in enumerate(exact)]
+    detected: list[int] = []
+
+    def detect(image):
+        j = next(i for i, f in enumerate(frames) if f.shape == image.shape and np.array_equal(f, image))
+        detected.append(j)
+        return exact[j]
+
+    rows = score_segment(frames, detect, golden, ["source"], [1, 2, 5])
+    by = {(r["step"], r["ntracking"]): r for r in rows}
+    assert detected == [0, 6, 12, 18, 24]
+    assert by[(5, 4)]["frames"] == 25 and by[(5, 4)]["f1"] == 1.0  # tracked over 24 frames
+    assert by[(1, 0)]["frames"] == 5 and by[(2, 4)]["frames"] == 40  # starts 0, 6, 12, 18
+    assert all(r["step"] * (r["ntracking"] + 1) <= 28 for r in rows)
+    # Frames without golden boxes are not scored: empty boxes there cost nothing.
+    shown = [exact[0], [], [], exact[3]]
+    assert frame_level_f1(shown, golden[:4]) == 1.0 and frame_level_f1(shown, exact[:4]) == 0.5
+
+
 def test_segment_candidates_see_the_frames_coded_at_their_quality():
     """Each quality is scored on the frames as the pipeline would deliver them: the detector of
     a q60 candidate gets a frame further from the segment's than a q90 one, None the frame itself."""
@@ -199,6 +223,17 @@ def test_a_jobs_first_segments_are_urgent_and_only_the_first_is_short():
     segments = [e for e in sent if e.kind == "profile"]
     assert [e.urgent for e in segments] == [True, True] + [False] * (len(segments) - 2) and len(segments) >= 4
     assert [len(e.segment) for e in segments] == [URGENT_SEGMENT_FRAMES] + [8] * (len(segments) - 1)
+
+
+def test_a_fast_sources_segment_spans_a_second_for_the_golden_cost_of_ten_frames():
+    sent: list[Envelope] = []
+    hop = Hop(stage="detect", service="person_detection", node="cloud", inputs={"image": "generator.image"})
+    plan = ActivePlan(1, VideoConf(fps=5), (hop,), segment_every_s=2.0, segment_frames=10)
+    FrameGenerator("j", ListSource(200, fps=24.0), lambda: plan, sent.append, InFlightWindow(100),
+                   threading.Event(), pace=0).run()
+    segments = [e for e in sent if e.kind == "profile"]
+    assert all(e.segment_golden_every == 3 for e in segments) and len(segments) >= 3
+    assert [len(e.segment) for e in segments[:2]] == [16, 28]  # golden on 6, then 10 of them
 
 
 def _box(cx: float, cy: float, cls: str = "person") -> dict:
