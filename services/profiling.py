@@ -83,12 +83,19 @@ def score_segment(
     boxes are shown on) start at up to `starts` frames spread over the segment, and its F1 is
     their mean: one detection per resolution made a config's score one roll of the detector's
     dice (Megamind.avi, three segments: 360p at 1.00 and 480p at 0.67 on the same frames).
-    Frames whose golden entry is None are tracked through but not scored, and no group starts
-    on one."""
+    Frames whose golden entry is None are tracked through but not scored. A group's frames
+    are not alike (its first is detected, the later ones older or tracked further), so
+    where golden boxes are on every g-th frame the groups start at every residue mod g in
+    turn, and a config's F1 is the mean over positions in the group of the mean over groups
+    scored there (with golden boxes on every frame, the mean of its groups' F1). Groups
+    starting on golden frames only scored 5-fps plans of Megamind.avi on their detected frame
+    and 3 frames later: 720p@5fps without tracking measured 0.95, and ran at 0.88."""
     n = len(frames)
     max_k = max(ntracking_levels)
     scored = [j for j, g in enumerate(golden) if g is not None]
-    all_starts = scored[::max(1, -(-len(scored) // max(1, starts)))]
+    g = scored[1] - scored[0] if len(scored) > 1 else 1
+    stride = max(1, -(-n // max(1, starts)))
+    all_starts = sorted({min(n - 1, i * stride + i % g) for i in range(min(starts, n))})
     rows = []
     for res in resolutions:
         resized: dict[int, np.ndarray] = {}
@@ -123,12 +130,15 @@ def score_segment(
                     chains[j] = chain
                 for k in ntracking_levels:
                     span = step * (k + 1)
-                    scores = [frame_level_f1(shown_boxes(chain[: k + 1], step, span), golden[j: j + span])
-                              for j, chain in chains.items() if j + span <= n and k < len(chain)]
-                    if scores:
+                    groups = [j for j, chain in chains.items() if j + span <= n and k < len(chain)]
+                    by_position = [[f1_score(list(chains[j][min(o // step, k)]), list(golden[j + o]))
+                                    for j in groups if golden[j + o] is not None] for o in range(span)]
+                    by_position = [f for f in by_position if f]
+                    if by_position:
                         rows.append({"resolution": res, "height": int(sized(0).shape[0]), "quality": q,
-                                     "step": step, "ntracking": k, "f1": round(float(np.mean(scores)), 4),
-                                     "frames": span * len(scores)})
+                                     "step": step, "ntracking": k,
+                                     "f1": round(float(np.mean([np.mean(f) for f in by_position])), 4),
+                                     "frames": span * len(groups)})
     return rows
 
 

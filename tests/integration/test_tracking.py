@@ -91,8 +91,8 @@ def test_segment_scores_rank_tracking_above_skipping_on_motion():
 
 def test_a_segment_golden_scored_on_every_third_frame_scores_groups_that_span_it():
     """A fast source's segment is ~1 s of frames with golden boxes on every third (the golden
-    cost of 10 frames): a 5-frame step tracking 4 fits in it, groups start on golden frames
-    only, and frames without golden boxes are tracked through but not scored."""
+    cost of 10 frames): a 5-frame step tracking 4 fits in it, groups start at every residue
+    mod 3 in turn, and frames without golden boxes are tracked through but not scored."""
     frames, exact = _scene(28, speed=1.0)
     golden = [g if i % 3 == 0 else None for i, g in enumerate(exact)]
     detected: list[int] = []
@@ -104,13 +104,32 @@ def test_a_segment_golden_scored_on_every_third_frame_scores_groups_that_span_it
 
     rows = score_segment(frames, detect, golden, ["source"], [1, 2, 5])
     by = {(r["step"], r["ntracking"]): r for r in rows}
-    assert detected == [0, 6, 12, 18, 24]
+    assert detected == [0, 7, 14, 18, 25]
     assert by[(5, 4)]["frames"] == 25 and by[(5, 4)]["f1"] == 1.0  # tracked over 24 frames
-    assert by[(1, 0)]["frames"] == 5 and by[(2, 4)]["frames"] == 40  # starts 0, 6, 12, 18
+    assert by[(1, 0)]["frames"] == 5 and by[(2, 4)]["frames"] == 40  # starts 0, 7, 14, 18
     assert all(r["step"] * (r["ntracking"] + 1) <= 28 for r in rows)
     # Frames without golden boxes are not scored: empty boxes there cost nothing.
     shown = [exact[0], [], [], exact[3]]
     assert frame_level_f1(shown, golden[:4]) == 1.0 and frame_level_f1(shown, exact[:4]) == 0.5
+
+
+def test_golden_boxes_on_every_third_frame_score_configs_as_every_frame_would():
+    """Held boxes match for 4 frames of motion and miss on the 5th: a 5-frame step without
+    tracking is 0.8 over every frame, and so it must be over every third (starting groups on
+    golden frames only scored it on offsets 0 and 3 of each group)."""
+    frames, exact = _scene(28, speed=4.0)
+
+    def detect(image):
+        j = next(i for i, f in enumerate(frames) if f.shape == image.shape and np.array_equal(f, image))
+        return exact[j]
+
+    def scores(golden):
+        return {(r["step"], r["ntracking"]): r["f1"] for r in score_segment(frames, detect, golden, ["source"], [1, 2, 5])}
+
+    every = scores(exact)
+    third = scores([g if i % 3 == 0 else None for i, g in enumerate(exact)])
+    assert every.keys() == third.keys() and every[(5, 0)] == third[(5, 0)] == 0.8
+    assert max(abs(every[c] - third[c]) for c in every) < 0.07
 
 
 def test_segment_candidates_see_the_frames_coded_at_their_quality():
