@@ -77,21 +77,22 @@ def score_segment(
 ) -> list[dict[str, Any]]:
     """Rows {resolution, height, quality, step, ntracking, f1, frames} for every candidate that
     fits; quality None scores the frames as given. Each resolution is scored at the last (best)
-    quality; the largest one (the last) at every quality too, where the job's quality slope is
-    learned: the extra qualities from the first frame only (the child's CPU is what a busy node
-    leaves idle). At the best quality a candidate's groups (a detected frame and the frames its
-    boxes are shown on) start at up to `starts` frames spread over the segment, and its F1 is
-    their mean: one detection per resolution made a config's score one roll of the detector's
-    dice (Megamind.avi, three segments: 360p at 1.00 and 480p at 0.67 on the same frames).
+    quality: a candidate's groups (a detected frame and the frames its boxes are shown on) start
+    at up to `starts` frames spread over the segment, and its F1 is their mean: one detection
+    per resolution made a config's score one roll of the detector's dice (Megamind.avi, three
+    segments: 360p at 1.00 and 480p at 0.67 on the same frames). The largest resolution (the
+    last) is scored at every quality too, where the job's quality slope is learned, from the
+    first group only (the child's CPU is what a busy node leaves idle): an extra quality's F1 is
+    the best quality's plus what the extra one lost against it on that same group.
+
     Frames whose golden entry is None are tracked through but not scored. A group's frames
-    are not alike (its first is detected, the later ones older or tracked further), so
-    where golden boxes are on every g-th frame the groups start at every residue mod g in
-    turn, and a config's F1 is the mean over positions in the group of the mean over groups
-    scored there (with golden boxes on every frame, the mean of its groups' F1). Groups
-    starting on golden frames only scored 5-fps plans of Megamind.avi on their detected frame
-    and 3 frames later: 720p@5fps without tracking measured 0.95, and ran at 0.88."""
+    are not alike (its first is detected, the later ones older or tracked further), so where
+    golden boxes are on every g-th frame the groups start at every residue mod g in turn, and
+    a config's F1 is the mean over positions in the group of the mean over groups scored there
+    (with golden boxes on every frame: the mean of its groups' F1). Scored on one group's golden
+    frames alone, a 5-frame step without tracking on Megamind.avi (golden on every third) was
+    its detected frame and the one 3 frames later: 0.83-1.00 at q60, 0.88 over the clip."""
     n = len(frames)
-    max_k = max(ntracking_levels)
     scored = [j for j, g in enumerate(golden) if g is not None]
     g = scored[1] - scored[0] if len(scored) > 1 else 1
     stride = max(1, -(-n // max(1, starts)))
@@ -103,43 +104,69 @@ def score_segment(
         def sized(j: int) -> np.ndarray:
             return resized[j] if j in resized else resized.setdefault(j, resize_to(frames[j], res))
 
-        for q in qualities if res == resolutions[-1] else qualities[-1:]:
-            coded: dict[int, np.ndarray] = {}  # source index -> the frame as the candidate gets it
-            grays: dict[int, np.ndarray] = {}
-
-            def frame(j: int) -> np.ndarray:
-                if j not in coded:
-                    coded[j] = sized(j) if q is None else decode_jpeg(encode_jpeg(sized(j), q))
-                return coded[j]
-
-            def gray(j: int) -> np.ndarray:
-                return grays[j] if j in grays else grays.setdefault(j, to_gray(frame(j)))
-
-            group_starts = all_starts if q == qualities[-1] else all_starts[:1]
-            detected = {j: detect(frame(j)) for j in group_starts}
-            for step in steps:
-                # Boxes on kept frames j, j+step, j+2*step, ... tracked frame to frame from j.
-                chains = {}
-                for j, boxes in detected.items():
-                    chain = [boxes]
-                    for i in range(1, max_k + 1):
-                        a, b = j + (i - 1) * step, j + i * step
-                        if b >= n:
-                            break
-                        chain.append(track_detections(gray(a), gray(b), chain[-1]))
-                    chains[j] = chain
-                for k in ntracking_levels:
-                    span = step * (k + 1)
-                    groups = [j for j, chain in chains.items() if j + span <= n and k < len(chain)]
-                    by_position = [[f1_score(list(chains[j][min(o // step, k)]), list(golden[j + o]))
-                                    for j in groups if golden[j + o] is not None] for o in range(span)]
-                    by_position = [f for f in by_position if f]
-                    if by_position:
-                        rows.append({"resolution": res, "height": int(sized(0).shape[0]), "quality": q,
-                                     "step": step, "ntracking": k,
-                                     "f1": round(float(np.mean([np.mean(f) for f in by_position])), 4),
-                                     "frames": span * len(groups)})
+        best = qualities[-1]
+        base: dict[tuple[int, int], tuple[float, float]] = {}  # (step, k) -> (F1, F1 of the first group)
+        for q in [best, *qualities[:-1]] if res == resolutions[-1] else [best]:
+            scores = _score_quality(sized, detect, q, all_starts if q == best else all_starts[:1],
+                                    steps, ntracking_levels, golden)
+            for (step, k), (f1, first, groups) in scores.items():
+                if q == best:
+                    base[(step, k)] = (f1, first)
+                elif (step, k) in base:
+                    f1 = min(1.0, max(0.0, base[(step, k)][0] + first - base[(step, k)][1]))
+                else:
+                    continue
+                rows.append({"resolution": res, "height": int(sized(0).shape[0]), "quality": q,
+                             "step": step, "ntracking": k, "f1": round(f1, 4), "frames": step * (k + 1) * groups})
     return rows
+
+
+def _score_quality(sized: Callable[[int], np.ndarray], detect: Callable[[np.ndarray], Detections], q: int | None,
+                   group_starts: Sequence[int], steps: Sequence[int], ntracking_levels: Sequence[int],
+                   golden: Sequence[Optional[Detections]]) -> dict[tuple[int, int], tuple[float, float, int]]:
+    """(step, ntracking) -> (F1 over the groups that fit, F1 of the first group, groups) for the
+    frames resized by `sized` and coded at quality `q`."""
+    n = len(golden)
+    max_k = max(ntracking_levels)
+    coded: dict[int, np.ndarray] = {}  # source index -> the frame as the candidate gets it
+    grays: dict[int, np.ndarray] = {}
+
+    def frame(j: int) -> np.ndarray:
+        if j not in coded:
+            coded[j] = sized(j) if q is None else decode_jpeg(encode_jpeg(sized(j), q))
+        return coded[j]
+
+    def gray(j: int) -> np.ndarray:
+        return grays[j] if j in grays else grays.setdefault(j, to_gray(frame(j)))
+
+    detected = {j: detect(frame(j)) for j in group_starts}
+    out = {}
+    for step in steps:
+        # Boxes on kept frames j, j+step, j+2*step, ... tracked frame to frame from j.
+        chains = {}
+        for j, boxes in detected.items():
+            chain = [boxes]
+            for i in range(1, max_k + 1):
+                a, b = j + (i - 1) * step, j + i * step
+                if b >= n:
+                    break
+                chain.append(track_detections(gray(a), gray(b), chain[-1]))
+            chains[j] = chain
+        for k in ntracking_levels:
+            span = step * (k + 1)
+            groups = [j for j, chain in chains.items() if j + span <= n and k < len(chain)]
+            if not groups:
+                continue
+
+            def position_f1(j: int) -> list[float | None]:
+                return [f1_score(list(chains[j][o // step]), list(golden[j + o])) if golden[j + o] is not None
+                        else None for o in range(span)]
+
+            per_group = [position_f1(j) for j in groups]
+            by_position = [[f[o] for f in per_group if f[o] is not None] for o in range(span)]
+            f1 = float(np.mean([np.mean(f) for f in by_position if f]))
+            out[(step, k)] = (f1, float(np.mean([f for f in per_group[0] if f is not None])), len(groups))
+    return out
 
 
 __all__ = ["NTRACKING_LEVELS", "SEGMENT_QUALITY", "START_FRAMES", "frame_level_f1", "golden_stride", "score_segment",

@@ -132,6 +132,22 @@ def test_golden_boxes_on_every_third_frame_score_configs_as_every_frame_would():
     assert max(abs(every[c] - third[c]) for c in every) < 0.07
 
 
+def test_an_extra_quality_is_scored_as_what_it_loses_against_the_best_on_the_same_group():
+    """Extra qualities get one detection (the first group); their F1 is the best quality's over
+    every group plus what they lose on that group. Held boxes over a 5-frame step are 0.8 here;
+    the first group alone, scored on its golden frames 0 and 3, would say 1.0."""
+    frames, exact = _scene(28, speed=4.0)
+
+    def detect(image):  # the exact boxes of the nearest scene frame (q90 coding moves no box)
+        return exact[int(np.argmin([np.abs(image.astype(np.int16) - f).mean() for f in frames]))]
+
+    golden = [g if i % 3 == 0 else None for i, g in enumerate(exact)]
+    rows = score_segment(frames, detect, golden, ["source"], [1, 5], qualities=(90, None))
+    f1 = {(r["quality"], r["step"], r["ntracking"]): r["f1"] for r in rows}
+    assert f1[(None, 5, 0)] == 0.8 and f1[(90, 5, 0)] == 0.8
+    assert all(f1[(90, step, k)] == f1[(None, step, k)] for (q, step, k) in f1 if q is None)
+
+
 def test_segment_candidates_see_the_frames_coded_at_their_quality():
     """Each quality is scored on the frames as the pipeline would deliver them: the detector of
     a q60 candidate gets a frame further from the segment's than a q90 one, None the frame itself."""
@@ -143,7 +159,8 @@ def test_segment_candidates_see_the_frames_coded_at_their_quality():
         return golden[0]
 
     rows = score_segment(frames, detect, golden, ["source"], [1, 2], qualities=(None, 90, 60))
-    assert seen[0] == 0.0 and 0 < seen[1] < seen[2]
+    # The last quality first (its five groups: frames 0, 2, ..., 8), then the others on frame 0.
+    assert len(seen) == 7 and seen[5] == 0.0 and 0 < seen[6] < seen[0]
     assert {r["quality"] for r in rows} == {None, 90, 60}
     assert len(rows) == 3 * len([r for r in rows if r["quality"] is None])
 
