@@ -1,7 +1,7 @@
 """Profiling segments on idle capacity: a niced child process next to each worker process.
 
-Scoring a segment runs the golden config on every frame of it (about 3-5 s of detector
-time on a 2-core node). Run inside the stage task, that blocked the node's frames behind it
+Scoring a segment runs the golden config on ten of its frames and the candidates on a few more
+(about 3-5 s of detector time on a 2-core node). Run inside the stage task, that blocked the node's frames behind it
 for seconds (measured: mean delay 4.2 s with D = 1 s). Here the task only hands the segment
 to a child process at nice 19 and returns: the child gets the CPU the frames leave idle,
 and its result goes to the results queue like a finished frame. One segment at a time per
