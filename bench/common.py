@@ -184,7 +184,9 @@ def unique_node(prefix: str = "b") -> str:
 
 
 def node_queues(node: str) -> tuple[str, ...]:
-    return (f"vdag.node.{node}", f"vdag.results.{node}", f"vdag.acks.{node}")
+    """Every queue a tracker and workers of this node declare (the service caller's reply queue
+    is durable: a run under a one-off node name would leave it behind)."""
+    return (f"vdag.node.{node}", f"vdag.results.{node}", f"vdag.acks.{node}", f"vdag.service.{node}")
 
 
 def bench_settings(tmp: Path, node: str, **kw) -> Settings:

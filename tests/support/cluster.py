@@ -56,7 +56,7 @@ def delete_queues(*names: str) -> None:
 
 
 def node_queues(*nodes: str) -> list[str]:
-    return [q for n in nodes for q in (f"vdag.node.{n}", f"vdag.acks.{n}")]
+    return [q for n in nodes for q in (f"vdag.node.{n}", f"vdag.acks.{n}", f"vdag.service.{n}")]
 
 
 class PseudoSystem:
