@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from bench.common import delete_queues, node_queues
 from tests.support.pipeline import AMQP_URL, ROOT, rabbit_up
 
 pytestmark = pytest.mark.integration
@@ -20,10 +21,11 @@ pytestmark = pytest.mark.integration
 
 @pytest.mark.skipif(not rabbit_up(), reason="RabbitMQ not reachable")
 def test_a_cloud_tracker_does_not_load_the_models(tmp_path: Path):
+    node = f"footprint-{tmp_path.name[-6:]}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "tracker.cli", "tracker", "--side", "cloud", "--mode", "cluster", "--api-port", "0",
          "--video-port", "0", "--service-port", "0", "--broker", AMQP_URL, "--db", f"sqlite:///{tmp_path}/c.db",
-         "--data-dir", str(tmp_path), "--node", f"footprint-{tmp_path.name[-6:]}"],
+         "--data-dir", str(tmp_path), "--node", node],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         seen = []
@@ -49,6 +51,7 @@ def test_a_cloud_tracker_does_not_load_the_models(tmp_path: Path):
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
+        delete_queues(*node_queues(node), url=AMQP_URL)
     assert proc.returncode == 0, out[-2000:]
     assert not front.is_running(), "the API front outlived its tracker"
     assert "Traceback" not in out, out[-3000:]
