@@ -25,6 +25,7 @@ from typing import Callable, Iterator
 import cv2
 
 from services.settings import Settings
+from tasks.queues import service_reply_queue_name
 
 log = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parent.parent
@@ -186,7 +187,7 @@ def unique_node(prefix: str = "b") -> str:
 def node_queues(node: str) -> tuple[str, ...]:
     """Every queue a tracker and workers of this node declare (the service caller's reply queue
     is durable: a run under a one-off node name would leave it behind)."""
-    return (f"vdag.node.{node}", f"vdag.results.{node}", f"vdag.acks.{node}", f"vdag.service.{node}")
+    return (f"vdag.node.{node}", f"vdag.results.{node}", f"vdag.acks.{node}", service_reply_queue_name(node))
 
 
 def bench_settings(tmp: Path, node: str, **kw) -> Settings:

@@ -17,6 +17,11 @@ def node_queue(node: str) -> Queue:
     return Queue(name, _direct, routing_key=name, durable=True)
 
 
+def service_reply_queue_name(node: str) -> str:
+    """Where a node's tracker gets the answers to its service calls (tasks.service_call)."""
+    return f"vdag.service.{node}"
+
+
 def results_queue(name: str = RESULTS_QUEUE) -> Queue:
     return Queue(name, _direct, routing_key=name, durable=True)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from services.settings import Settings
 from tasks.app import make_celery
+from tasks.queues import service_reply_queue_name
 from tasks.service_call import ServiceCaller
 from tasks.worker import InProcessWorker
 from tracker.cluster.elasticity import EXTENSION as ELASTICITY
@@ -114,7 +115,7 @@ class TrackerServer:
 
     def start_service_api(self) -> None:
         """The seed's :5500 service API; its calls run on workers through a reply queue of this tracker."""
-        self.service_caller = ServiceCaller(self.celery, f"vdag.service.{self.settings.node}").start()
+        self.service_caller = ServiceCaller(self.celery, service_reply_queue_name(self.settings.node)).start()
         self.service_app = create_service_app(ServiceApi(self.settings, self.store, self.service_caller))
         if not self.serve_http:
             return

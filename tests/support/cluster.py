@@ -15,6 +15,7 @@ from kombu import Connection
 
 from scheduler.interface import Plan, PlanningInput, StageMapping
 from services.video_conf import VideoConf
+from tasks.queues import service_reply_queue_name
 from tests.support.pipeline import AMQP_URL, ROOT
 
 PIN_ENV = "VDAG_TEST_PIN"  # {"stage": ["first choice", "second choice", ...]}
@@ -56,7 +57,7 @@ def delete_queues(*names: str) -> None:
 
 
 def node_queues(*nodes: str) -> list[str]:
-    return [q for n in nodes for q in (f"vdag.node.{n}", f"vdag.acks.{n}", f"vdag.service.{n}")]
+    return [q for n in nodes for q in (f"vdag.node.{n}", f"vdag.acks.{n}", service_reply_queue_name(n))]
 
 
 class PseudoSystem:
