@@ -21,7 +21,7 @@ from tracker.store.jobs import Job, JobNotFound, JobState, dag_unchecked
 from tracker.web import errors
 from tracker.web.context import TrackerContext
 from tracker.web.viewer.hub import ViewerHub
-from tracker.web.viewer.routes import bp
+from tracker.web.viewer.routes import JobEndReads, bp
 
 
 # -- fixtures and helpers ---------------------------------------------------------------
@@ -368,3 +368,26 @@ def test_http_stream_ends_when_store_says_job_finished(hub: ViewerHub, tmp_path:
         client.join(5)
         assert not client.is_alive() and client.ended_cleanly
         assert hub.subscriber_count() == 0
+
+
+def test_viewers_of_a_job_share_one_store_read_per_check(hub: ViewerHub, tmp_path: Path) -> None:
+    """Ten viewers asking whether their job ended cost one store read per check period, not ten."""
+    app, store = real_app(tmp_path, hub)
+    reads = 0
+    get_job = store.get_job
+
+    def counted_get_job(uid: str):
+        nonlocal reads
+        reads += 1
+        return get_job(uid)
+
+    store.get_job = counted_get_job
+    ends = JobEndReads()
+    assert not any(ends.finished(app, store, JOB, max_age_s=60) for _ in range(10))
+    assert reads == 1
+    assert app.test_client().post(f"/api/v1/jobs/{JOB}/cancel").status_code == 200
+    reads = 0
+    assert not ends.finished(app, store, JOB, max_age_s=60)  # read less than a period ago
+    assert reads == 0
+    assert ends.finished(app, store, JOB, max_age_s=0)
+    assert reads == 1

@@ -125,8 +125,8 @@ def test_subscription_lifecycle_and_latest(hub: ViewerHub) -> None:
 
 def test_a_capped_viewer_gets_the_newest_frame_at_its_rate_and_few_wakeups(hub: ViewerHub) -> None:
     """20 fps cap, a job publishing ~400 fps for half a second: about 10 frames handed out, each
-    the newest at that moment, at least ~the interval apart, and the reader thread woken a few
-    times per frame handed out, not once per frame published."""
+    the newest at that moment, at least ~the interval apart, and the reader thread woken about
+    once per frame handed out, not once per frame published."""
     sub = hub.subscribe(JOB, min_interval_s=0.05)
     wakeups = 0
     wait = sub._cond.wait
@@ -163,4 +163,6 @@ def test_a_capped_viewer_gets_the_newest_frame_at_its_rate_and_few_wakeups(hub: 
     assert got[-1][0] == published - 1  # the newest frame, sent once it was due
     assert [s for s, _ in got] == sorted(s for s, _ in got)
     assert sub.delivered + sub.skipped == published and sub.dropped == 0
-    assert wakeups <= 3 * len(got) + 5
+    # About one per frame handed out (14 for 12 here); 24 while a held frame still woke the
+    # reader once before it was due.
+    assert wakeups <= 1.5 * len(got) + 2, (wakeups, len(got))

@@ -8,9 +8,11 @@ loss is counted on its subscription. `publish` never blocks on a viewer.
 
 There is no thread per viewer: a viewer's request thread waits on its subscription's
 condition variable (sharing the hub lock) with a timeout. A viewer with a frame-rate cap
-(`min_interval_s`) holds only the newest frame and is woken at most about twice per frame it
-is handed, not once per frame published: 10 viewers capped at 30 fps of a job rendering ~100
-fps were 1000 wake-ups a second for 300 frames sent, all of it CPU the pipeline lost.
+(`min_interval_s`) holds only the newest frame and is woken about once per frame it is handed,
+not once per frame published: it sleeps until its next frame is due, and a frame published
+before then replaces the held one without a wake-up (10 viewers capped at 30 fps of a job
+rendering ~100 fps were 1000 wake-ups a second for 300 frames sent, all of it CPU the pipeline
+lost; 600 while a held frame still woke its viewer once before it was due).
 
 Lifecycle of a job in the hub:
 - `publish` keeps the last frame (`latest`), so a new viewer sees a picture at once.
@@ -73,14 +75,14 @@ class Subscription:
     # -- called by the hub with its lock held ------------------------------------------
     def _offer(self, seq: int, jpeg: bytes) -> None:
         if self.min_interval_s:
-            # Capped: only the newest frame waits. The waiter is woken when the queue fills
-            # and then sleeps until the frame is due, so newer frames need not wake it.
+            # Capped: only the newest frame waits. Before it is due the waiter sleeps on a
+            # timer that ends at the due time (see get), so only a frame that comes later wakes it.
             was_empty = not self._queue
             if self._queue:
                 self._queue.popleft()
                 self.skipped += 1
             self._queue.append((seq, jpeg))
-            if was_empty:
+            if was_empty and time.monotonic() >= self._due:
                 self._cond.notify()
             return
         if len(self._queue) >= self.maxsize:
@@ -113,7 +115,8 @@ class Subscription:
                     return self._queue.popleft()
                 if self._ended:
                     raise StreamEnded(self.job_uid)
-                until = self._due if self._queue else None  # a held frame: sleep until it is due
+                # Not yet due: sleep until it is, held frame or not (_offer does not wake us before).
+                until = self._due if self._queue or now < self._due else None
                 if deadline is not None:
                     until = deadline if until is None else min(until, deadline)
                     if now >= deadline:
