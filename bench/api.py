@@ -1,6 +1,6 @@
 """API benchmark: result polling latency under load, and what MJPEG viewers cost the pipeline.
 
-    .venv/bin/python -m bench.api            # ~6 min, writes bench/results/api.json
+    .venv/bin/python -m bench.api            # ~5 min (--arms front: ~2.5), writes bench/results/api.json
     .venv/bin/python -m bench.api --quick    # ~40 s
 
 Setup: RabbitMQ + one `vdag worker` process (prefork, 1 child) on a unique node; the
