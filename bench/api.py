@@ -275,7 +275,6 @@ def bench_viewers(cfg: dict, server, node: str, tmp: Path, worker_pid: int) -> d
         plain.append(clock.fps(uid, skip=5))
 
     def watched_by_viewers() -> None:
-        nonlocal errors
         proc = _client("--viewer-client", server.api_url, str(cfg["viewers"]), "120", cfg["viewer_fps"],
                        stdin=subprocess.PIPE)
         # A Python process starting (imports: ~1 s of CPU) is not what viewers cost: wait it out.
@@ -290,7 +289,7 @@ def bench_viewers(cfg: dict, server, node: str, tmp: Path, worker_pid: int) -> d
         out, _ = proc.communicate(timeout=150)
         data = json.loads(out.decode().strip().splitlines()[-1])
         watched.append(clock.fps(uid, skip=5))
-        errors += data["errors"]
+        errors.extend(data["errors"])
         for seqs, span_s in zip(data["seen"], data["spans_s"]):
             if len(seqs) >= 2:
                 # Of the frames rendered in its span, those the viewer's rate cap lets through.
